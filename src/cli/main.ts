@@ -1,0 +1,143 @@
+// kpx's command line. `kpx run` is the proxy; `render` prints what it would apply;
+// `cleanup` removes what it installed.
+import { hostname } from 'node:os';
+import { Command, Option } from 'commander';
+import { ConfigError, resolveConfig, type CliFlags, type KpxConfig } from '../config/config.js';
+import { createLogger, type Logger } from '../util/log.js';
+import { ClusterState } from '../model/state.js';
+import { FileSource } from '../source/file.js';
+import type { Source } from '../source/types.js';
+import { execRunner } from '../apply/exec.js';
+import { cleanupIptables } from '../apply/cleanup.js';
+import { IptablesProxier } from '../sync/proxier.js';
+import { Controller } from '../sync/controller.js';
+
+export const VERSION = '0.1.0';
+
+function addProxyFlags(cmd: Command): Command {
+  return cmd
+    .option('--config <file>', 'KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1); flags given here override it')
+    .option('--hostname-override <name>', 'this node\'s name (default: the hostname)')
+    .addOption(new Option('--proxy-mode <mode>', 'iptables or ipvs (default: iptables)').choices(['iptables', 'ipvs']))
+    .option('--cluster-cidr <cidrs>', 'pod CIDRs, comma separated (one per family); traffic from outside them to a ClusterIP is masqueraded (default: none)')
+    .option('--masquerade-all', 'masquerade all traffic sent to a ClusterIP (default: false)')
+    .option('--nodeport-addresses <list>', 'CIDRs (or "primary") of node addresses NodePorts answer on (default: all local addresses)')
+    .option('--metrics-bind-address <addr>', 'metrics server address, "" to disable (default: 127.0.0.1:10249)')
+    .option('--healthz-bind-address <addr>', 'health server address, "" to disable (default: 0.0.0.0:10256)')
+    .option('--kubeconfig <file>', 'kubeconfig for the Kubernetes API source (default: in-cluster config)')
+    .option('--bind-address <ip>', 'overrides this node\'s primary IP when the Node has none (default: none)')
+    .addOption(
+      new Option('--detect-local-mode <mode>', 'how pod traffic is recognised (default: ClusterCIDR)').choices([
+        'ClusterCIDR',
+        'NodeCIDR',
+        'BridgeInterface',
+        'InterfaceNamePrefix',
+      ]),
+    )
+    .option('--pod-bridge-interface <name>', 'bridge of local pods, for --detect-local-mode BridgeInterface')
+    .option('--pod-interface-name-prefix <prefix>', 'interface prefix of local pods, for InterfaceNamePrefix')
+    .option('--iptables-masquerade-bit <bit>', 'fwmark bit for masquerade, 0-31 (default: 14)')
+    .option('--iptables-localhost-nodeports <bool>', 'NodePorts answer on 127.0.0.1 (IPv4) (default: true)')
+    .option('--iptables-sync-period <duration>', 'longest time between syncs (default: 30s)')
+    .option('--iptables-min-sync-period <duration>', 'shortest time between syncs (default: 1s)')
+    .option('--conntrack-tcp-be-liberal', 'set nf_conntrack_tcp_be_liberal and skip the INVALID drop rule (default: false)')
+    .option('--ipvs-scheduler <name>', 'IPVS scheduler (default: rr)')
+    .option('--ipvs-sync-period <duration>', 'IPVS mode: longest time between syncs (default: 30s)')
+    .option('--ipvs-min-sync-period <duration>', 'IPVS mode: shortest time between syncs (default: 1s)')
+    .option('--ipvs-strict-arp', 'IPVS mode: arp_ignore=1, arp_announce=2 (default: false)')
+    .option('--ipvs-exclude-cidrs <cidrs>', 'IPVS mode: virtual servers kpx must not touch (default: none)')
+    .option('--ipvs-tcp-timeout <duration>', 'IPVS TCP session timeout (default: 0, kernel value)')
+    .option('--ipvs-tcpfin-timeout <duration>', 'IPVS TCP FIN_WAIT timeout (default: 0, kernel value)')
+    .option('--ipvs-udp-timeout <duration>', 'IPVS UDP timeout (default: 0, kernel value)')
+    .addOption(new Option('--iptables-backend <backend>', 'iptables backend (default: auto)').choices(['auto', 'nft', 'legacy']))
+    .option('--manifests <dir>', 'read Services, EndpointSlices and Nodes from YAML/JSON files in this directory (instead of the API)')
+    .option('--once', 'wait for the initial state, sync once, exit 0 on success and 1 on failure (default: false)')
+    .option('--dry-run', 'print what would be applied to stdout and change nothing (default: false)')
+    .addOption(new Option('--log-level <level>', 'log level (default: info)').choices(['debug', 'info', 'warn', 'error', 'silent']));
+}
+
+interface Built {
+  config: KpxConfig;
+  log: Logger;
+  controller: Controller;
+  proxier: IptablesProxier;
+}
+
+function build(flags: CliFlags & { logLevel?: string }): Built {
+  const log = createLogger({ level: flags.logLevel });
+  const config = resolveConfig(flags, hostname());
+  if (config.mode === 'ipvs') throw new ConfigError('--proxy-mode ipvs: not implemented yet');
+  const source = makeSource(config, log);
+  const state = new ClusterState(config.hostname, log);
+  const proxier = new IptablesProxier({ config, state, runner: execRunner, log, print: (t) => process.stdout.write(t) });
+  const controller = new Controller({ config, log, source, state, proxier });
+  return { config, log, controller, proxier };
+}
+
+function makeSource(config: KpxConfig, log: Logger): Source {
+  if (config.manifests) return new FileSource(config.manifests, log.child({ source: 'file' }));
+  throw new ConfigError('no source: pass --manifests DIR (the Kubernetes API source is not implemented yet)');
+}
+
+async function runCommand(flags: CliFlags & { logLevel?: string }): Promise<number> {
+  const { config, log, controller, proxier } = build(flags);
+  await proxier.init();
+  if (config.once) {
+    const ok = await controller.runOnce();
+    return ok ? 0 : 1;
+  }
+  await controller.start();
+  log.info({ node: config.hostname, mode: config.mode }, 'kpx running');
+  await new Promise<void>((resolve) => {
+    const stop = () => resolve();
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+  });
+  log.info('stopping; programmed rules stay in place');
+  await controller.stop();
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = new Command('kpx')
+    .description('A kube-proxy replacement: programs iptables (or IPVS) so Kubernetes Services work on this node.')
+    .version(VERSION)
+    .showHelpAfterError()
+    .exitOverride();
+
+  let exitCode = 0;
+  addProxyFlags(program.command('run', { isDefault: true }).description('run the proxy (default command)')).action(
+    async (flags) => {
+      exitCode = await runCommand(flags);
+    },
+  );
+  addProxyFlags(program.command('render').description('print what kpx would apply and exit (run --once --dry-run)')).action(
+    async (flags) => {
+      exitCode = await runCommand({ ...flags, once: true, dryRun: true });
+    },
+  );
+  program
+    .command('cleanup')
+    .description('remove every chain, rule and jump kpx installed (both iptables backends, both families)')
+    .addOption(new Option('--log-level <level>', 'log level (default: info)').choices(['debug', 'info', 'warn', 'error', 'silent']))
+    .action(async (flags: { logLevel?: string }) => {
+      const log = createLogger({ level: flags.logLevel });
+      const r = await cleanupIptables(execRunner, log);
+      exitCode = r.errors.length ? 1 : 0;
+    });
+
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    const e = err as { code?: string; exitCode?: number; message?: string };
+    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') process.exit(0);
+    if (e.code?.startsWith('commander.')) process.exit(2);
+    if (err instanceof ConfigError) {
+      process.stderr.write(`kpx: ${err.message}\n`);
+      process.exit(2);
+    }
+    process.stderr.write(`kpx: ${e.message ?? String(err)}\n`);
+    process.exit(1);
+  }
+  process.exit(exitCode);
+}

@@ -1,0 +1,243 @@
+// Turns validated API objects into model data, or says exactly which field is wrong.
+import { FAMILIES, parseCIDR, parseIP, type IPFamily, type ParsedCIDR } from '../util/ip.js';
+import {
+  LABEL_HEADLESS,
+  LABEL_SERVICE_NAME,
+  LABEL_SERVICE_PROXY_NAME,
+  LABEL_ZONE,
+  TAINT_TO_BE_DELETED,
+  type EndpointSliceObject,
+  type NodeObject,
+  type ServiceObject,
+} from './kube.js';
+import type { Endpoint, NodeFacts, Protocol, ServicePort, ServiceType } from './types.js';
+
+export const DEFAULT_AFFINITY_SECONDS = 10800;
+
+/** Why an object is not served: ignored on purpose (like kube-proxy) or invalid. */
+export type Refusal = { ignored: string } | { invalid: string };
+
+export type ServiceConversion = { ports: readonly ServicePort[] } | Refusal;
+
+/** Converts a Service to its service ports in every family it has a cluster IP in. */
+export function convertService(svc: ServiceObject): ServiceConversion {
+  const ns = svc.metadata.namespace ?? 'default';
+  const key = `${ns}/${svc.metadata.name}`;
+  const labels = svc.metadata.labels ?? {};
+  if (LABEL_SERVICE_PROXY_NAME in labels) return { ignored: `labelled ${LABEL_SERVICE_PROXY_NAME}` };
+  if (LABEL_HEADLESS in labels) return { ignored: `labelled ${LABEL_HEADLESS}` };
+  const spec = svc.spec;
+  const type = spec.type ?? 'ClusterIP';
+  if (type === 'ExternalName') return { ignored: 'type ExternalName' };
+  const rawIPs = spec.clusterIPs && spec.clusterIPs.length > 0 ? spec.clusterIPs : spec.clusterIP ? [spec.clusterIP] : [];
+  if (rawIPs.length === 0 || rawIPs[0] === 'None' || rawIPs[0] === '') return { ignored: 'headless (no cluster IP)' };
+  if (spec.clusterIP && spec.clusterIPs && spec.clusterIPs.length > 0 && spec.clusterIP !== spec.clusterIPs[0]) {
+    return { invalid: `spec.clusterIP: ${spec.clusterIP} differs from spec.clusterIPs[0] ${spec.clusterIPs[0]}` };
+  }
+  const clusterIPByFamily = new Map<IPFamily, string>();
+  for (const [i, raw] of rawIPs.entries()) {
+    const ip = parseIP(raw);
+    if (!ip) return { invalid: `spec.clusterIPs[${i}]: invalid IP ${JSON.stringify(raw)}` };
+    if (clusterIPByFamily.has(ip.family)) return { invalid: `spec.clusterIPs[${i}]: second ${ip.family} cluster IP` };
+    const declared = spec.ipFamilies?.[i];
+    if (declared && declared !== ip.family) {
+      return { invalid: `spec.ipFamilies[${i}]: ${declared} does not match spec.clusterIPs[${i}] ${raw}` };
+    }
+    clusterIPByFamily.set(ip.family, ip.text);
+  }
+
+  const externalIPs = parseIPList(spec.externalIPs ?? [], 'spec.externalIPs');
+  if ('invalid' in externalIPs) return externalIPs;
+  const lbIPs: string[] = [];
+  for (const [i, ing] of (svc.status?.loadBalancer?.ingress ?? []).entries()) {
+    if (!ing.ip) continue; // hostname-only ingress: nothing to capture
+    const ip = parseIP(ing.ip);
+    if (!ip) return { invalid: `status.loadBalancer.ingress[${i}].ip: invalid IP ${JSON.stringify(ing.ip)}` };
+    if (ing.ipMode === 'Proxy') continue; // the LB proxies; traffic arrives for the node, not the VIP
+    if (type === 'LoadBalancer') lbIPs.push(ip.text);
+  }
+  const sourceRanges: ParsedCIDR[] = [];
+  for (const [i, raw] of (spec.loadBalancerSourceRanges ?? []).entries()) {
+    const cidr = parseCIDR(raw.trim());
+    if (!cidr) return { invalid: `spec.loadBalancerSourceRanges[${i}]: invalid CIDR ${JSON.stringify(raw)}` };
+    sourceRanges.push(cidr);
+  }
+
+  const ports = spec.ports ?? [];
+  const seenNames = new Set<string>();
+  const seenPorts = new Set<string>();
+  for (const [i, p] of ports.entries()) {
+    const pname = p.name ?? '';
+    if (seenNames.has(pname)) return { invalid: `spec.ports[${i}].name: duplicate port name ${JSON.stringify(pname)}` };
+    seenNames.add(pname);
+    const pp = `${p.port}/${p.protocol ?? 'TCP'}`;
+    if (seenPorts.has(pp)) return { invalid: `spec.ports[${i}]: duplicate port ${pp}` };
+    seenPorts.add(pp);
+    if (p.nodePort && type === 'ClusterIP') {
+      return { invalid: `spec.ports[${i}].nodePort: may not be set when spec.type is ClusterIP` };
+    }
+  }
+  if (spec.healthCheckNodePort && !(type === 'LoadBalancer' && spec.externalTrafficPolicy === 'Local')) {
+    return { invalid: 'spec.healthCheckNodePort: only valid for a LoadBalancer with externalTrafficPolicy Local' };
+  }
+
+  const externallyAccessible = type === 'NodePort' || type === 'LoadBalancer' || externalIPs.ips.length > 0;
+  const externalPolicyLocal = externallyAccessible && spec.externalTrafficPolicy === 'Local';
+  const affinitySeconds =
+    spec.sessionAffinity === 'ClientIP'
+      ? (spec.sessionAffinityConfig?.clientIP?.timeoutSeconds ?? DEFAULT_AFFINITY_SECONDS)
+      : 0;
+
+  const out: ServicePort[] = [];
+  for (const family of FAMILIES) {
+    const clusterIP = clusterIPByFamily.get(family);
+    if (!clusterIP) continue;
+    for (const p of ports) {
+      const portName = p.name ?? '';
+      out.push(
+        Object.freeze({
+          name: portName ? `${key}:${portName}` : key,
+          serviceKey: key,
+          portName,
+          protocol: (p.protocol ?? 'TCP') as Protocol,
+          family,
+          type: type as ServiceType,
+          clusterIP,
+          port: p.port,
+          nodePort: type === 'ClusterIP' ? 0 : (p.nodePort ?? 0),
+          externalIPs: externalIPs.ips.filter((ip) => parseIP(ip)!.family === family),
+          loadBalancerVIPs: lbIPs.filter((ip) => parseIP(ip)!.family === family),
+          loadBalancerSourceRanges:
+            type === 'LoadBalancer' ? sourceRanges.filter((c) => c.family === family).map((c) => c.text) : [],
+          externalPolicyLocal,
+          internalPolicyLocal: spec.internalTrafficPolicy === 'Local',
+          affinitySeconds,
+          healthCheckNodePort: externalPolicyLocal ? (spec.healthCheckNodePort ?? 0) : 0,
+          trafficDistribution: spec.trafficDistribution ?? undefined,
+        }),
+      );
+    }
+  }
+  return { ports: out };
+}
+
+function parseIPList(raw: readonly string[], field: string): { ips: string[] } | { invalid: string } {
+  const ips: string[] = [];
+  for (const [i, r] of raw.entries()) {
+    const ip = parseIP(r);
+    if (!ip) return { invalid: `${field}[${i}]: invalid IP ${JSON.stringify(r)}` };
+    if (!ips.includes(ip.text)) ips.push(ip.text);
+  }
+  return { ips };
+}
+
+/** An EndpointSlice's endpoints per port ("portName/PROTO"), for one service and family. */
+export interface SliceData {
+  readonly serviceKey: string;
+  readonly family: IPFamily;
+  readonly byPort: ReadonlyMap<string, readonly Endpoint[]>;
+}
+
+export type SliceConversion = SliceData | Refusal;
+
+export function slicePortKey(portName: string, protocol: Protocol): string {
+  return `${portName}/${protocol}`;
+}
+
+export function convertEndpointSlice(slice: EndpointSliceObject, nodeName: string): SliceConversion {
+  const labels = slice.metadata.labels ?? {};
+  const svcName = labels[LABEL_SERVICE_NAME];
+  if (!svcName) return { ignored: `no ${LABEL_SERVICE_NAME} label` };
+  if (LABEL_SERVICE_PROXY_NAME in labels) return { ignored: `labelled ${LABEL_SERVICE_PROXY_NAME}` };
+  if (slice.addressType === 'FQDN') return { ignored: 'addressType FQDN' };
+  const family = slice.addressType;
+  const endpoints: Omit<Endpoint, 'port'>[] = [];
+  for (const [i, ep] of (slice.endpoints ?? []).entries()) {
+    // Like kube-proxy, only the first address counts.
+    const raw = ep.addresses[0]!;
+    const ip = parseIP(raw);
+    if (!ip) return { invalid: `endpoints[${i}].addresses[0]: invalid IP ${JSON.stringify(raw)}` };
+    if (ip.family !== family) {
+      return { invalid: `endpoints[${i}].addresses[0]: ${raw} is not ${family} (addressType)` };
+    }
+    const c = ep.conditions ?? {};
+    const ready = c.ready ?? true;
+    endpoints.push({
+      ip: ip.text,
+      ready,
+      serving: c.serving ?? ready,
+      terminating: c.terminating ?? false,
+      nodeName: ep.nodeName ?? undefined,
+      zone: ep.zone ?? undefined,
+      zoneHints: ep.hints?.forZones ? ep.hints.forZones.map((z) => z.name) : undefined,
+      nodeHints: ep.hints?.forNodes ? ep.hints.forNodes.map((n) => n.name) : undefined,
+      isLocal: !!ep.nodeName && ep.nodeName === nodeName,
+    });
+  }
+  const byPort = new Map<string, Endpoint[]>();
+  for (const [i, p] of (slice.ports ?? []).entries()) {
+    if (p.port == null) continue; // a port without a number means "all ports": kube-proxy cannot use it
+    const k = slicePortKey(p.name ?? '', (p.protocol ?? 'TCP') as Protocol);
+    if (byPort.has(k)) return { invalid: `ports[${i}]: duplicate port ${k}` };
+    byPort.set(
+      k,
+      endpoints.map((e) => Object.freeze({ ...e, port: p.port! })),
+    );
+  }
+  return { serviceKey: `${slice.metadata.namespace ?? 'default'}/${svcName}`, family, byPort };
+}
+
+/** How good an endpoint's state is, for de-duplication across slices. */
+function conditionRank(ep: Endpoint): number {
+  return ep.ready ? 2 : ep.serving ? 1 : 0;
+}
+
+/**
+ * Merges one port's endpoints from several slices (already ordered by slice name):
+ * one entry per ip:port, keeping the best-conditioned copy, first slice on ties.
+ */
+export function mergeEndpoints(lists: readonly (readonly Endpoint[])[]): Endpoint[] {
+  const byAddr = new Map<string, Endpoint>();
+  for (const list of lists) {
+    for (const ep of list) {
+      const k = `${ep.ip}|${ep.port}`;
+      const prev = byAddr.get(k);
+      if (!prev || conditionRank(ep) > conditionRank(prev)) byAddr.set(k, ep);
+    }
+  }
+  return [...byAddr.values()].sort((a, b) => (a.ip === b.ip ? a.port - b.port : a.ip < b.ip ? -1 : 1));
+}
+
+export type NodeConversion = { node: NodeFacts } | { invalid: string };
+
+export function convertNode(node: NodeObject): NodeConversion {
+  const ips: Record<IPFamily, string[]> = { IPv4: [], IPv6: [] };
+  const addresses = node.status?.addresses ?? [];
+  // InternalIP first, then ExternalIP, like kube-proxy picks the node IP.
+  for (const type of ['InternalIP', 'ExternalIP']) {
+    for (const a of addresses) {
+      if (a.type !== type) continue;
+      const ip = parseIP(a.address);
+      if (ip && !ips[ip.family].includes(ip.text)) ips[ip.family].push(ip.text);
+    }
+  }
+  const podCIDRs: ParsedCIDR[] = [];
+  const rawCIDRs = node.spec?.podCIDRs?.length ? node.spec.podCIDRs : node.spec?.podCIDR ? [node.spec.podCIDR] : [];
+  for (const [i, raw] of rawCIDRs.entries()) {
+    const c = parseCIDR(raw);
+    if (!c) return { invalid: `spec.podCIDRs[${i}]: invalid CIDR ${JSON.stringify(raw)}` };
+    podCIDRs.push(c);
+  }
+  const labels = { ...(node.metadata.labels ?? {}) };
+  return {
+    node: Object.freeze({
+      name: node.metadata.name,
+      ips,
+      podCIDRs,
+      labels,
+      zone: labels[LABEL_ZONE],
+      deleting: !!node.metadata.deletionTimestamp,
+      toBeDeleted: (node.spec?.taints ?? []).some((t) => t.key === TAINT_TO_BE_DELETED),
+    }),
+  };
+}

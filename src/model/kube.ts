@@ -1,0 +1,177 @@
+// The parts of Service, EndpointSlice and Node that kpx reads, as zod schemas.
+// Both sources (files and the API) run objects through these, so an object that
+// would break a sync is refused at the door with the field that is wrong.
+import { z } from 'zod';
+
+const name = z.string().min(1).max(253);
+const port = z.number().int().min(1).max(65535);
+const protocol = z.enum(['TCP', 'UDP', 'SCTP']);
+
+const metadata = z.looseObject({
+  name,
+  namespace: z.string().min(1).max(63).optional(),
+  labels: z.record(z.string(), z.string()).nullish(),
+  annotations: z.record(z.string(), z.string()).nullish(),
+  resourceVersion: z.string().optional(),
+  uid: z.string().optional(),
+  deletionTimestamp: z.union([z.string(), z.date()]).nullish(),
+});
+
+export const serviceSchema = z.looseObject({
+  apiVersion: z.string().optional(),
+  kind: z.string().optional(),
+  metadata,
+  spec: z.looseObject({
+    type: z.enum(['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName']).optional(),
+    clusterIP: z.string().optional(),
+    clusterIPs: z.array(z.string()).nullish(),
+    ipFamilies: z.array(z.enum(['IPv4', 'IPv6'])).max(2).nullish(),
+    ipFamilyPolicy: z.string().nullish(),
+    ports: z
+      .array(
+        z.looseObject({
+          name: z.string().nullish(),
+          protocol: protocol.nullish(),
+          port,
+          targetPort: z.union([z.number().int(), z.string()]).nullish(),
+          nodePort: z.number().int().min(0).max(65535).nullish(),
+          appProtocol: z.string().nullish(),
+        }),
+      )
+      .nullish(),
+    externalIPs: z.array(z.string()).nullish(),
+    loadBalancerSourceRanges: z.array(z.string()).nullish(),
+    externalTrafficPolicy: z.enum(['Cluster', 'Local']).nullish(),
+    internalTrafficPolicy: z.enum(['Cluster', 'Local']).nullish(),
+    sessionAffinity: z.enum(['None', 'ClientIP']).nullish(),
+    sessionAffinityConfig: z
+      .looseObject({
+        clientIP: z.looseObject({ timeoutSeconds: z.number().int().min(1).max(86400).nullish() }).nullish(),
+      })
+      .nullish(),
+    healthCheckNodePort: z.number().int().min(0).max(65535).nullish(),
+    allocateLoadBalancerNodePorts: z.boolean().nullish(),
+    trafficDistribution: z.string().nullish(),
+  }),
+  status: z
+    .looseObject({
+      loadBalancer: z
+        .looseObject({
+          ingress: z
+            .array(
+              z.looseObject({
+                ip: z.string().nullish(),
+                hostname: z.string().nullish(),
+                ipMode: z.enum(['VIP', 'Proxy']).nullish(),
+              }),
+            )
+            .nullish(),
+        })
+        .nullish(),
+    })
+    .nullish(),
+});
+
+export const endpointSliceSchema = z.looseObject({
+  apiVersion: z.string().optional(),
+  kind: z.string().optional(),
+  metadata,
+  addressType: z.enum(['IPv4', 'IPv6', 'FQDN']),
+  endpoints: z
+    .array(
+      z.looseObject({
+        addresses: z.array(z.string()).min(1),
+        conditions: z
+          .looseObject({
+            ready: z.boolean().nullish(),
+            serving: z.boolean().nullish(),
+            terminating: z.boolean().nullish(),
+          })
+          .nullish(),
+        nodeName: z.string().nullish(),
+        zone: z.string().nullish(),
+        hints: z
+          .looseObject({
+            forZones: z.array(z.looseObject({ name: z.string() })).nullish(),
+            forNodes: z.array(z.looseObject({ name: z.string() })).nullish(),
+          })
+          .nullish(),
+      }),
+    )
+    .nullish(),
+  ports: z
+    .array(
+      z.looseObject({
+        name: z.string().nullish(),
+        port: port.nullish(),
+        protocol: protocol.nullish(),
+      }),
+    )
+    .nullish(),
+});
+
+export const nodeSchema = z.looseObject({
+  apiVersion: z.string().optional(),
+  kind: z.string().optional(),
+  metadata,
+  spec: z
+    .looseObject({
+      podCIDR: z.string().nullish(),
+      podCIDRs: z.array(z.string()).nullish(),
+      taints: z
+        .array(z.looseObject({ key: z.string(), value: z.string().nullish(), effect: z.string().nullish() }))
+        .nullish(),
+    })
+    .nullish(),
+  status: z
+    .looseObject({
+      addresses: z.array(z.looseObject({ type: z.string(), address: z.string() })).nullish(),
+    })
+    .nullish(),
+});
+
+export type ServiceObject = z.infer<typeof serviceSchema>;
+export type EndpointSliceObject = z.infer<typeof endpointSliceSchema>;
+export type NodeObject = z.infer<typeof nodeSchema>;
+
+export type ResourceKind = 'Service' | 'EndpointSlice' | 'Node';
+export type KubeObject = ServiceObject | EndpointSliceObject | NodeObject;
+
+export const schemaFor = {
+  Service: serviceSchema,
+  EndpointSlice: endpointSliceSchema,
+  Node: nodeSchema,
+} as const;
+
+export const API_VERSION_FOR: Record<ResourceKind, string> = {
+  Service: 'v1',
+  EndpointSlice: 'discovery.k8s.io/v1',
+  Node: 'v1',
+};
+
+/** Labels kube-proxy looks at. */
+export const LABEL_SERVICE_NAME = 'kubernetes.io/service-name';
+export const LABEL_SERVICE_PROXY_NAME = 'service.kubernetes.io/service-proxy-name';
+export const LABEL_HEADLESS = 'service.kubernetes.io/headless';
+export const LABEL_ZONE = 'topology.kubernetes.io/zone';
+export const ANNOTATION_TRIGGER_TIME = 'endpoints.kubernetes.io/last-change-trigger-time';
+export const TAINT_TO_BE_DELETED = 'ToBeDeletedByClusterAutoscaler';
+
+/** "namespace/name" for namespaced objects, "name" for Nodes. */
+export function objectKey(kind: ResourceKind, obj: { metadata: { name: string; namespace?: string | undefined } }): string {
+  if (kind === 'Node') return obj.metadata.name;
+  return `${obj.metadata.namespace ?? 'default'}/${obj.metadata.name}`;
+}
+
+/** One readable line for a zod failure: "spec.ports[1].port: Too big: expected number to be <=65535". */
+export function describeZodError(err: z.ZodError): string {
+  return err.issues
+    .slice(0, 3)
+    .map((i) => {
+      const path = i.path
+        .map((p, idx) => (typeof p === 'number' ? `[${p}]` : idx === 0 ? String(p) : `.${String(p)}`))
+        .join('');
+      return `${path || '(object)'}: ${i.message}`;
+    })
+    .join('; ');
+}

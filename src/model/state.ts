@@ -1,0 +1,235 @@
+// The change tracker: applies typed changes from any source to the cluster state,
+// remembers what changed since the last sync, and builds per-family models.
+import type { Logger } from '../util/log.js';
+import type { IPFamily } from '../util/ip.js';
+import {
+  ANNOTATION_TRIGGER_TIME,
+  objectKey,
+  type EndpointSliceObject,
+  type NodeObject,
+  type ServiceObject,
+} from './kube.js';
+import {
+  convertEndpointSlice,
+  convertNode,
+  convertService,
+  mergeEndpoints,
+  slicePortKey,
+  type SliceData,
+} from './convert.js';
+import { servicePortId, type Endpoint, type FamilyModel, type NodeFacts, type ServicePort } from './types.js';
+
+/**
+ * A change as every source emits it: add (no previous), update (both), delete (no
+ * current). Objects have passed validateObject(); origin (e.g. a file) is for logs.
+ */
+export type Change =
+  | { readonly kind: 'Service'; readonly previous?: ServiceObject; readonly current?: ServiceObject; readonly origin?: string }
+  | {
+      readonly kind: 'EndpointSlice';
+      readonly previous?: EndpointSliceObject;
+      readonly current?: EndpointSliceObject;
+      readonly origin?: string;
+    }
+  | { readonly kind: 'Node'; readonly previous?: NodeObject; readonly current?: NodeObject; readonly origin?: string };
+
+/** What changed since the last sync; the sync engine reads and resets it. */
+export interface PendingChanges {
+  /** services whose spec changed (keys "ns/name") */
+  readonly services: ReadonlySet<string>;
+  /** services whose endpoints changed */
+  readonly endpoints: ReadonlySet<string>;
+  /** this node's facts changed */
+  readonly node: boolean;
+  /** last-change-trigger-time of endpoint changes, for network programming latency */
+  readonly triggerTimes: readonly number[];
+}
+
+interface SliceEntry extends SliceData {
+  readonly name: string;
+}
+
+export class ClusterState {
+  private readonly services = new Map<string, readonly ServicePort[]>();
+  private readonly slices = new Map<string, SliceEntry>();
+  private readonly slicesByService = new Map<string, Set<string>>();
+  /** serviceKey -> family -> servicePortId -> merged endpoints; dropped when a slice changes */
+  private readonly endpointCache = new Map<string, Map<IPFamily, Map<string, readonly Endpoint[]>>>();
+  private nodeFacts: NodeFacts | null = null;
+  private pending = emptyPending();
+  private sortedPorts: Record<IPFamily, ServicePort[] | null> = { IPv4: null, IPv6: null };
+
+  constructor(
+    readonly nodeName: string,
+    private readonly log: Logger,
+  ) {}
+
+  get node(): NodeFacts | null {
+    return this.nodeFacts;
+  }
+
+  get serviceCount(): number {
+    return this.services.size;
+  }
+
+  get sliceCount(): number {
+    return this.slices.size;
+  }
+
+  apply(change: Change): void {
+    switch (change.kind) {
+      case 'Service':
+        return this.applyService(change);
+      case 'EndpointSlice':
+        return this.applySlice(change);
+      case 'Node':
+        return this.applyNode(change);
+    }
+  }
+
+  private applyService(change: Extract<Change, { kind: 'Service' }>): void {
+    const cur = change.current;
+    const obj = cur ?? change.previous;
+    if (!obj) return;
+    const key = objectKey('Service', obj);
+    let ports: readonly ServicePort[] = [];
+    if (cur) {
+      const conv = convertService(cur);
+      if ('ports' in conv) ports = conv.ports;
+      else if ('invalid' in conv) {
+        this.log.error({ kind: 'Service', object: key, origin: change.origin, reason: conv.invalid }, 'invalid Service skipped');
+      } else this.log.debug({ kind: 'Service', object: key, reason: conv.ignored }, 'Service ignored');
+    }
+    const had = this.services.get(key);
+    if (ports.length === 0 && !had) return;
+    if (had && samePorts(had, ports)) return;
+    if (ports.length > 0) this.services.set(key, ports);
+    else this.services.delete(key);
+    this.pending.services.add(key);
+    this.sortedPorts = { IPv4: null, IPv6: null };
+  }
+
+  private applySlice(change: Extract<Change, { kind: 'EndpointSlice' }>): void {
+    const cur = change.current;
+    const obj = cur ?? change.previous;
+    if (!obj) return;
+    const key = objectKey('EndpointSlice', obj);
+    const old = this.slices.get(key);
+    let next: SliceEntry | null = null;
+    if (cur) {
+      const conv = convertEndpointSlice(cur, this.nodeName);
+      if ('byPort' in conv) next = { ...conv, name: key };
+      else if ('invalid' in conv) {
+        this.log.error(
+          { kind: 'EndpointSlice', object: key, origin: change.origin, reason: conv.invalid },
+          'invalid EndpointSlice skipped',
+        );
+      } else this.log.debug({ kind: 'EndpointSlice', object: key, reason: conv.ignored }, 'EndpointSlice ignored');
+    }
+    if (!old && !next) return;
+    if (old) {
+      this.slicesByService.get(old.serviceKey)?.delete(key);
+      this.invalidateEndpoints(old.serviceKey);
+    }
+    if (next) {
+      this.slices.set(key, next);
+      let set = this.slicesByService.get(next.serviceKey);
+      if (!set) this.slicesByService.set(next.serviceKey, (set = new Set()));
+      set.add(key);
+      this.invalidateEndpoints(next.serviceKey);
+      const trigger = cur?.metadata.annotations?.[ANNOTATION_TRIGGER_TIME];
+      const t = trigger ? Date.parse(trigger) : NaN;
+      if (!Number.isNaN(t)) this.pending.triggerTimes.push(t);
+    } else {
+      this.slices.delete(key);
+    }
+  }
+
+  private invalidateEndpoints(serviceKey: string): void {
+    this.endpointCache.delete(serviceKey);
+    this.pending.endpoints.add(serviceKey);
+  }
+
+  private applyNode(change: Extract<Change, { kind: 'Node' }>): void {
+    const cur = change.current;
+    const name = (cur ?? change.previous)?.metadata.name;
+    if (name !== this.nodeName) return; // only this node's facts matter
+    let next: NodeFacts | null = null;
+    if (cur) {
+      const conv = convertNode(cur);
+      if ('node' in conv) next = conv.node;
+      else this.log.error({ kind: 'Node', object: name, origin: change.origin, reason: conv.invalid }, 'invalid Node skipped');
+    }
+    if (JSON.stringify(next) === JSON.stringify(this.nodeFacts)) return;
+    this.nodeFacts = next;
+    this.pending.node = true;
+  }
+
+  /** Merged endpoints of one service port (cached until a slice of the service changes). */
+  endpointsOf(sp: ServicePort): readonly Endpoint[] {
+    let byFamily = this.endpointCache.get(sp.serviceKey);
+    if (!byFamily) this.endpointCache.set(sp.serviceKey, (byFamily = new Map()));
+    let byPort = byFamily.get(sp.family);
+    if (!byPort) {
+      byPort = new Map();
+      const sliceKeys = [...(this.slicesByService.get(sp.serviceKey) ?? [])].sort();
+      const lists = new Map<string, (readonly Endpoint[])[]>();
+      for (const sk of sliceKeys) {
+        const s = this.slices.get(sk)!;
+        if (s.family !== sp.family) continue;
+        for (const [pk, eps] of s.byPort) {
+          let l = lists.get(pk);
+          if (!l) lists.set(pk, (l = []));
+          l.push(eps);
+        }
+      }
+      for (const [pk, l] of lists) byPort.set(pk, Object.freeze(mergeEndpoints(l)));
+      byFamily.set(sp.family, byPort);
+    }
+    return byPort.get(slicePortKey(sp.portName, sp.protocol)) ?? NO_ENDPOINTS;
+  }
+
+  familyModel(family: IPFamily): FamilyModel {
+    let ports = this.sortedPorts[family];
+    if (!ports) {
+      ports = [];
+      for (const list of this.services.values()) for (const sp of list) if (sp.family === family) ports.push(sp);
+      ports.sort((a, b) => (a.name === b.name ? cmp(a.protocol, b.protocol) : cmp(a.name, b.name)));
+      this.sortedPorts[family] = ports;
+    }
+    const endpoints = new Map<string, readonly Endpoint[]>();
+    for (const sp of ports) endpoints.set(servicePortId(sp), this.endpointsOf(sp));
+    return { family, servicePorts: ports, endpoints, node: this.nodeFacts };
+  }
+
+  /** Families that have at least one service port. */
+  familiesInUse(): Set<IPFamily> {
+    const out = new Set<IPFamily>();
+    for (const list of this.services.values()) for (const sp of list) out.add(sp.family);
+    return out;
+  }
+
+  peekPending(): PendingChanges {
+    return this.pending;
+  }
+
+  takePending(): PendingChanges {
+    const p = this.pending;
+    this.pending = emptyPending();
+    return p;
+  }
+}
+
+const NO_ENDPOINTS: readonly Endpoint[] = Object.freeze([]);
+
+function emptyPending(): { services: Set<string>; endpoints: Set<string>; node: boolean; triggerTimes: number[] } {
+  return { services: new Set(), endpoints: new Set(), node: false, triggerTimes: [] };
+}
+
+function cmp(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+function samePorts(a: readonly ServicePort[], b: readonly ServicePort[]): boolean {
+  return a.length === b.length && JSON.stringify(a) === JSON.stringify(b);
+}

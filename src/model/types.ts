@@ -1,0 +1,81 @@
+// The model: pure data derived from Services, EndpointSlices and this node's Node.
+// Objects here are immutable; a change replaces them, so renderers can cache by identity.
+import type { IPFamily, ParsedCIDR } from '../util/ip.js';
+
+export type Protocol = 'TCP' | 'UDP' | 'SCTP';
+export type ServiceType = 'ClusterIP' | 'NodePort' | 'LoadBalancer';
+
+/** One port of one Service in one IP family: what kube-proxy calls a ServicePort. */
+export interface ServicePort {
+  /** "namespace/name:portName" (":portName" omitted when empty), kube-proxy's ServicePortName. */
+  readonly name: string;
+  /** "namespace/name" */
+  readonly serviceKey: string;
+  readonly portName: string;
+  readonly protocol: Protocol;
+  readonly family: IPFamily;
+  readonly type: ServiceType;
+  readonly clusterIP: string;
+  readonly port: number;
+  /** 0 when the port has no NodePort. */
+  readonly nodePort: number;
+  readonly externalIPs: readonly string[];
+  /** LoadBalancer ingress IPs that the node must capture (ipMode Proxy excluded). */
+  readonly loadBalancerVIPs: readonly string[];
+  /** Canonical CIDRs; empty means everyone may use the LB IPs. */
+  readonly loadBalancerSourceRanges: readonly string[];
+  readonly externalPolicyLocal: boolean;
+  readonly internalPolicyLocal: boolean;
+  /** ClientIP affinity timeout in seconds; 0 when sessionAffinity is None. */
+  readonly affinitySeconds: number;
+  /** 0 unless externalTrafficPolicy Local on a LoadBalancer. */
+  readonly healthCheckNodePort: number;
+  readonly trafficDistribution: string | undefined;
+}
+
+export interface Endpoint {
+  readonly ip: string;
+  readonly port: number;
+  readonly ready: boolean;
+  readonly serving: boolean;
+  readonly terminating: boolean;
+  readonly nodeName: string | undefined;
+  readonly zone: string | undefined;
+  /** undefined when the slice gave no zone hints for this endpoint */
+  readonly zoneHints: readonly string[] | undefined;
+  readonly nodeHints: readonly string[] | undefined;
+  /** nodeName equals this node's name */
+  readonly isLocal: boolean;
+}
+
+export interface NodeFacts {
+  readonly name: string;
+  /** this node's own addresses by family, InternalIP first */
+  readonly ips: Readonly<Record<IPFamily, readonly string[]>>;
+  readonly podCIDRs: readonly ParsedCIDR[];
+  readonly labels: Readonly<Record<string, string>>;
+  readonly zone: string | undefined;
+  /** metadata.deletionTimestamp is set */
+  readonly deleting: boolean;
+  /** tainted ToBeDeletedByClusterAutoscaler */
+  readonly toBeDeleted: boolean;
+}
+
+/** Everything one family's renderer needs from the cluster. */
+export interface FamilyModel {
+  readonly family: IPFamily;
+  /** sorted by name then protocol, so output is deterministic */
+  readonly servicePorts: readonly ServicePort[];
+  /** endpoints of each service port, keyed by servicePortId() */
+  readonly endpoints: ReadonlyMap<string, readonly Endpoint[]>;
+  readonly node: NodeFacts | null;
+}
+
+/** Unique key of a service port within one family: name plus protocol. */
+export function servicePortId(sp: Pick<ServicePort, 'name' | 'protocol'>): string {
+  return `${sp.name}/${sp.protocol}`;
+}
+
+export function endpointAddress(ep: Pick<Endpoint, 'ip' | 'port'>): string {
+  return ep.ip.includes(':') ? `[${ep.ip}]:${ep.port}` : `${ep.ip}:${ep.port}`;
+}

@@ -1,0 +1,172 @@
+// The file source: Services, EndpointSlices and Nodes from *.yaml, *.yml and *.json files
+// in a directory, watched for changes. Editing a file produces the same changes a watch
+// on the API would (previous and current object per key).
+import { watch, type FSWatcher } from 'node:fs';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { parseAllDocuments } from 'yaml';
+import type { Logger } from '../util/log.js';
+import { API_VERSION_FOR, objectKey, type KubeObject, type ResourceKind } from '../model/kube.js';
+import type { Change } from '../model/state.js';
+import { validateObject } from '../model/validate.js';
+import type { Source, SourceHandler } from './types.js';
+
+const EXTENSIONS = /\.(ya?ml|json)$/i;
+const KINDS = new Set<ResourceKind>(['Service', 'EndpointSlice', 'Node']);
+
+interface FileObjects {
+  readonly mtimeMs: number;
+  readonly size: number;
+  /** "Kind/key" -> object, in file order */
+  readonly objects: Map<string, { kind: ResourceKind; object: KubeObject }>;
+}
+
+/** Parses one file's text into valid objects; everything wrong is logged and skipped. */
+export function parseManifest(text: string, file: string, log: Logger): Map<string, { kind: ResourceKind; object: KubeObject }> {
+  const out = new Map<string, { kind: ResourceKind; object: KubeObject }>();
+  let docs;
+  try {
+    docs = parseAllDocuments(text, { prettyErrors: false });
+  } catch (err) {
+    log.error({ file, reason: (err as Error).message }, 'manifest file does not parse; skipped');
+    return out;
+  }
+  const list = Array.isArray(docs) ? docs : [docs];
+  for (const [i, doc] of list.entries()) {
+    if (doc.errors.length > 0) {
+      log.error({ file, document: i, reason: doc.errors[0]!.message.split('\n')[0] }, 'manifest document does not parse; skipped');
+      continue;
+    }
+    const value: unknown = doc.toJS();
+    if (value == null) continue;
+    const items =
+      typeof value === 'object' && (value as { kind?: unknown }).kind === 'List'
+        ? ((value as { items?: unknown }).items ?? [])
+        : [value];
+    if (!Array.isArray(items)) {
+      log.error({ file, document: i, reason: 'List without items array' }, 'manifest skipped');
+      continue;
+    }
+    for (const item of items) addObject(item, file, log, out);
+  }
+  return out;
+}
+
+function addObject(item: unknown, file: string, log: Logger, out: Map<string, { kind: ResourceKind; object: KubeObject }>): void {
+  if (typeof item !== 'object' || item === null) {
+    log.error({ file, reason: 'not an object' }, 'manifest item skipped');
+    return;
+  }
+  const { kind, apiVersion } = item as { kind?: unknown; apiVersion?: unknown };
+  if (typeof kind !== 'string' || !KINDS.has(kind as ResourceKind)) {
+    log.debug({ file, kind }, 'not a Service, EndpointSlice or Node; ignored');
+    return;
+  }
+  const k = kind as ResourceKind;
+  if (apiVersion !== API_VERSION_FOR[k]) {
+    log.error(
+      { file, kind: k, reason: `apiVersion ${JSON.stringify(apiVersion)} is not ${API_VERSION_FOR[k]}` },
+      'object skipped',
+    );
+    return;
+  }
+  const v = validateObject(k, item);
+  if (!v.ok) {
+    log.error({ file, kind: k, object: v.name, reason: v.reason }, 'invalid object skipped');
+    return;
+  }
+  const key = `${k}/${objectKey(k, v.object as never)}`;
+  if (out.has(key)) log.warn({ file, kind: k, object: key }, 'object appears twice in one file; the last one wins');
+  out.set(key, { kind: k, object: v.object });
+}
+
+export class FileSource implements Source {
+  private files = new Map<string, FileObjects>();
+  /** the effective object per "Kind/key" (first file in name order wins on duplicates) */
+  private effective = new Map<string, { kind: ResourceKind; object: KubeObject; file: string; json: string }>();
+  private watcher: FSWatcher | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private scanning: Promise<void> = Promise.resolve();
+  private handler: SourceHandler | null = null;
+
+  constructor(
+    readonly dir: string,
+    private readonly log: Logger,
+    private readonly debounceMs = 100,
+  ) {}
+
+  async start(handler: SourceHandler): Promise<void> {
+    this.handler = handler;
+    await stat(this.dir).catch(() => {
+      throw new Error(`--manifests ${this.dir}: directory does not exist`);
+    });
+    await this.scan();
+    this.watcher = watch(this.dir, { persistent: true }, () => this.schedule());
+    this.watcher.on('error', (err) => this.log.error({ dir: this.dir, err: err.message }, 'watching manifests failed'));
+    handler.onSynced();
+  }
+
+  async stop(): Promise<void> {
+    this.watcher?.close();
+    this.watcher = null;
+    if (this.timer) clearTimeout(this.timer);
+    await this.scanning;
+  }
+
+  private schedule(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.scanning = this.scanning.then(() => this.scan()).catch((err) => this.log.error({ err: String(err) }, 'rescan failed'));
+    }, this.debounceMs);
+  }
+
+  /** Re-reads changed files and emits the differences. Public for tests and --once. */
+  async scan(): Promise<void> {
+    const names = (await readdir(this.dir)).filter((n) => EXTENSIONS.test(n) && !n.startsWith('.')).sort();
+    const next = new Map<string, FileObjects>();
+    for (const name of names) {
+      const path = join(this.dir, name);
+      const st = await stat(path).catch(() => null);
+      if (!st?.isFile()) continue;
+      const prev = this.files.get(name);
+      if (prev && prev.mtimeMs === st.mtimeMs && prev.size === st.size) {
+        next.set(name, prev);
+        continue;
+      }
+      const text = await readFile(path, 'utf8').catch(() => null);
+      if (text === null) continue;
+      next.set(name, { mtimeMs: st.mtimeMs, size: st.size, objects: parseManifest(text, path, this.log) });
+    }
+    this.files = next;
+    this.reconcile();
+  }
+
+  private reconcile(): void {
+    const now = new Map<string, { kind: ResourceKind; object: KubeObject; file: string; json: string }>();
+    for (const [file, fo] of this.files) {
+      for (const [key, { kind, object }] of fo.objects) {
+        const had = now.get(key);
+        if (had) {
+          this.log.warn({ kind, object: key, file, kept: had.file }, 'object defined in two files; the first file wins');
+          continue;
+        }
+        now.set(key, { kind, object, file: join(this.dir, file), json: JSON.stringify(object) });
+      }
+    }
+    const changes: Change[] = [];
+    for (const [key, cur] of now) {
+      const prev = this.effective.get(key);
+      if (prev && prev.json === cur.json) {
+        now.set(key, prev); // keep the old object: nothing changed
+        continue;
+      }
+      changes.push({ kind: cur.kind, previous: prev?.object, current: cur.object, origin: cur.file } as Change);
+    }
+    for (const [key, prev] of this.effective) {
+      if (!now.has(key)) changes.push({ kind: prev.kind, previous: prev.object, origin: prev.file } as Change);
+    }
+    this.effective = now;
+    for (const c of changes) this.handler?.onChange(c);
+  }
+}

@@ -1,0 +1,191 @@
+// The iptables proxier: one sync = for each IP family, render the model and apply the
+// difference. Decides full vs partial: full at start, after a failure, when the node's
+// facts (or kpx's view of the host) change, and after an external flush.
+import type { KpxConfig } from '../config/config.js';
+import type { ClusterState } from '../model/state.js';
+import type { Logger } from '../util/log.js';
+import { isLoopback, type IPFamily } from '../util/ip.js';
+import { IptablesRenderer, countRules, type IptablesRuleset } from '../render/iptables/ruleset.js';
+import type { IptablesRenderConfig } from '../render/iptables/config.js';
+import { IptablesApplier } from '../apply/iptables.js';
+import { detectBackend, supportsRandomFully, type IptablesBackend } from '../apply/backend.js';
+import type { CommandRunner } from '../apply/exec.js';
+import { ensureSysctl, readHostFacts, readSysctl, type HostFacts } from '../apply/host.js';
+import { buildIptablesConfig, keepIfSame, type Capabilities } from './node-config.js';
+
+export interface FamilySyncReport {
+  readonly family: IPFamily;
+  readonly full: boolean;
+  readonly renderMs: number;
+  readonly applyMs: number;
+  readonly servicePorts: number;
+  /** service ports whose rules were rendered anew (not reused from the cache) */
+  readonly servicePortsRendered: number;
+  readonly chainsWritten: number;
+  readonly rulesWritten: number;
+  readonly chainsDeleted: number;
+  readonly ruleCounts: { readonly filter: number; readonly nat: number };
+  readonly ruleset: IptablesRuleset;
+  readonly config: IptablesRenderConfig;
+  readonly error?: Error;
+}
+
+export interface SyncReport {
+  readonly families: readonly FamilySyncReport[];
+  readonly ok: boolean;
+}
+
+export interface ProxierOptions {
+  readonly config: KpxConfig;
+  readonly state: ClusterState;
+  readonly runner: CommandRunner;
+  readonly log: Logger;
+  /** where --dry-run prints restore input */
+  readonly print?: (text: string) => void;
+  readonly hostFacts?: () => HostFacts;
+}
+
+export class IptablesProxier {
+  private backend: IptablesBackend = 'nft';
+  private caps: Capabilities = { randomFully: false, conntrackTCPLiberal: false };
+  private readonly appliers = new Map<IPFamily, IptablesApplier>();
+  private readonly renderers = new Map<IPFamily, IptablesRenderer>();
+  private readonly configs = new Map<IPFamily, IptablesRenderConfig>();
+  private readonly needFull = new Set<IPFamily>();
+  private readonly programmed = new Set<IPFamily>();
+  private sysctlsDone = false;
+
+  constructor(private readonly opts: ProxierOptions) {}
+
+  get iptablesBackend(): IptablesBackend {
+    return this.backend;
+  }
+
+  async init(): Promise<void> {
+    const { config, runner, log } = this.opts;
+    if (config.iptablesBackend === 'auto') {
+      const d = await detectBackend(runner);
+      this.backend = d.backend;
+      log.info({ backend: d.backend, reason: d.reason }, 'iptables backend detected');
+    } else {
+      this.backend = config.iptablesBackend;
+    }
+    const liberal = config.conntrackTCPBeLiberal || (await readSysctl('net.netfilter.nf_conntrack_tcp_be_liberal')) === '1';
+    this.caps = {
+      randomFully: await supportsRandomFully(runner, 'IPv4', this.backend),
+      conntrackTCPLiberal: liberal,
+    };
+  }
+
+  applier(family: IPFamily): IptablesApplier {
+    let a = this.appliers.get(family);
+    if (!a) {
+      a = new IptablesApplier(family, this.backend, this.opts.runner, this.opts.log.child({ family }));
+      this.appliers.set(family, a);
+      this.needFull.add(family);
+    }
+    return a;
+  }
+
+  /** Force the next sync to be full in every family (failure, flush, node change). */
+  requestFullSync(): void {
+    for (const f of this.appliers.keys()) this.needFull.add(f);
+    for (const a of this.appliers.values()) a.invalidate();
+  }
+
+  /** IPv4 always; IPv6 once the node, the host or a service uses it (and from then on). */
+  families(host: HostFacts): IPFamily[] {
+    const out = new Set<IPFamily>(['IPv4', ...this.programmed]);
+    const node = this.opts.state.node;
+    if (
+      (node?.ips.IPv6.length ?? 0) > 0 ||
+      host.addresses.IPv6.some((ip) => !isLoopback(ip)) ||
+      this.opts.state.familiesInUse().has('IPv6')
+    ) {
+      out.add('IPv6');
+    }
+    return [...out].sort();
+  }
+
+  /** Checks the canary chains; on a flush, forgets programmed state so the next sync is full. */
+  async checkCanaries(): Promise<IPFamily[]> {
+    const flushed: IPFamily[] = [];
+    for (const family of this.programmed) {
+      const a = this.applier(family);
+      if (!(await a.canaryPresent())) {
+        flushed.push(family);
+        a.invalidate();
+        this.needFull.add(family);
+      }
+    }
+    return flushed;
+  }
+
+  async sync(): Promise<SyncReport> {
+    const { config, state, log } = this.opts;
+    const host = (this.opts.hostFacts ?? readHostFacts)();
+    const reports: FamilySyncReport[] = [];
+    for (const family of this.families(host)) {
+      const cfg = keepIfSame(this.configs.get(family), buildIptablesConfig(config, family, state.node, host, this.caps));
+      const applier = this.applier(family);
+      if (this.configs.get(family) !== cfg) this.needFull.add(family);
+      this.configs.set(family, cfg);
+      let renderer = this.renderers.get(family);
+      if (!renderer) this.renderers.set(family, (renderer = new IptablesRenderer()));
+
+      const t0 = performance.now();
+      const model = state.familyModel(family);
+      const ruleset = renderer.render(model, cfg);
+      const t1 = performance.now();
+      const full = this.needFull.has(family);
+      const base = {
+        family,
+        servicePorts: model.servicePorts.length,
+        servicePortsRendered: renderer.lastRendered,
+        ruleCounts: { filter: countRules(ruleset.tables.filter), nat: countRules(ruleset.tables.nat) },
+        ruleset,
+        config: cfg,
+        renderMs: t1 - t0,
+      };
+      try {
+        let result;
+        if (config.dryRun) {
+          result = await applier.plan(ruleset, full).catch(async (err: Error) => {
+            log.warn({ family, err: err.message }, 'cannot read the kernel rules; planning against an empty table');
+            return applier.planAgainstEmpty(ruleset);
+          });
+          this.opts.print?.(`# kpx ${family} (${this.backend} backend): ${applier.bins.restore} -w 5 --noflush\n${result.plan.text}`);
+        } else {
+          await this.ensureSysctls(cfg);
+          result = await applier.apply(ruleset, full);
+          this.programmed.add(family);
+        }
+        this.needFull.delete(family);
+        reports.push({
+          ...base,
+          full: result.full,
+          applyMs: performance.now() - t1,
+          chainsWritten: result.plan.chainsWritten,
+          rulesWritten: result.plan.rulesWritten,
+          chainsDeleted: result.plan.chainsDeleted,
+        });
+      } catch (err) {
+        this.needFull.add(family);
+        applier.invalidate();
+        log.error({ family, err: (err as Error).message }, 'sync failed; the previous rules stay in place');
+        reports.push({ ...base, full, applyMs: performance.now() - t1, chainsWritten: 0, rulesWritten: 0, chainsDeleted: 0, error: err as Error });
+      }
+    }
+    return { families: reports, ok: reports.every((r) => !r.error) };
+  }
+
+  private async ensureSysctls(cfg: IptablesRenderConfig): Promise<void> {
+    if (cfg.family === 'IPv4' && cfg.localhostNodePorts) {
+      await ensureSysctl('net.ipv4.conf.all.route_localnet', '1', this.opts.log);
+    }
+    if (!this.sysctlsDone && this.opts.config.conntrackTCPBeLiberal) {
+      await ensureSysctl('net.netfilter.nf_conntrack_tcp_be_liberal', '1', this.opts.log);
+    }
+    this.sysctlsDone = true;
+  }
+}

@@ -1,0 +1,85 @@
+import { describe, expect, it } from 'vitest';
+import { addressDispatch, buildDispatch, portDispatch, type DispatchEntry } from '../../src/render/iptables/dispatch.js';
+import { ipToBigInt } from '../../src/util/ip.js';
+
+/** Follows a tree's jumps for one key; returns the leaf rules walked and the rule count. */
+function lookup(out: ReturnType<typeof buildDispatch>, key: bigint, bits: number): { hits: string[]; walked: number } {
+  const hits: string[] = [];
+  let walked = 0;
+  const visit = (rules: readonly string[]) => {
+    for (const r of rules) {
+      walked++;
+      const m = /^-d (\S+)\/(\d+) -j (\S+)$/.exec(r) ?? /--dport (\d+)(?::(\d+))? -j (KPX-\S+)$/.exec(r);
+      if (m && out.chains.has(m[3]!)) {
+        let inside: boolean;
+        if (r.startsWith('-d ')) {
+          const len = Number(m[2]);
+          const mask = len === 0 ? 0n : ((1n << BigInt(len)) - 1n) << BigInt(bits - len);
+          inside = (key & mask) === ipToBigInt(m[1]!);
+        } else {
+          const lo = BigInt(m[1]!);
+          const hi = m[2] ? BigInt(m[2]) : lo;
+          inside = key >= lo && key <= hi;
+        }
+        if (inside) visit(out.chains.get(m[3]!)!);
+      } else hits.push(r);
+    }
+  };
+  visit(out.rootRules);
+  return { hits, walked };
+}
+
+const ipEntry = (ip: string, port = 80): DispatchEntry => ({ key: ipToBigInt(ip), order: String(port), rule: `-d ${ip}/32 --dport ${port} -j X` });
+
+function randomIPs(n: number, seed: number): string[] {
+  const set = new Set<string>();
+  let x = seed;
+  while (set.size < n) {
+    x = (Math.imul(x, 1103515245) + 12345) & 0x7fffffff;
+    set.add(`198.19.${(x >> 8) & 255}.${x & 255}`);
+  }
+  return [...set];
+}
+
+describe('dispatch trees', () => {
+  const spec = addressDispatch('DST', 'IPv4', 8);
+
+  it('is a flat list when the entries fit in one leaf', () => {
+    const out = buildDispatch(spec, randomIPs(5, 1).map((ip) => ipEntry(ip)));
+    expect(out.chains.size).toBe(0);
+    expect(out.rootRules).toHaveLength(5);
+  });
+
+  it('reaches every entry, with bounded chains and a short walk, at 10k entries', () => {
+    const ips = randomIPs(10_000, 7);
+    const out = buildDispatch(spec, ips.map((ip) => ipEntry(ip)));
+    for (const rules of out.chains.values()) expect(rules.length).toBeLessThanOrEqual(8);
+    expect(out.rootRules.length).toBeLessThanOrEqual(2);
+    let maxWalk = 0;
+    for (const ip of ips.slice(0, 2000)) {
+      const { hits, walked } = lookup(out, ipToBigInt(ip), 32);
+      // the matching entry is among the leaf rules the packet sees
+      expect(hits).toContain(`-d ${ip}/32 --dport 80 -j X`);
+      maxWalk = Math.max(maxWalk, walked);
+    }
+    expect(maxWalk).toBeLessThan(64);
+  });
+
+  it('does not depend on history and changes one root-to-leaf path per entry', () => {
+    const ips = randomIPs(3000, 3);
+    const a = buildDispatch(spec, ips.map((ip) => ipEntry(ip)));
+    const b = buildDispatch(spec, [...ips].reverse().map((ip) => ipEntry(ip)));
+    expect([...b.chains.entries()]).toEqual([...a.chains.entries()]);
+    const added = buildDispatch(spec, [...ips, '198.19.77.77'].map((ip) => ipEntry(ip)));
+    const changed = [...added.chains].filter(([k, v]) => JSON.stringify(a.chains.get(k)) !== JSON.stringify(v));
+    const removed = [...a.chains.keys()].filter((k) => !added.chains.has(k));
+    expect(changed.length + removed.length).toBeLessThanOrEqual(32);
+  });
+
+  it('splits NodePorts on port ranges', () => {
+    const entries = Array.from({ length: 100 }, (_, i) => ({ key: BigInt(30000 + i * 7), order: '', rule: `--dport ${30000 + i * 7} -j Y` }));
+    const out = buildDispatch(portDispatch('NP', 'tcp', 8), entries);
+    for (const e of entries) expect(lookup(out, e.key, 16).hits).toContain(e.rule);
+    expect([...out.chains.values()].flat().some((r) => /--dport \d+:\d+ -j KPX-NP-/.test(r))).toBe(true);
+  });
+});

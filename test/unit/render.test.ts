@@ -1,0 +1,135 @@
+import { describe, expect, it } from 'vitest';
+import { ClusterState, type Change } from '../../src/model/state.js';
+import { renderIptables, IptablesRenderer } from '../../src/render/iptables/ruleset.js';
+import { planFull, planPartial } from '../../src/render/iptables/restore.js';
+import type { IptablesRenderConfig } from '../../src/render/iptables/config.js';
+import { probability } from '../../src/render/iptables/service.js';
+import { silentLogger } from '../../src/util/log.js';
+import { endpointSlice, node, service } from '../substrate/manifests.js';
+
+export const baseConfig: IptablesRenderConfig = {
+  family: 'IPv4',
+  nodeName: 'node-a',
+  zone: undefined,
+  nodeIPs: ['198.18.0.10'],
+  localDetector: { source: '198.18.1.0/24' },
+  masqueradeAll: false,
+  masqueradeMark: '0x4000',
+  nodePortAddresses: 'all',
+  localhostNodePorts: true,
+  randomFully: true,
+  conntrackTCPLiberal: false,
+};
+
+function stateOf(objects: Array<{ kind: Change['kind']; obj: object }>, nodeName = 'node-a') {
+  const s = new ClusterState(nodeName, silentLogger);
+  for (const o of objects) s.apply({ kind: o.kind, current: o.obj } as Change);
+  return s;
+}
+
+const web = (n: number, extra: Partial<Parameters<typeof service>[0]> = {}) => [
+  { kind: 'Service' as const, obj: service({ name: 'web', clusterIP: '198.19.0.10', ports: [{ name: 'http', port: 80 }], ...extra }) },
+  {
+    kind: 'EndpointSlice' as const,
+    obj: endpointSlice({
+      service: 'web',
+      ports: [{ name: 'http', port: 8080 }],
+      endpoints: Array.from({ length: n }, (_, i) => ({ ip: `198.18.1.${10 + i}` })),
+    }),
+  },
+];
+
+const nat = (cfg = baseConfig, objs = web(3)) => renderIptables(stateOf(objs).familyModel('IPv4'), cfg).tables.nat;
+
+describe('iptables renderer', () => {
+  it('is deterministic, whatever order the objects arrive in', () => {
+    const objs = [
+      ...web(3),
+      { kind: 'Service' as const, obj: service({ name: 'b', clusterIP: '198.19.0.11', ports: [{ port: 81 }] }) },
+      { kind: 'Node' as const, obj: node({ ips: ['198.18.0.10'] }) },
+    ];
+    const a = renderIptables(stateOf(objs).familyModel('IPv4'), baseConfig);
+    const b = renderIptables(stateOf([...objs].reverse()).familyModel('IPv4'), baseConfig);
+    const text = (r: typeof a) => planFull(r, { filter: { chains: new Set(), jumps: new Map() }, nat: { chains: new Set(), jumps: new Map() } }).text;
+    expect(text(a)).toBe(text(b));
+    expect(text(a).length).toBeGreaterThan(500);
+  });
+
+  it('selects endpoint i of n with probability 1/(n-i), 10 decimals, the last unconditionally', () => {
+    const t = nat(baseConfig, web(4));
+    const svc = [...t.entries()].find(([k]) => k.startsWith('KPX-SVC-'))!;
+    const probs = svc[1].map((r) => /--probability (\S+)/.exec(r)?.[1] ?? 'none');
+    // first rule of the chain is the masquerade rule for off-cluster sources
+    expect(probs).toEqual(['none', '0.2500000000', '0.3333333333', '0.5000000000', 'none']);
+    expect(probability(3)).toBe('0.3333333333');
+  });
+
+  it('names every chain KPX-… within 28 characters', () => {
+    const r = renderIptables(stateOf(web(20)).familyModel('IPv4'), baseConfig);
+    for (const t of ['filter', 'nat'] as const) {
+      for (const name of r.tables[t].keys()) {
+        expect(name.startsWith('KPX-')).toBe(true);
+        expect(name.length).toBeLessThanOrEqual(28);
+      }
+    }
+  });
+
+  it('rejects, in the filter table, a service without endpoints and writes no nat capture for it', () => {
+    const r = renderIptables(stateOf(web(0)).familyModel('IPv4'), baseConfig);
+    expect(r.tables.filter.get('KPX-SERVICES')).toEqual([
+      '-d 198.19.0.10/32 -p tcp -m comment --comment "default/web:http has no endpoints" -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable',
+    ]);
+    expect([...r.tables.nat.keys()].filter((k) => k.startsWith('KPX-SVC-'))).toEqual([]);
+    expect(r.tables.nat.get('KPX-SERVICES')!.some((x) => x.includes('198.19.0.10'))).toBe(false);
+  });
+
+  it('masquerades ClusterIP traffic from outside the cluster CIDR, all of it with masqueradeAll, none without either', () => {
+    const first = (cfg: IptablesRenderConfig) => [...nat(cfg).entries()].find(([k]) => k.startsWith('KPX-SVC-'))![1][0];
+    expect(first(baseConfig)).toBe(
+      '! -s 198.18.1.0/24 -d 198.19.0.10/32 -p tcp -m comment --comment "default/web:http cluster IP" -m tcp --dport 80 -j KPX-MARK-MASQ',
+    );
+    expect(first({ ...baseConfig, masqueradeAll: true })).toBe(
+      '-d 198.19.0.10/32 -p tcp -m comment --comment "default/web:http cluster IP" -m tcp --dport 80 -j KPX-MARK-MASQ',
+    );
+    expect(first({ ...baseConfig, localDetector: null })).toMatch(/statistic/);
+    expect(first({ ...baseConfig, localDetector: { inInterface: 'veth+' } })).toBe(
+      '-d 198.19.0.10/32 ! -i veth+ -p tcp -m comment --comment "default/web:http cluster IP" -m tcp --dport 80 -j KPX-MARK-MASQ',
+    );
+  });
+
+  it('routes a NodePort through an EXT chain that masquerades, and hairpins in SEP chains', () => {
+    const objs = web(1, { type: 'NodePort', ports: [{ name: 'http', port: 80, nodePort: 30080 }] });
+    const t = nat(baseConfig, objs);
+    expect(t.get('KPX-NODEPORTS')).toEqual([
+      expect.stringMatching(/^-p tcp -m comment --comment "default\/web:http" -m tcp --dport 30080 -j KPX-EXT-/),
+    ]);
+    const ext = [...t.entries()].find(([k]) => k.startsWith('KPX-EXT-'))![1];
+    expect(ext[0]).toBe('-m comment --comment "masquerade traffic for default/web:http external destinations" -j KPX-MARK-MASQ');
+    const sep = [...t.entries()].find(([k]) => k.startsWith('KPX-SEP-'))![1];
+    expect(sep).toEqual([
+      '-s 198.18.1.10/32 -m comment --comment "default/web:http" -j KPX-MARK-MASQ',
+      '-p tcp -m comment --comment "default/web:http" -m tcp -j DNAT --to-destination 198.18.1.10:8080',
+    ]);
+    expect(t.get('KPX-SERVICES')!.at(-1)).toBe(
+      '-m comment --comment "kpx service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KPX-NODEPORTS',
+    );
+  });
+
+  it('re-renders only the service ports whose inputs changed', () => {
+    const s = stateOf([...web(3), { kind: 'Service', obj: service({ name: 'b', clusterIP: '198.19.0.11', ports: [{ port: 81 }] }) }]);
+    const r = new IptablesRenderer();
+    const first = r.render(s.familyModel('IPv4'), baseConfig);
+    expect(r.lastRendered).toBe(2);
+    s.apply({
+      kind: 'EndpointSlice',
+      current: endpointSlice({ service: 'web', ports: [{ name: 'http', port: 8080 }], endpoints: [{ ip: '198.18.1.10' }] }),
+    } as Change);
+    const second = r.render(s.familyModel('IPv4'), baseConfig);
+    expect(r.lastRendered).toBe(1);
+    const plan = planPartial(first.tables, second);
+    // the web SVC chain is rewritten and two SEP chains are deleted; service b is untouched
+    expect(plan.chainsWritten).toBe(1);
+    expect(plan.chainsDeleted).toBe(2);
+    expect(plan.text).not.toContain('default/b');
+  });
+});

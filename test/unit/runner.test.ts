@@ -1,0 +1,54 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { BoundedFrequencyRunner, realClock } from '../../src/sync/runner.js';
+
+describe('bounded-frequency runner', () => {
+  beforeEach(() => vi.useFakeTimers({ now: 0 }));
+  afterEach(() => vi.useRealTimers());
+
+  function make(result: () => boolean = () => true) {
+    const times: number[] = [];
+    const r = new BoundedFrequencyRunner(
+      async () => {
+        times.push(Date.now());
+        return result();
+      },
+      1000,
+      30_000,
+      realClock,
+    );
+    return { r, times };
+  }
+
+  it('coalesces a burst of requests into at most one run per minInterval', async () => {
+    const { r, times } = make();
+    r.start();
+    r.run();
+    await vi.advanceTimersByTimeAsync(0);
+    for (let i = 0; i < 50; i++) {
+      r.run();
+      await vi.advanceTimersByTimeAsync(10);
+    }
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(times).toEqual([0, 1000]);
+    await r.stop();
+  });
+
+  it('runs at least once per maxInterval without requests', async () => {
+    const { r, times } = make();
+    r.start();
+    r.run();
+    await vi.advanceTimersByTimeAsync(95_000);
+    expect(times).toEqual([0, 30_000, 60_000, 90_000]);
+    await r.stop();
+  });
+
+  it('retries a failed run with backoff, not waiting for maxInterval', async () => {
+    let fail = 2;
+    const { r, times } = make(() => fail-- <= 0);
+    r.start();
+    r.run();
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(times.slice(0, 3)).toEqual([0, 1000, 3000]);
+    await r.stop();
+  });
+});
