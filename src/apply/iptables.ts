@@ -11,6 +11,7 @@ import {
   planPartial,
   type KernelTableView,
   type RestorePlan,
+  type SavedChain,
 } from '../render/iptables/restore.js';
 import { TABLES, type IptablesRuleset, type TableName } from '../render/iptables/ruleset.js';
 import { CHAIN } from '../render/iptables/names.js';
@@ -44,6 +45,8 @@ type Tables = Record<TableName, ReadonlyMap<string, readonly string[]>>;
 export class IptablesApplier {
   /** what kpx last programmed successfully; null = unknown, read the kernel first */
   private programmed: Tables | null = null;
+  /** the nat table as last read from the kernel (until taken), for conntrack cleanup */
+  private kernelNat: Map<string, SavedChain> | null = null;
 
   constructor(
     readonly family: IPFamily,
@@ -123,8 +126,19 @@ export class IptablesApplier {
 
   async readKernel(): Promise<Record<TableName, KernelTableView>> {
     const out = {} as Record<TableName, KernelTableView>;
-    for (const t of TABLES) out[t] = kernelView(parseSave(await this.save(t)), t);
+    for (const t of TABLES) {
+      const saved = parseSave(await this.save(t));
+      if (t === 'nat') this.kernelNat = saved.get('nat') ?? new Map();
+      out[t] = kernelView(saved, t);
+    }
     return out;
+  }
+
+  /** The nat rules found in the kernel by the last full read, once. */
+  takeKernelNat(): Map<string, SavedChain> | null {
+    const n = this.kernelNat;
+    this.kernelNat = null;
+    return n;
   }
 
   /**

@@ -10,11 +10,16 @@ import type { Source } from '../source/types.js';
 import { execRunner } from '../apply/exec.js';
 import { cleanupIptables } from '../apply/cleanup.js';
 import { IptablesProxier } from '../sync/proxier.js';
-import { Controller } from '../sync/controller.js';
+import { Controller, type SyncObserver } from '../sync/controller.js';
+import { PostSync } from '../sync/post-sync.js';
+import { ProxyHealth } from '../server/health.js';
+import { ServiceHealthServers } from '../server/service-health.js';
+import { ConntrackCleaner } from '../apply/conntrack.js';
+import { traceCommand, addTraceFlags } from './trace.js';
 
 export const VERSION = '0.1.0';
 
-function addProxyFlags(cmd: Command): Command {
+export function addProxyFlags(cmd: Command): Command {
   return cmd
     .option('--config <file>', 'KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1); flags given here override it')
     .option('--hostname-override <name>', 'this node\'s name (default: the hostname)')
@@ -56,22 +61,32 @@ function addProxyFlags(cmd: Command): Command {
     .addOption(new Option('--log-level <level>', 'log level (default: info)').choices(['debug', 'info', 'warn', 'error', 'silent']));
 }
 
-interface Built {
+export interface Built {
   config: KpxConfig;
   log: Logger;
   controller: Controller;
   proxier: IptablesProxier;
+  health: ProxyHealth;
+  healthServers: ServiceHealthServers | null;
 }
 
-function build(flags: CliFlags & { logLevel?: string }): Built {
+export function build(flags: CliFlags & { logLevel?: string }, print: (text: string) => void = (t) => process.stdout.write(t)): Built {
   const log = createLogger({ level: flags.logLevel });
   const config = resolveConfig(flags, hostname());
   if (config.mode === 'ipvs') throw new ConfigError('--proxy-mode ipvs: not implemented yet');
   const source = makeSource(config, log);
   const state = new ClusterState(config.hostname, log);
-  const proxier = new IptablesProxier({ config, state, runner: execRunner, log, print: (t) => process.stdout.write(t) });
-  const controller = new Controller({ config, log, source, state, proxier });
-  return { config, log, controller, proxier };
+  const proxier = new IptablesProxier({ config, state, runner: execRunner, log, print });
+  const health = new ProxyHealth(2 * config.syncPeriodMs);
+  const live = !config.dryRun;
+  const healthServers = live
+    ? new ServiceHealthServers(log.child({ component: 'service-health' }), () => proxier.nodePortAddresses(), () => health.status().healthy)
+    : null;
+  const observers: SyncObserver[] = [
+    new PostSync(log, health, () => proxier.knownFamilies(), live ? new ConntrackCleaner(execRunner, log.child({ component: 'conntrack' })) : null, healthServers),
+  ];
+  const controller = new Controller({ config, log, source, state, proxier, observers });
+  return { config, log, controller, proxier, health, healthServers };
 }
 
 function makeSource(config: KpxConfig, log: Logger): Source {
@@ -80,10 +95,11 @@ function makeSource(config: KpxConfig, log: Logger): Source {
 }
 
 async function runCommand(flags: CliFlags & { logLevel?: string }): Promise<number> {
-  const { config, log, controller, proxier } = build(flags);
+  const { config, log, controller, proxier, healthServers } = build(flags);
   await proxier.init();
   if (config.once) {
     const ok = await controller.runOnce();
+    await healthServers?.stop();
     return ok ? 0 : 1;
   }
   await controller.start();
@@ -95,6 +111,7 @@ async function runCommand(flags: CliFlags & { logLevel?: string }): Promise<numb
   });
   log.info('stopping; programmed rules stay in place');
   await controller.stop();
+  await healthServers?.stop();
   return 0;
 }
 
@@ -114,6 +131,11 @@ export async function main(argv: string[]): Promise<void> {
   addProxyFlags(program.command('render').description('print what kpx would apply and exit (run --once --dry-run)')).action(
     async (flags) => {
       exitCode = await runCommand({ ...flags, once: true, dryRun: true });
+    },
+  );
+  addTraceFlags(addProxyFlags(program.command('trace').description('walk a packet through the rules kpx renders (or the live ones) and print the outcomes'))).action(
+    async (flags) => {
+      exitCode = await traceCommand(flags);
     },
   );
   program

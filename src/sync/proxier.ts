@@ -8,6 +8,7 @@ import { isLoopback, type IPFamily } from '../util/ip.js';
 import { IptablesRenderer, countRules, type IptablesRuleset } from '../render/iptables/ruleset.js';
 import type { IptablesRenderConfig } from '../render/iptables/config.js';
 import { IptablesApplier } from '../apply/iptables.js';
+import type { SavedChain } from '../render/iptables/restore.js';
 import { detectBackend, supportsRandomFully, type IptablesBackend } from '../apply/backend.js';
 import type { CommandRunner } from '../apply/exec.js';
 import { ensureSysctl, readHostFacts, readSysctl, type HostFacts } from '../apply/host.js';
@@ -27,6 +28,8 @@ export interface FamilySyncReport {
   readonly ruleCounts: { readonly filter: number; readonly nat: number };
   readonly ruleset: IptablesRuleset;
   readonly config: IptablesRenderConfig;
+  /** the nat rules found in the kernel when this (full) sync read it */
+  readonly kernelNatBefore?: ReadonlyMap<string, SavedChain>;
   readonly error?: Error;
 }
 
@@ -107,6 +110,21 @@ export class IptablesProxier {
     return [...out].sort();
   }
 
+  /** Addresses NodePorts (and health check ports) answer on, over all families. */
+  nodePortAddresses(): 'all' | string[] {
+    const out: string[] = [];
+    for (const cfg of this.configs.values()) {
+      if (cfg.nodePortAddresses === 'all') return 'all';
+      out.push(...cfg.nodePortAddresses);
+    }
+    return this.configs.size ? out : 'all';
+  }
+
+  /** Families synced so far (for health). */
+  knownFamilies(): IPFamily[] {
+    return [...this.configs.keys()];
+  }
+
   /** Checks the canary chains; on a flush, forgets programmed state so the next sync is full. */
   async checkCanaries(): Promise<IPFamily[]> {
     const flushed: IPFamily[] = [];
@@ -161,8 +179,10 @@ export class IptablesProxier {
           this.programmed.add(family);
         }
         this.needFull.delete(family);
+        const kernelNat = applier.takeKernelNat();
         reports.push({
           ...base,
+          ...(kernelNat ? { kernelNatBefore: kernelNat } : {}),
           full: result.full,
           applyMs: performance.now() - t1,
           chainsWritten: result.plan.chainsWritten,

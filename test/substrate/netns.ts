@@ -19,12 +19,15 @@ const PROBE = join(REPO, 'test/substrate/probe.mjs');
 
 export const NET = {
   extIP: '198.18.0.1',
+  /** a second external client address (outside LB source ranges in tests) */
+  extIP2: '198.18.0.2',
   nodeIP: '198.18.0.10',
   bridgeIP: '198.18.1.1',
   podCIDR: '198.18.1.0/24',
   remoteBridgeIP: '198.18.2.1',
   remoteCIDR: '198.18.2.0/24',
   serviceCIDR: '198.19.0.0/16',
+  serviceCIDR6: '2001:2:0:ff::/64',
   extIP6: '2001:2::1',
   nodeIP6: '2001:2::10',
   bridgeIP6: '2001:2:1::1',
@@ -42,6 +45,8 @@ export interface PodSpec {
   remote?: boolean;
   /** ports for the echo server (TCP and UDP); none = no server */
   ports?: number[];
+  /** more IPv4 addresses on the pod's eth0 (e.g. many clients in one namespace) */
+  extraIPs?: string[];
 }
 
 export interface ProbeResult {
@@ -123,6 +128,7 @@ export class Topology {
     await this.ip('-n', this.node, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', this.ext);
     await this.ip('-n', this.node, 'addr', 'add', `${NET.nodeIP}/24`, 'dev', 'eth0');
     await this.ip('-n', this.ext, 'addr', 'add', `${NET.extIP}/24`, 'dev', 'eth0');
+    await this.ip('-n', this.ext, 'addr', 'add', `${NET.extIP2}/24`, 'dev', 'eth0');
     // pod bridge on the node, remote bridge on ext
     await this.ip('-n', this.node, 'link', 'add', 'kpxbr0', 'type', 'bridge');
     await this.ip('-n', this.node, 'addr', 'add', `${NET.bridgeIP}/24`, 'dev', 'kpxbr0');
@@ -142,9 +148,12 @@ export class Topology {
     }
     await this.ip('-n', this.node, 'route', 'add', 'default', 'via', NET.extIP);
     await this.ip('-n', this.ext, 'route', 'add', NET.podCIDR, 'via', NET.nodeIP);
+    // the upstream router sends service VIPs (LB IPs, external IPs) to the node, as an LB would
+    await this.ip('-n', this.ext, 'route', 'add', NET.serviceCIDR, 'via', NET.nodeIP);
     if (v6) {
       await this.ip('-n', this.node, '-6', 'route', 'add', 'default', 'via', NET.extIP6);
       await this.ip('-n', this.ext, '-6', 'route', 'add', NET.podCIDR6, 'via', NET.nodeIP6);
+      await this.ip('-n', this.ext, '-6', 'route', 'add', NET.serviceCIDR6, 'via', NET.nodeIP6);
     }
     await this.sysctl(this.node, 'net.ipv4.ip_forward=1');
     await this.sysctl(this.node, 'net.bridge.bridge-nf-call-iptables=1');
@@ -172,6 +181,7 @@ export class Topology {
     // hairpin: a pod may reach itself through its Service (CNI bridge's hairpinMode)
     await execa('bridge', ['-n', host, 'link', 'set', 'dev', hv, 'hairpin', 'on']);
     await this.ip('-n', ns, 'addr', 'add', `${p.ip}/24`, 'dev', 'eth0');
+    for (const extra of p.extraIPs ?? []) await this.ip('-n', ns, 'addr', 'add', `${extra}/24`, 'dev', 'eth0');
     if (this.ipv6 && p.ip6) await this.ip('-n', ns, 'addr', 'add', `${p.ip6}/64`, 'dev', 'eth0', 'nodad');
     await this.ip('-n', ns, 'link', 'set', 'eth0', 'up');
     await this.ip('-n', ns, 'route', 'add', 'default', 'via', gw);
@@ -237,6 +247,19 @@ export class Topology {
     if (opts.sequence) args.push('--sequence');
     const r = await this.exec(from, process.execPath, args);
     return JSON.parse(r.stdout) as ProbeResult;
+  }
+
+  /** HTTP GET from a namespace: status, one header and body. */
+  async httpGet(from: string, url: string, header = 'x-load-balancing-endpoint-weight'): Promise<{ status: number; header: string | null; body: string }> {
+    const code = `fetch(${JSON.stringify(url)},{signal:AbortSignal.timeout(3000)}).then(async r=>console.log(JSON.stringify({status:r.status,header:r.headers.get(${JSON.stringify(header)}),body:await r.text()}))).catch(e=>console.log(JSON.stringify({status:0,header:null,body:String(e.cause?.code??e.message)})))`;
+    const r = await this.exec(from, process.execPath, ['-e', code]);
+    return JSON.parse(r.stdout) as { status: number; header: string | null; body: string };
+  }
+
+  /** Writes manifests and runs `kpx run --once` with the given flags; throws on failure. */
+  async sync(args: string[]): Promise<void> {
+    const r = await this.kpx(['run', '--once', ...args], { reject: false });
+    if (r.exitCode !== 0) throw new Error(`kpx exited ${r.exitCode}: ${r.stderr}`);
   }
 
   /** A fresh manifests directory for this topology. */

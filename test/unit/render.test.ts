@@ -6,20 +6,8 @@ import type { IptablesRenderConfig } from '../../src/render/iptables/config.js';
 import { probability } from '../../src/render/iptables/service.js';
 import { silentLogger } from '../../src/util/log.js';
 import { endpointSlice, node, service } from '../substrate/manifests.js';
+import { baseConfig } from '../substrate/render-config.js';
 
-export const baseConfig: IptablesRenderConfig = {
-  family: 'IPv4',
-  nodeName: 'node-a',
-  zone: undefined,
-  nodeIPs: ['198.18.0.10'],
-  localDetector: { source: '198.18.1.0/24' },
-  masqueradeAll: false,
-  masqueradeMark: '0x4000',
-  nodePortAddresses: 'all',
-  localhostNodePorts: true,
-  randomFully: true,
-  conntrackTCPLiberal: false,
-};
 
 function stateOf(objects: Array<{ kind: Change['kind']; obj: object }>, nodeName = 'node-a') {
   const s = new ClusterState(nodeName, silentLogger);
