@@ -13,7 +13,7 @@ import {
   type RestorePlan,
   type SavedChain,
 } from '../render/iptables/restore.js';
-import { TABLES, type IptablesRuleset, type TableName } from '../render/iptables/ruleset.js';
+import { TABLES, type BuiltinJump, type IptablesRuleset, type RenderResult, type TableName } from '../render/iptables/ruleset.js';
 import { CHAIN } from '../render/iptables/names.js';
 import { binaries, type IptablesBackend } from './backend.js';
 import type { CommandRunner } from './exec.js';
@@ -40,11 +40,15 @@ export interface ApplyResult {
   readonly plan: RestorePlan;
 }
 
-type Tables = Record<TableName, ReadonlyMap<string, readonly string[]>>;
-
 export class IptablesApplier {
-  /** what kpx last programmed successfully; null = unknown, read the kernel first */
-  private programmed: Tables | null = null;
+  /**
+   * The kernel holds exactly what the renderer had at the last successful apply. While
+   * true, partial syncs apply the renderer's delta and nothing is read back; a failure or
+   * an external flush makes it false, and the next sync reads the kernel and writes all.
+   */
+  private trusted = false;
+  /** kpx's jumps in built-in chains as last programmed */
+  private programmedJumps: readonly BuiltinJump[] = [];
   /** the nat table as last read from the kernel (until taken), for conntrack cleanup */
   private kernelNat: Map<string, SavedChain> | null = null;
 
@@ -61,17 +65,20 @@ export class IptablesApplier {
 
   /** Forget what was programmed: the next apply reads the kernel and writes everything. */
   invalidate(): void {
-    this.programmed = null;
+    this.trusted = false;
   }
 
-  get trusted(): boolean {
-    return this.programmed !== null;
+  get isTrusted(): boolean {
+    return this.trusted;
   }
 
-  /** Plans without touching anything (for --dry-run and tests). */
-  async plan(desired: IptablesRuleset, full: boolean): Promise<{ full: boolean; plan: RestorePlan }> {
-    if (!full && this.programmed) return { full: false, plan: planPartial(this.programmed, desired) };
-    const kernel = this.programmed ? this.viewFromMemory(desired) : await this.readKernel();
+  /**
+   * Plans without touching anything (also for --dry-run): partial (the render's delta)
+   * unless `full` or the programmed state is unknown.
+   */
+  async plan(desired: IptablesRuleset, render: RenderResult, full: boolean): Promise<{ full: boolean; plan: RestorePlan }> {
+    if (!full && !render.full && this.trusted) return { full: false, plan: planPartial(render.delta) };
+    const kernel = this.trusted && render.previous ? this.viewFromMemory(render.previous) : await this.readKernel();
     return { full: true, plan: planFull(desired, kernel) };
   }
 
@@ -81,18 +88,19 @@ export class IptablesApplier {
     return { full: true, plan: planFull(desired, { filter: empty, nat: empty }) };
   }
 
-  async apply(desired: IptablesRuleset, full: boolean): Promise<ApplyResult> {
-    const { full: isFull, plan } = await this.plan(desired, full);
-    if (plan.text) await this.restore(plan.text);
-    this.programmed = { ...desired.tables };
-    return { full: isFull, plan };
+  async apply(desired: IptablesRuleset, render: RenderResult, full: boolean): Promise<ApplyResult> {
+    const result = await this.plan(desired, render, full);
+    if (result.plan.text) await this.restore(result.plan.text);
+    this.trusted = true;
+    this.programmedJumps = desired.jumps;
+    return result;
   }
 
   /** Runs one atomic restore; on failure forgets the programmed state (next sync is full). */
   async restore(text: string): Promise<void> {
     const r = await this.runner.run(this.bins.restore, ['-w', '5', '--noflush'], { input: text, timeoutMs: 600_000 });
     if (r.exitCode === 0) return;
-    this.programmed = null;
+    this.trusted = false;
     const m = /line:? (\d+)/.exec(r.stderr);
     const line = m ? Number(m[1]) : undefined;
     const lines = text.split('\n');
@@ -102,18 +110,18 @@ export class IptablesApplier {
     throw new RestoreError(this.family, r.stderr, line, offending);
   }
 
-  /** After a full sync with a trusted memory, stale chains and jumps come from memory. */
-  private viewFromMemory(desired: IptablesRuleset): Record<TableName, KernelTableView> {
+  /** A full sync while trusted: the kernel has the previous render's chains and our jumps. */
+  private viewFromMemory(previous: Record<TableName, Set<string>>): Record<TableName, KernelTableView> {
     const out = {} as Record<TableName, KernelTableView>;
     for (const t of TABLES) {
       const jumps = new Map<string, string[]>();
-      for (const j of desired.jumps) {
+      for (const j of this.programmedJumps) {
         if (j.table !== t) continue;
         let l = jumps.get(j.chain);
         if (!l) jumps.set(j.chain, (l = []));
         l.push(j.rule);
       }
-      out[t] = { chains: new Set(this.programmed![t].keys()), jumps };
+      out[t] = { chains: previous[t], jumps };
     }
     return out;
   }

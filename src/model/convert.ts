@@ -95,7 +95,7 @@ export function convertService(svc: ServiceObject): ServiceConversion {
     for (const p of ports) {
       const portName = p.name ?? '';
       out.push(
-        Object.freeze({
+        {
           name: portName ? `${key}:${portName}` : key,
           serviceKey: key,
           portName,
@@ -114,7 +114,7 @@ export function convertService(svc: ServiceObject): ServiceConversion {
           affinitySeconds,
           healthCheckNodePort: externalPolicyLocal ? (spec.healthCheckNodePort ?? 0) : 0,
           trafficDistribution: spec.trafficDistribution ?? undefined,
-        }),
+        },
       );
     }
   }
@@ -151,7 +151,7 @@ export function convertEndpointSlice(slice: EndpointSliceObject, nodeName: strin
   if (LABEL_SERVICE_PROXY_NAME in labels) return { ignored: `labelled ${LABEL_SERVICE_PROXY_NAME}` };
   if (slice.addressType === 'FQDN') return { ignored: 'addressType FQDN' };
   const family = slice.addressType;
-  const endpoints: Omit<Endpoint, 'port'>[] = [];
+  const endpoints: Omit<Endpoint, 'port' | 'addr'>[] = [];
   for (const [i, ep] of (slice.endpoints ?? []).entries()) {
     // Like kube-proxy, only the first address counts.
     const raw = ep.addresses[0]!;
@@ -179,9 +179,24 @@ export function convertEndpointSlice(slice: EndpointSliceObject, nodeName: strin
     if (p.port == null) continue; // a port without a number means "all ports": kube-proxy cannot use it
     const k = slicePortKey(p.name ?? '', (p.protocol ?? 'TCP') as Protocol);
     if (byPort.has(k)) return { invalid: `ports[${i}]: duplicate port ${k}` };
+    const portNumber = p.port;
+    // an explicit literal (not a spread): every Endpoint gets the same hidden class,
+    // which keeps the renderer's property reads monomorphic and fast
     byPort.set(
       k,
-      endpoints.map((e) => Object.freeze({ ...e, port: p.port! })),
+      endpoints.map((e) => ({
+        ip: e.ip,
+        port: portNumber,
+        addr: family === 'IPv6' ? `[${e.ip}]:${portNumber}` : `${e.ip}:${portNumber}`,
+        ready: e.ready,
+        serving: e.serving,
+        terminating: e.terminating,
+        nodeName: e.nodeName,
+        zone: e.zone,
+        zoneHints: e.zoneHints,
+        nodeHints: e.nodeHints,
+        isLocal: e.isLocal,
+      })),
     );
   }
   return { serviceKey: `${slice.metadata.namespace ?? 'default'}/${svcName}`, family, byPort };
@@ -230,7 +245,7 @@ export function convertNode(node: NodeObject): NodeConversion {
   }
   const labels = { ...(node.metadata.labels ?? {}) };
   return {
-    node: Object.freeze({
+    node: {
       name: node.metadata.name,
       ips,
       podCIDRs,
@@ -238,6 +253,6 @@ export function convertNode(node: NodeObject): NodeConversion {
       zone: labels[LABEL_ZONE],
       deleting: !!node.metadata.deletionTimestamp,
       toBeDeleted: (node.spec?.taints ?? []).some((t) => t.key === TAINT_TO_BE_DELETED),
-    }),
+    },
   };
 }

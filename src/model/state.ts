@@ -49,6 +49,28 @@ interface SliceEntry extends SliceData {
   readonly name: string;
 }
 
+/** Services changed since a consumer (one family's renderer) last looked. */
+export class ChangeTracker {
+  services = new Set<string>();
+  node = false;
+
+  take(): { services: Set<string>; node: boolean } {
+    const out = { services: this.services, node: this.node };
+    this.services = new Set();
+    this.node = false;
+    return out;
+  }
+}
+
+/** What a renderer needs of the model for one family. */
+export interface FamilyView {
+  readonly family: IPFamily;
+  /** sorted, so full renders are deterministic */
+  serviceKeys(): Iterable<string>;
+  portsOf(serviceKey: string): readonly ServicePort[];
+  endpointsOf(sp: ServicePort): readonly Endpoint[];
+}
+
 export class ClusterState {
   private readonly services = new Map<string, readonly ServicePort[]>();
   private readonly slices = new Map<string, SliceEntry>();
@@ -57,6 +79,8 @@ export class ClusterState {
   private readonly endpointCache = new Map<string, Map<IPFamily, Map<string, readonly Endpoint[]>>>();
   private nodeFacts: NodeFacts | null = null;
   private pending = emptyPending();
+  private readonly trackers = new Set<ChangeTracker>();
+  private readonly endpointTotals: Record<IPFamily, number> = { IPv4: 0, IPv6: 0 };
   private sortedPorts: Record<IPFamily, ServicePort[] | null> = { IPv4: null, IPv6: null };
 
   constructor(
@@ -74,6 +98,11 @@ export class ClusterState {
 
   get sliceCount(): number {
     return this.slices.size;
+  }
+
+  /** Endpoint entries (per port) in slices of a family: decides large-cluster mode. */
+  endpointCount(family: IPFamily): number {
+    return this.endpointTotals[family];
   }
 
   apply(change: Change): void {
@@ -106,6 +135,7 @@ export class ClusterState {
     if (ports.length > 0) this.services.set(key, ports);
     else this.services.delete(key);
     this.pending.services.add(key);
+    for (const t of this.trackers) t.services.add(key);
     this.sortedPorts = { IPv4: null, IPv6: null };
   }
 
@@ -130,8 +160,10 @@ export class ClusterState {
     if (old) {
       this.slicesByService.get(old.serviceKey)?.delete(key);
       this.invalidateEndpoints(old.serviceKey);
+      this.endpointTotals[old.family] -= sliceEndpoints(old);
     }
     if (next) {
+      this.endpointTotals[next.family] += sliceEndpoints(next);
       this.slices.set(key, next);
       let set = this.slicesByService.get(next.serviceKey);
       if (!set) this.slicesByService.set(next.serviceKey, (set = new Set()));
@@ -148,6 +180,7 @@ export class ClusterState {
   private invalidateEndpoints(serviceKey: string): void {
     this.endpointCache.delete(serviceKey);
     this.pending.endpoints.add(serviceKey);
+    for (const t of this.trackers) t.services.add(serviceKey);
   }
 
   private applyNode(change: Extract<Change, { kind: 'Node' }>): void {
@@ -163,6 +196,26 @@ export class ClusterState {
     if (JSON.stringify(next) === JSON.stringify(this.nodeFacts)) return;
     this.nodeFacts = next;
     this.pending.node = true;
+    for (const t of this.trackers) t.node = true;
+  }
+
+  /** A tracker that collects the keys of services changed from now on. */
+  tracker(): ChangeTracker {
+    const t = new ChangeTracker();
+    this.trackers.add(t);
+    return t;
+  }
+
+  view(family: IPFamily): FamilyView {
+    return {
+      family,
+      serviceKeys: () => [...this.services.keys()].sort(),
+      portsOf: (key) => {
+        const ports = this.services.get(key)?.filter((p) => p.family === family) ?? [];
+        return ports.sort((a, b) => (a.name === b.name ? cmp(a.protocol, b.protocol) : cmp(a.name, b.name)));
+      },
+      endpointsOf: (sp) => this.endpointsOf(sp),
+    };
   }
 
   /** Merged endpoints of one service port (cached until a slice of the service changes). */
@@ -183,7 +236,7 @@ export class ClusterState {
           l.push(eps);
         }
       }
-      for (const [pk, l] of lists) byPort.set(pk, Object.freeze(mergeEndpoints(l)));
+      for (const [pk, l] of lists) byPort.set(pk, mergeEndpoints(l));
       byFamily.set(sp.family, byPort);
     }
     return byPort.get(slicePortKey(sp.portName, sp.protocol)) ?? NO_ENDPOINTS;
@@ -220,7 +273,13 @@ export class ClusterState {
   }
 }
 
-const NO_ENDPOINTS: readonly Endpoint[] = Object.freeze([]);
+const NO_ENDPOINTS: readonly Endpoint[] = [];
+
+function sliceEndpoints(s: SliceData): number {
+  let n = 0;
+  for (const eps of s.byPort.values()) n += eps.length;
+  return n;
+}
 
 function emptyPending(): { services: Set<string>; endpoints: Set<string>; node: boolean; triggerTimes: number[] } {
   return { services: new Set(), endpoints: new Set(), node: false, triggerTimes: [] };

@@ -52,13 +52,13 @@ export class PostSync implements SyncObserver {
       this.health.updated(f.family);
       if (this.conntrack && f.kernelNatBefore) this.conntrack.seed(f.family, frontendsFromRules(f.kernelNatBefore));
       if (this.conntrack && changed) {
-        await this.conntrack.clean(f.family, f.ruleset.fragments.values()).catch((err: Error) => {
+        await this.conntrack.clean(f.family, f.ruleset.fragments()).catch((err: Error) => {
           this.log.warn({ family: f.family, err: err.message }, 'conntrack cleanup failed');
         });
       }
     }
     if (this.healthServers && report.families.some((f) => !f.error)) {
-      await this.healthServers.sync(healthCheckServices(report.families.map((f) => f.ruleset.fragments.values())));
+      await this.healthServers.sync(healthCheckServices(report.families.map((f) => f.ruleset.fragments())));
     }
   }
 }

@@ -2,10 +2,10 @@
 // difference. Decides full vs partial: full at start, after a failure, when the node's
 // facts (or kpx's view of the host) change, and after an external flush.
 import type { KpxConfig } from '../config/config.js';
-import type { ClusterState } from '../model/state.js';
+import type { ChangeTracker, ClusterState } from '../model/state.js';
 import type { Logger } from '../util/log.js';
 import { isLoopback, type IPFamily } from '../util/ip.js';
-import { IptablesRenderer, countRules, type IptablesRuleset } from '../render/iptables/ruleset.js';
+import { IptablesRenderer } from '../render/iptables/ruleset.js';
 import type { IptablesRenderConfig } from '../render/iptables/config.js';
 import { IptablesApplier } from '../apply/iptables.js';
 import type { SavedChain } from '../render/iptables/restore.js';
@@ -26,7 +26,8 @@ export interface FamilySyncReport {
   readonly rulesWritten: number;
   readonly chainsDeleted: number;
   readonly ruleCounts: { readonly filter: number; readonly nat: number };
-  readonly ruleset: IptablesRuleset;
+  /** the family's renderer: its tables, jumps and fragments after this sync */
+  readonly ruleset: IptablesRenderer;
   readonly config: IptablesRenderConfig;
   /** the nat rules found in the kernel when this (full) sync read it */
   readonly kernelNatBefore?: ReadonlyMap<string, SavedChain>;
@@ -37,6 +38,9 @@ export interface SyncReport {
   readonly families: readonly FamilySyncReport[];
   readonly ok: boolean;
 }
+
+/** kube-proxy's large-cluster threshold: above it, per-endpoint comments are dropped. */
+export const LARGE_CLUSTER_ENDPOINTS = 1000;
 
 export interface ProxierOptions {
   readonly config: KpxConfig;
@@ -53,6 +57,8 @@ export class IptablesProxier {
   private caps: Capabilities = { randomFully: false, conntrackTCPLiberal: false };
   private readonly appliers = new Map<IPFamily, IptablesApplier>();
   private readonly renderers = new Map<IPFamily, IptablesRenderer>();
+  private readonly trackers = new Map<IPFamily, ChangeTracker>();
+  private readonly reduced = new Map<IPFamily, boolean>();
   private readonly configs = new Map<IPFamily, IptablesRenderConfig>();
   private readonly needFull = new Set<IPFamily>();
   private readonly programmed = new Set<IPFamily>();
@@ -144,38 +150,47 @@ export class IptablesProxier {
     const host = (this.opts.hostFacts ?? readHostFacts)();
     const reports: FamilySyncReport[] = [];
     for (const family of this.families(host)) {
-      const cfg = keepIfSame(this.configs.get(family), buildIptablesConfig(config, family, state.node, host, this.caps));
-      const applier = this.applier(family);
-      if (this.configs.get(family) !== cfg) this.needFull.add(family);
+      // Large clusters drop per-endpoint comments (hysteresis so the mode does not flap).
+      const endpoints = state.endpointCount(family);
+      const wasReduced = this.reduced.get(family) ?? false;
+      const reduced = wasReduced ? endpoints > LARGE_CLUSTER_ENDPOINTS * 0.8 : endpoints > LARGE_CLUSTER_ENDPOINTS;
+      this.reduced.set(family, reduced);
+      const prevCfg = this.configs.get(family);
+      const cfg = keepIfSame(prevCfg, { ...buildIptablesConfig(config, family, state.node, host, this.caps), reducedComments: reduced });
       this.configs.set(family, cfg);
+      const applier = this.applier(family);
       let renderer = this.renderers.get(family);
+      let tracker = this.trackers.get(family);
+      const first = !renderer || !tracker;
       if (!renderer) this.renderers.set(family, (renderer = new IptablesRenderer()));
+      if (!tracker) this.trackers.set(family, (tracker = state.tracker()));
+      const changes = tracker.take();
 
       const t0 = performance.now();
-      const model = state.familyModel(family);
-      const ruleset = renderer.render(model, cfg);
+      const result = renderer.render(state.view(family), cfg, first ? 'all' : changes.services);
       const t1 = performance.now();
-      const full = this.needFull.has(family);
+      // a full apply after a re-render from scratch, a failure, or an external flush
+      const full = result.full || this.needFull.has(family);
       const base = {
         family,
-        servicePorts: model.servicePorts.length,
-        servicePortsRendered: renderer.lastRendered,
-        ruleCounts: { filter: countRules(ruleset.tables.filter), nat: countRules(ruleset.tables.nat) },
-        ruleset,
+        servicePorts: renderer.servicePortCount,
+        servicePortsRendered: result.servicePortsRendered,
+        ruleCounts: { ...renderer.ruleCounts },
+        ruleset: renderer,
         config: cfg,
         renderMs: t1 - t0,
       };
       try {
-        let result;
+        let applied;
         if (config.dryRun) {
-          result = await applier.plan(ruleset, full).catch(async (err: Error) => {
+          applied = await applier.plan(renderer, result, full).catch(async (err: Error) => {
             log.warn({ family, err: err.message }, 'cannot read the kernel rules; planning against an empty table');
-            return applier.planAgainstEmpty(ruleset);
+            return applier.planAgainstEmpty(renderer);
           });
-          this.opts.print?.(`# kpx ${family} (${this.backend} backend): ${applier.bins.restore} -w 5 --noflush\n${result.plan.text}`);
+          this.opts.print?.(`# kpx ${family} (${this.backend} backend): ${applier.bins.restore} -w 5 --noflush\n${applied.plan.text}`);
         } else {
           await this.ensureSysctls(cfg);
-          result = await applier.apply(ruleset, full);
+          applied = await applier.apply(renderer, result, full);
           this.programmed.add(family);
         }
         this.needFull.delete(family);
@@ -183,11 +198,11 @@ export class IptablesProxier {
         reports.push({
           ...base,
           ...(kernelNat ? { kernelNatBefore: kernelNat } : {}),
-          full: result.full,
+          full: applied.full,
           applyMs: performance.now() - t1,
-          chainsWritten: result.plan.chainsWritten,
-          rulesWritten: result.plan.rulesWritten,
-          chainsDeleted: result.plan.chainsDeleted,
+          chainsWritten: applied.plan.chainsWritten,
+          rulesWritten: applied.plan.rulesWritten,
+          chainsDeleted: applied.plan.chainsDeleted,
         });
       } catch (err) {
         this.needFull.add(family);

@@ -4,6 +4,7 @@
 import { cidrContains, parseIP, type IPFamily } from '../util/ip.js';
 import { parseSave } from '../render/iptables/restore.js';
 import type { IptablesRuleset } from '../render/iptables/ruleset.js';
+import { rulesOf } from '../render/iptables/dispatch.js';
 import { parseRule, type AddrMatch, type ParsedRule } from './rules.js';
 
 export type Tables = Map<string, Map<string, readonly string[]>>;
@@ -75,7 +76,9 @@ export class TraceError extends Error {}
 /** Tables from a kpx ruleset: its chains plus built-in chains holding its jumps. */
 export function tablesFromRuleset(rs: IptablesRuleset): Tables {
   const tables: Tables = new Map();
-  for (const t of ['filter', 'nat'] as const) tables.set(t, new Map(rs.tables[t]));
+  for (const t of ['filter', 'nat'] as const) {
+    tables.set(t, new Map([...rs.chains(t)].map(([name, b]) => [name, rulesOf(name, b)])));
+  }
   for (const j of rs.jumps) {
     const t = tables.get(j.table)!;
     t.set(j.chain, [...(t.get(j.chain) ?? []), j.rule]);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { addressDispatch, buildDispatch, portDispatch, type DispatchEntry } from '../../src/render/iptables/dispatch.js';
+import { addressDispatch, buildDispatch, DispatchTree, portDispatch, type DispatchEntry } from '../../src/render/iptables/dispatch.js';
 import { ipToBigInt } from '../../src/util/ip.js';
 
 /** Follows a tree's jumps for one key; returns the leaf rules walked and the rule count. */
@@ -81,5 +81,49 @@ describe('dispatch trees', () => {
     const out = buildDispatch(portDispatch('NP', 'tcp', 8), entries);
     for (const e of entries) expect(lookup(out, e.key, 16).hits).toContain(e.rule);
     expect([...out.chains.values()].flat().some((r) => /--dport \d+:\d+ -j KPX-NP-/.test(r))).toBe(true);
+  });
+});
+
+describe('incremental dispatch tree updates', () => {
+  it('after any sequence of adds and removes, equals a fresh build, and its changes are exact', () => {
+    const spec = addressDispatch('DST', 'IPv4', 4);
+    let seed = 99;
+    const rnd = (n: number) => {
+      seed = (Math.imul(seed, 1103515245) + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const tree = new DispatchTree(spec);
+    tree.reset([]);
+    const present = new Map<string, DispatchEntry>();
+    let chains = new Map<string, string>();
+    for (let step = 0; step < 1500; step++) {
+      const removed: DispatchEntry[] = [];
+      const added: DispatchEntry[] = [];
+      for (let k = 0; k < 1 + rnd(3); k++) {
+        // clustered addresses make splits and collapses frequent
+        const ip = `198.19.${rnd(4)}.${rnd(64)}`;
+        const port = 80 + rnd(2);
+        const id = `${ip}:${port}`;
+        if (present.has(id) && !removed.includes(present.get(id)!)) {
+          removed.push(present.get(id)!);
+          present.delete(id);
+        } else if (!present.has(id)) {
+          const e = ipEntry(ip, port);
+          added.push(e);
+          present.set(id, e);
+        }
+      }
+      const changes = tree.update(removed, added);
+      for (const [n, b] of changes) {
+        if (b === null) chains.delete(n);
+        else chains.set(n, b);
+      }
+      const fresh = new DispatchTree(spec);
+      fresh.reset([...present.values()]);
+      expect([...tree.rootRules]).toEqual([...fresh.rootRules]);
+      expect(new Map([...tree.ownChains()].sort())).toEqual(new Map([...fresh.ownChains()].sort()));
+      expect(new Map([...chains].sort())).toEqual(new Map([...fresh.ownChains()].sort()));
+      chains = new Map(tree.ownChains());
+    }
   });
 });

@@ -107,6 +107,7 @@ describe('mergeEndpoints', () => {
     const ep = (ip: string, ready: boolean, terminating = false) => ({
       ip,
       port: 80,
+      addr: `${ip}:80`,
       ready,
       serving: ready || terminating,
       terminating,

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { ClusterState, type Change } from '../../src/model/state.js';
-import { renderIptables, IptablesRenderer } from '../../src/render/iptables/ruleset.js';
+import { renderIptables, IptablesRenderer, type TableName } from '../../src/render/iptables/ruleset.js';
 import { planFull, planPartial } from '../../src/render/iptables/restore.js';
+import { rulesOf } from '../../src/render/iptables/dispatch.js';
 import type { IptablesRenderConfig } from '../../src/render/iptables/config.js';
 import { probability } from '../../src/render/iptables/service.js';
 import { silentLogger } from '../../src/util/log.js';
@@ -27,7 +28,11 @@ const web = (n: number, extra: Partial<Parameters<typeof service>[0]> = {}) => [
   },
 ];
 
-const nat = (cfg = baseConfig, objs = web(3)) => renderIptables(stateOf(objs).familyModel('IPv4'), cfg).tables.nat;
+/** chain -> rules of one table */
+function rulesByChain(r: IptablesRenderer, table: TableName): Map<string, string[]> {
+  return new Map([...r.chains(table)].map(([n, b]) => [n, rulesOf(n, b)]));
+}
+const nat = (cfg = baseConfig, objs = web(3)) => rulesByChain(renderIptables(stateOf(objs).view('IPv4'), cfg), 'nat');
 
 describe('iptables renderer', () => {
   it('is deterministic, whatever order the objects arrive in', () => {
@@ -36,8 +41,8 @@ describe('iptables renderer', () => {
       { kind: 'Service' as const, obj: service({ name: 'b', clusterIP: '198.19.0.11', ports: [{ port: 81 }] }) },
       { kind: 'Node' as const, obj: node({ ips: ['198.18.0.10'] }) },
     ];
-    const a = renderIptables(stateOf(objs).familyModel('IPv4'), baseConfig);
-    const b = renderIptables(stateOf([...objs].reverse()).familyModel('IPv4'), baseConfig);
+    const a = renderIptables(stateOf(objs).view('IPv4'), baseConfig);
+    const b = renderIptables(stateOf([...objs].reverse()).view('IPv4'), baseConfig);
     const text = (r: typeof a) => planFull(r, { filter: { chains: new Set(), jumps: new Map() }, nat: { chains: new Set(), jumps: new Map() } }).text;
     expect(text(a)).toBe(text(b));
     expect(text(a).length).toBeGreaterThan(500);
@@ -53,9 +58,9 @@ describe('iptables renderer', () => {
   });
 
   it('names every chain KPX-… within 28 characters', () => {
-    const r = renderIptables(stateOf(web(20)).familyModel('IPv4'), baseConfig);
+    const r = renderIptables(stateOf(web(20)).view('IPv4'), baseConfig);
     for (const t of ['filter', 'nat'] as const) {
-      for (const name of r.tables[t].keys()) {
+      for (const [name] of r.chains(t)) {
         expect(name.startsWith('KPX-')).toBe(true);
         expect(name.length).toBeLessThanOrEqual(28);
       }
@@ -63,12 +68,12 @@ describe('iptables renderer', () => {
   });
 
   it('rejects, in the filter table, a service without endpoints and writes no nat capture for it', () => {
-    const r = renderIptables(stateOf(web(0)).familyModel('IPv4'), baseConfig);
-    expect(r.tables.filter.get('KPX-SERVICES')).toEqual([
+    const r = renderIptables(stateOf(web(0)).view('IPv4'), baseConfig);
+    expect(rulesByChain(r, 'filter').get('KPX-SERVICES')).toEqual([
       '-d 198.19.0.10/32 -p tcp -m comment --comment "default/web:http has no endpoints" -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable',
     ]);
-    expect([...r.tables.nat.keys()].filter((k) => k.startsWith('KPX-SVC-'))).toEqual([]);
-    expect(r.tables.nat.get('KPX-SERVICES')!.some((x) => x.includes('198.19.0.10'))).toBe(false);
+    expect([...r.table('nat').keys()].filter((k) => k.startsWith('KPX-SVC-'))).toEqual([]);
+    expect(r.table('nat').get('KPX-SERVICES')!).not.toContain('198.19.0.10');
   });
 
   it('masquerades ClusterIP traffic from outside the cluster CIDR, all of it with masqueradeAll, none without either', () => {
@@ -103,21 +108,31 @@ describe('iptables renderer', () => {
     );
   });
 
-  it('re-renders only the service ports whose inputs changed', () => {
+  it('re-renders only the services that changed, and touches only their chains', () => {
     const s = stateOf([...web(3), { kind: 'Service', obj: service({ name: 'b', clusterIP: '198.19.0.11', ports: [{ port: 81 }] }) }]);
+    const tracker = s.tracker();
     const r = new IptablesRenderer();
-    const first = r.render(s.familyModel('IPv4'), baseConfig);
-    expect(r.lastRendered).toBe(2);
+    expect(r.render(s.view('IPv4'), baseConfig, 'all').servicePortsRendered).toBe(2);
+    const before = { filter: r.table('filter'), nat: r.table('nat') };
     s.apply({
       kind: 'EndpointSlice',
       current: endpointSlice({ service: 'web', ports: [{ name: 'http', port: 8080 }], endpoints: [{ ip: '198.18.1.10' }] }),
     } as Change);
-    const second = r.render(s.familyModel('IPv4'), baseConfig);
-    expect(r.lastRendered).toBe(1);
-    const plan = planPartial(first.tables, second);
+    const res = r.render(s.view('IPv4'), baseConfig, tracker.take().services);
+    expect(res.servicePortsRendered).toBe(1);
+    const plan = planPartial(res.delta);
     // the web SVC chain is rewritten and two SEP chains are deleted; service b is untouched
     expect(plan.chainsWritten).toBe(1);
     expect(plan.chainsDeleted).toBe(2);
     expect(plan.text).not.toContain('default/b');
+    // applying the delta to the old tables gives exactly a render from scratch
+    const fresh = renderIptables(s.view('IPv4'), baseConfig);
+    for (const t of ['filter', 'nat'] as const) {
+      const applied = new Map(before[t]);
+      for (const [n, b] of res.delta.write[t]) applied.set(n, b);
+      for (const n of res.delta.remove[t]) applied.delete(n);
+      expect(applied).toEqual(fresh.table(t));
+      expect(r.table(t)).toEqual(fresh.table(t));
+    }
   });
 });

@@ -29,12 +29,11 @@ describe('iptables-save parsing and restore planning', () => {
   it('a full plan writes all chains, deletes stale ones last, and fixes jumps', () => {
     const desired: IptablesRuleset = {
       family: 'IPv4',
-      tables: { nat: new Map([['KPX-SERVICES', ['-j RETURN']]]), filter: new Map() },
+      chains: (t) => (t === 'nat' ? [['KPX-SERVICES', '-A KPX-SERVICES -j RETURN'] as const] : []),
       jumps: [
         { table: 'nat', chain: 'PREROUTING', rule: '-m comment --comment "kpx service portals" -j KPX-SERVICES' },
         { table: 'nat', chain: 'OUTPUT', rule: '-m comment --comment "kpx service portals" -j KPX-SERVICES' },
       ],
-      fragments: new Map(),
     };
     const saved = parseSave(SAVE);
     const plan = planFull(desired, { nat: kernelView(saved, 'nat'), filter: kernelView(saved, 'filter') });

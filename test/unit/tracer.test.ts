@@ -107,7 +107,7 @@ function tracerFor(eps: Array<[typeof L, EpState]>, etpLocal: boolean, itpLocal:
     terminating: st !== 'ready',
   });
   add('EndpointSlice', endpointSlice({ service: 'svc', ports: [{ name: 'http', port: 8080 }], endpoints: eps.map(([e, st]) => spec(e, st)) }));
-  const rs = renderIptables(s.familyModel('IPv4'), baseConfig);
+  const rs = renderIptables(s.view('IPv4'), baseConfig);
   return new Tracer(tablesFromRuleset(rs), { localAddresses: NODE_LOCAL_ADDRESSES });
 }
 
@@ -164,7 +164,7 @@ describe('tracer: source ranges, affinity and the CLI', () => {
       }),
     );
     add('EndpointSlice', endpointSlice({ service: 'lb', ports: [{ name: 'http', port: 8080 }], endpoints: [{ ip: L.ip }, { ip: R.ip, node: 'node-b' }] }));
-    const rs = renderIptables(s.familyModel('IPv4'), baseConfig);
+    const rs = renderIptables(s.view('IPv4'), baseConfig);
     return new Tracer(tablesFromRuleset(rs), { localAddresses: NODE_LOCAL_ADDRESSES, recent });
   }
   const to = (src: string, from: TracePacket['from'], dst = VIP, dport = 80): TracePacket => ({ family: 'IPv4', proto: 'tcp', src, dst, dport, from });

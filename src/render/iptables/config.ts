@@ -37,6 +37,8 @@ export interface IptablesRenderConfig {
   readonly randomFully: boolean;
   /** nf_conntrack_tcp_be_liberal is set: no need to drop INVALID packets */
   readonly conntrackTCPLiberal: boolean;
+  /** large cluster (> 1000 endpoints): no comments on per-endpoint rules, like kube-proxy */
+  readonly reducedComments?: boolean;
   /** dispatch tree leaf size (tests and benchmarks vary it) */
   readonly leafSize?: number;
 }

@@ -1,6 +1,6 @@
 // Chain names kpx owns. All start with KPX- (kube-proxy and kubelet own KUBE-),
 // and are at most 28 characters (the iptables limit), derived from stable hashes.
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 
 export const KPX_PREFIX = 'KPX-';
 
@@ -20,47 +20,72 @@ export const CHAIN = {
 
 const BASE32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
 
-/** First 16 base32 characters of sha256(input): 80 bits, collision-safe at any cluster size. */
-export function hash16(input: string): string {
-  const digest = createHash('sha256').update(input).digest();
-  let out = '';
-  let buffer = 0;
+const BASE32_CODES = [...BASE32].map((c) => c.charCodeAt(0));
+
+/**
+ * prefix + the first 16 base32 characters of sha256(input): 80 bits, collision-safe at any
+ * cluster size (kube-proxy names its chains the same way). Built in one String.fromCharCode
+ * call so the name is a flat string, not a rope V8 must flatten again for every Map lookup.
+ */
+export function hashName(prefix: string, input: string): string {
+  return hashNames([prefix], input)[0]!;
+}
+
+/** One hash, several prefixed names. */
+export function hashNames(prefixes: readonly string[], input: string): string[] {
+  // One-shot native hash with hex output: no Buffer per call, which makes it ~4x faster
+  // than createHash().digest() here. 80 bits = 20 hex digits = 16 base32 characters.
+  const hex = hash('sha256', input, 'hex');
+  const suffix: number[] = new Array(16);
+  let acc = 0;
   let bits = 0;
-  for (const byte of digest) {
-    buffer = (buffer << 8) | byte;
-    bits += 8;
-    while (bits >= 5 && out.length < 16) {
-      out += BASE32[(buffer >>> (bits - 5)) & 31];
+  let o = 0;
+  for (let i = 0; i < 20; i++) {
+    const c = hex.charCodeAt(i);
+    acc = ((acc << 4) | (c <= 57 ? c - 48 : c - 87)) & 0xff;
+    bits += 4;
+    if (bits >= 5) {
       bits -= 5;
+      suffix[o++] = BASE32_CODES[(acc >>> bits) & 31]!;
     }
-    if (out.length >= 16) break;
-    buffer &= (1 << bits) - 1;
   }
-  return out;
+  return prefixes.map((p) => {
+    const codes: number[] = new Array(p.length + 16);
+    for (let i = 0; i < p.length; i++) codes[i] = p.charCodeAt(i);
+    for (let i = 0; i < 16; i++) codes[p.length + i] = suffix[i]!;
+    return String.fromCharCode(...codes);
+  });
+}
+
+/** The first 16 base32 characters of sha256(input). */
+export function hash16(input: string): string {
+  return hashName('', input);
 }
 
 /** Per-service-port chains, keyed like kube-proxy's: port name plus protocol. */
+const SERVICE_PREFIXES = ['KPX-SVC-', 'KPX-SVL-', 'KPX-EXT-', 'KPX-FW-'];
+
 export function servicePortChains(portName: string, protocol: string) {
-  const h = hash16(`${portName}${protocol}`);
+  const [svc, svl, ext, fw] = hashNames(SERVICE_PREFIXES, `${portName}${protocol}`) as [string, string, string, string];
   return {
     /** endpoints for Cluster traffic policy */
-    svc: `KPX-SVC-${h}`,
+    svc,
     /** endpoints for Local traffic policy (this node's only) */
-    svl: `KPX-SVL-${h}`,
+    svl,
     /** external destinations (NodePort, externalIPs, LB IPs) */
-    ext: `KPX-EXT-${h}`,
+    ext,
     /** loadBalancerSourceRanges filter */
-    fw: `KPX-FW-${h}`,
+    fw,
   };
 }
 
 export function endpointChain(portName: string, protocol: string, endpoint: string): string {
-  return `KPX-SEP-${hash16(`${portName}${protocol}${endpoint}`)}`;
+  return hashName('KPX-SEP-', `${portName}${protocol}${endpoint}`);
 }
 
 /** Interior and leaf chains of a dispatch tree. */
 export function dispatchChain(tag: string, prefixId: string): string {
-  return `KPX-${tag}-${hash16(`${tag}|${prefixId}`)}`;
+  return hashName(`KPX-${tag}-`, `${tag}|${prefixId}`);
 }
 
 export function isKpxChain(name: string): boolean {

@@ -1,7 +1,7 @@
 // iptables-save / iptables-restore text: parsing what the kernel has, and planning the
 // restore input that takes it to what kpx wants. Pure text work; src/apply runs binaries.
 import { isKpxChain } from './names.js';
-import type { IptablesRuleset, TableName } from './ruleset.js';
+import type { IptablesRuleset, RenderDelta, TableName } from './ruleset.js';
 import { TABLES } from './ruleset.js';
 
 export const BUILTIN_CHAINS = new Set(['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING']);
@@ -47,6 +47,10 @@ export function ruleTarget(rule: string): string | undefined {
   return m?.[1];
 }
 
+function sameRules(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
 /** What kpx owns in one table of the kernel. */
 export interface KernelTableView {
   readonly chains: ReadonlySet<string>;
@@ -76,15 +80,6 @@ export interface RestorePlan {
   readonly jumpsChanged: number;
 }
 
-type Tables = Readonly<Record<TableName, ReadonlyMap<string, readonly string[]>>>;
-
-function sameRules(a: readonly string[] | undefined, b: readonly string[]): boolean {
-  if (a === b) return true;
-  if (!a || a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
 class PlanWriter {
   private readonly out: string[] = [];
   chainsWritten = 0;
@@ -92,20 +87,29 @@ class PlanWriter {
   chainsDeleted = 0;
   jumpsChanged = 0;
 
-  table(name: string, declare: Iterable<[string, readonly string[]]>, deletes: readonly string[], jumpOps: readonly string[]): void {
-    const body: string[] = [];
-    const rules: string[] = [];
-    for (const [chain, chainRules] of declare) {
-      body.push(`:${chain} - [0:0]`);
+  /** One table's section: flush/create `write` chains with their blocks, delete `deletes`. */
+  table(name: string, write: Iterable<readonly [string, string]>, deletes: readonly string[], jumpOps: readonly string[]): void {
+    const decl: string[] = [];
+    const blocks: string[] = [];
+    for (const [chain, b] of write) {
+      decl.push(`:${chain} - [0:0]`);
       this.chainsWritten++;
-      for (const r of chainRules) rules.push(`-A ${chain} ${r}`);
+      if (b) {
+        blocks.push(b);
+        this.rulesWritten += countLines(b);
+      }
     }
-    for (const chain of deletes) body.push(`:${chain} - [0:0]`);
-    if (body.length === 0 && jumpOps.length === 0) return;
-    this.rulesWritten += rules.length;
+    for (const chain of deletes) decl.push(`:${chain} - [0:0]`);
+    if (decl.length === 0 && jumpOps.length === 0) return;
     this.chainsDeleted += deletes.length;
     this.jumpsChanged += jumpOps.length;
-    this.out.push(`*${name}`, ...body, ...jumpOps, ...rules, ...deletes.map((c) => `-X ${c}`), 'COMMIT');
+    // plain loops: a 10k-service table has ~10^5 entries (too many to spread into push)
+    this.out.push(`*${name}`);
+    for (const l of decl) this.out.push(l);
+    for (const l of jumpOps) this.out.push(l);
+    for (const b of blocks) this.out.push(b);
+    for (const c of deletes) this.out.push(`-X ${c}`);
+    this.out.push('COMMIT');
   }
 
   plan(): RestorePlan {
@@ -119,6 +123,12 @@ class PlanWriter {
   }
 }
 
+function countLines(b: string): number {
+  let n = 1;
+  for (let i = b.indexOf('\n'); i !== -1; i = b.indexOf('\n', i + 1)) n++;
+  return n;
+}
+
 /**
  * Full sync: write every chain kpx wants, delete KPX chains the kernel has but kpx no
  * longer wants, and make kpx's jumps the top rules of each built-in chain, in order.
@@ -126,9 +136,10 @@ class PlanWriter {
 export function planFull(desired: IptablesRuleset, kernel: Record<TableName, KernelTableView>): RestorePlan {
   const w = new PlanWriter();
   for (const table of TABLES) {
-    const want = desired.tables[table];
+    const want = [...desired.chains(table)];
+    const names = new Set(want.map(([n]) => n));
     const view = kernel[table];
-    const deletes = [...view.chains].filter((c) => !want.has(c)).sort();
+    const deletes = [...view.chains].filter((c) => !names.has(c)).sort();
     const jumpOps: string[] = [];
     const byChain = new Map<string, string[]>();
     for (const j of desired.jumps) {
@@ -150,17 +161,12 @@ export function planFull(desired: IptablesRuleset, kernel: Record<TableName, Ker
   return w.plan();
 }
 
-/** Partial sync: only chains whose rules changed since `previous`; delete the ones gone. */
-export function planPartial(previous: Tables, desired: IptablesRuleset): RestorePlan {
+/** Partial sync: write what the render changed, delete what it removed. Cost is what changed. */
+export function planPartial(delta: RenderDelta): RestorePlan {
   const w = new PlanWriter();
   for (const table of TABLES) {
-    const prev = previous[table];
-    const want = desired.tables[table];
-    const changed: Array<[string, readonly string[]]> = [];
-    for (const [chain, rules] of want) if (!sameRules(prev.get(chain), rules)) changed.push([chain, rules]);
-    const deletes: string[] = [];
-    for (const chain of prev.keys()) if (!want.has(chain)) deletes.push(chain);
-    w.table(table, changed, deletes.sort(), []);
+    const write = [...delta.write[table]].sort((a, b) => (a[0] < b[0] ? -1 : 1));
+    w.table(table, write, [...delta.remove[table]].sort(), []);
   }
   return w.plan();
 }

@@ -1,12 +1,15 @@
-// Assembles a family's whole iptables state: fixed chains, per-service-port fragments
-// and the dispatch trees that route packets to them. Pure: model + config -> ruleset.
-import { servicePortId, type Endpoint, type FamilyModel, type ServicePort } from '../../model/types.js';
+// Assembles a family's iptables state: fixed chains, per-service-port chains, and the
+// dispatch trees that route packets to them. Rendering is a pure function of the model and
+// the node config; the renderer keeps its last result so that a sync after a few changes
+// re-renders only the changed services and reports exactly which chains it touched.
+import type { Endpoint, ServicePort } from '../../model/types.js';
+import { servicePortId } from '../../model/types.js';
 import type { IPFamily } from '../../util/ip.js';
 import { hostCIDR, isLoopback } from '../../util/ip.js';
 import type { IptablesRenderConfig } from './config.js';
-import { addressDispatch, buildDispatch, DEFAULT_LEAF_SIZE, portDispatch, type DispatchEntry } from './dispatch.js';
+import { addressDispatch, block, countLines, DEFAULT_LEAF_SIZE, DispatchTree, portDispatch, type DispatchEntry } from './dispatch.js';
 import { CHAIN } from './names.js';
-import { renderServicePort, type PortEntry, type ProtoName, type ServiceFragment } from './service.js';
+import { renderServicePort, type ServiceFragment, type TreeId } from './service.js';
 
 export type TableName = 'filter' | 'nat';
 export const TABLES: readonly TableName[] = ['filter', 'nat'];
@@ -18,17 +21,45 @@ export interface BuiltinJump {
   readonly rule: string;
 }
 
+/** chain name -> block ("-A NAME rule" lines joined by "\n"; "" for an empty chain) */
+export type ChainBlocks = ReadonlyMap<string, string>;
+
+/** Everything kpx wants in one family's tables. */
 export interface IptablesRuleset {
   readonly family: IPFamily;
-  /** chain name -> rules (arguments after "-A CHAIN"), per table */
-  readonly tables: Readonly<Record<TableName, ReadonlyMap<string, readonly string[]>>>;
+  /** every chain of a table, in a deterministic order */
+  chains(table: TableName): Iterable<readonly [string, string]>;
   /** jumps from built-in chains, top of chain, in this order */
   readonly jumps: readonly BuiltinJump[];
-  /** per service port (servicePortId), what it rendered */
-  readonly fragments: ReadonlyMap<string, ServiceFragment>;
 }
 
-const PROTOS: readonly ProtoName[] = ['tcp', 'udp', 'sctp'];
+/** What a model looks like to the renderer (ClusterState.view() provides it). */
+export interface ModelView {
+  readonly family: IPFamily;
+  serviceKeys(): Iterable<string>;
+  /** this family's ports of one service, sorted */
+  portsOf(serviceKey: string): readonly ServicePort[];
+  endpointsOf(sp: ServicePort): readonly Endpoint[];
+}
+
+/** Chains to (re)write and chains to delete, per table, relative to the previous render. */
+export interface RenderDelta {
+  readonly write: Record<TableName, Map<string, string>>;
+  readonly remove: Record<TableName, Set<string>>;
+}
+
+export interface RenderResult {
+  /** everything was rendered from scratch (first render, or the node config changed) */
+  readonly full: boolean;
+  /** incremental renders: what changed since the previous render */
+  readonly delta: RenderDelta;
+  /** full renders: the chains the previous render had (null on the first render) */
+  readonly previous: Record<TableName, Set<string>> | null;
+  /** service ports rendered by this call */
+  readonly servicePortsRendered: number;
+}
+
+const emptyDelta = (): RenderDelta => ({ write: { filter: new Map(), nat: new Map() }, remove: { filter: new Set(), nat: new Set() } });
 
 export function builtinJumps(cfg: IptablesRenderConfig): BuiltinJump[] {
   const c = (text: string) => `-m comment --comment "${text}"`;
@@ -38,7 +69,7 @@ export function builtinJumps(cfg: IptablesRenderConfig): BuiltinJump[] {
   const svc = `${isNew} ${c('kpx service portals')} -j ${CHAIN.services}`;
   const ext = `${isNew} ${c('kpx externally-visible service portals')} -j ${CHAIN.externalServices}`;
   const localnet = `${c('kpx localhost nodeport guard')} -j ${CHAIN.firewall}`;
-  const jumps: BuiltinJump[] = [
+  return [
     { table: 'filter', chain: 'INPUT', rule: fw },
     { table: 'filter', chain: 'INPUT', rule: `${c('kpx health check service ports')} -j ${CHAIN.nodePorts}` },
     { table: 'filter', chain: 'INPUT', rule: ext },
@@ -54,7 +85,6 @@ export function builtinJumps(cfg: IptablesRenderConfig): BuiltinJump[] {
     { table: 'nat', chain: 'OUTPUT', rule: `${c('kpx service portals')} -j ${CHAIN.services}` },
     { table: 'nat', chain: 'POSTROUTING', rule: `${c('kpx postrouting rules')} -j ${CHAIN.postrouting}` },
   ];
-  return jumps;
 }
 
 /** The martian guard kube-proxy adds when NodePorts answer on 127.0.0.0/8. */
@@ -66,8 +96,7 @@ function localhostGuard(cfg: IptablesRenderConfig): string | null {
 function nodePortJumps(cfg: IptablesRenderConfig): string[] {
   const text = '-m comment --comment "kpx service nodeports; NOTE: this must be the last rule in this chain"';
   if (cfg.nodePortAddresses === 'all') {
-    const exclude =
-      cfg.family === 'IPv6' ? '! -d ::1/128 ' : cfg.localhostNodePorts ? '' : '! -d 127.0.0.0/8 ';
+    const exclude = cfg.family === 'IPv6' ? '! -d ::1/128 ' : cfg.localhostNodePorts ? '' : '! -d 127.0.0.0/8 ';
     return [`${exclude}${text} -m addrtype --dst-type LOCAL -j ${CHAIN.nodePorts}`];
   }
   return cfg.nodePortAddresses
@@ -76,125 +105,243 @@ function nodePortJumps(cfg: IptablesRenderConfig): string[] {
 }
 
 /** Fixed chains whose content depends only on the node config. */
-function fixedChains(cfg: IptablesRenderConfig) {
+function fixedChains(cfg: IptablesRenderConfig): Record<TableName, Array<[string, string[]]>> {
   const mark = cfg.masqueradeMark;
-  const nat: Array<[string, string[]]> = [
-    [
-      CHAIN.postrouting,
-      [
-        `-m mark ! --mark ${mark}/${mark} -j RETURN`,
-        `-j MARK --set-xmark ${mark}/0x0`,
-        `-m comment --comment "kpx service traffic requiring SNAT" -j MASQUERADE${cfg.randomFully ? ' --random-fully' : ''}`,
-      ],
-    ],
-    [CHAIN.markMasq, [`-j MARK --set-xmark ${mark}/${mark}`]],
-    [CHAIN.canary, []],
-  ];
-  const forward = [
-    ...(cfg.conntrackTCPLiberal ? [] : ['-m conntrack --ctstate INVALID -j DROP']),
-    `-m comment --comment "kpx forwarding rules" -m mark --mark ${mark}/${mark} -j ACCEPT`,
-    '-m comment --comment "kpx forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
-  ];
   const guard = localhostGuard(cfg);
-  const filter: Array<[string, string[]]> = [
-    [CHAIN.forward, forward],
-    ...(guard ? [[CHAIN.firewall, [guard]] as [string, string[]]] : []),
-    [CHAIN.canary, []],
-  ];
-  return { nat, filter };
+  return {
+    nat: [
+      [
+        CHAIN.postrouting,
+        [
+          `-m mark ! --mark ${mark}/${mark} -j RETURN`,
+          `-j MARK --set-xmark ${mark}/0x0`,
+          `-m comment --comment "kpx service traffic requiring SNAT" -j MASQUERADE${cfg.randomFully ? ' --random-fully' : ''}`,
+        ],
+      ],
+      [CHAIN.markMasq, [`-j MARK --set-xmark ${mark}/${mark}`]],
+      [CHAIN.canary, []],
+    ],
+    filter: [
+      [
+        CHAIN.forward,
+        [
+          ...(cfg.conntrackTCPLiberal ? [] : ['-m conntrack --ctstate INVALID -j DROP']),
+          `-m comment --comment "kpx forwarding rules" -m mark --mark ${mark}/${mark} -j ACCEPT`,
+          '-m comment --comment "kpx forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
+        ],
+      ],
+      ...(guard ? [[CHAIN.firewall, [guard]] as [string, string[]]] : []),
+      [CHAIN.canary, []],
+    ],
+  };
 }
 
-/** Renders rulesets, reusing a service port's fragment while its inputs are unchanged. */
-export class IptablesRenderer {
-  private cache = new WeakMap<ServicePort, { endpoints: readonly Endpoint[]; cfg: IptablesRenderConfig; fragment: ServiceFragment }>();
-  /** fragments rendered (not reused) by the last render() */
-  lastRendered = 0;
+interface TreeInfo {
+  readonly table: TableName;
+  readonly spec: (cfg: IptablesRenderConfig) => ConstructorParameters<typeof DispatchTree>[0];
+}
 
-  render(model: FamilyModel, cfg: IptablesRenderConfig): IptablesRuleset {
-    const leaf = cfg.leafSize ?? DEFAULT_LEAF_SIZE;
-    const fragments = new Map<string, ServiceFragment>();
-    const natChains = new Map<string, readonly string[]>();
-    const natDst: DispatchEntry[] = [];
-    const filterSvc: DispatchEntry[] = [];
-    const filterExt: DispatchEntry[] = [];
-    const filterFw: DispatchEntry[] = [];
-    const natNP: PortEntry[] = [];
-    const filterNP: PortEntry[] = [];
-    const filterHC: PortEntry[] = [];
+const TREES: Record<TreeId, TreeInfo> = {
+  DST: { table: 'nat', spec: (c) => addressDispatch('DST', c.family, c.leafSize ?? DEFAULT_LEAF_SIZE) },
+  NPT: { table: 'nat', spec: (c) => portDispatch('NPT', 'tcp', c.leafSize ?? DEFAULT_LEAF_SIZE) },
+  NPU: { table: 'nat', spec: (c) => portDispatch('NPU', 'udp', c.leafSize ?? DEFAULT_LEAF_SIZE) },
+  NPS: { table: 'nat', spec: (c) => portDispatch('NPS', 'sctp', c.leafSize ?? DEFAULT_LEAF_SIZE) },
+  SVC: { table: 'filter', spec: (c) => addressDispatch('SVC', c.family, c.leafSize ?? DEFAULT_LEAF_SIZE) },
+  EXT: { table: 'filter', spec: (c) => addressDispatch('EXT', c.family, c.leafSize ?? DEFAULT_LEAF_SIZE) },
+  XNPT: { table: 'filter', spec: (c) => portDispatch('XNPT', 'tcp', c.leafSize ?? DEFAULT_LEAF_SIZE) },
+  XNPU: { table: 'filter', spec: (c) => portDispatch('XNPU', 'udp', c.leafSize ?? DEFAULT_LEAF_SIZE) },
+  XNPS: { table: 'filter', spec: (c) => portDispatch('XNPS', 'sctp', c.leafSize ?? DEFAULT_LEAF_SIZE) },
+  FW: { table: 'filter', spec: (c) => addressDispatch('FW', c.family, c.leafSize ?? DEFAULT_LEAF_SIZE) },
+  HCT: { table: 'filter', spec: (c) => portDispatch('HCT', 'tcp', c.leafSize ?? DEFAULT_LEAF_SIZE) },
+};
+
+/** Fixed chains that host tree roots, and which trees' roots they hold, in order. */
+function rootChains(cfg: IptablesRenderConfig): Array<{ table: TableName; chain: string; trees: TreeId[]; tail: string[] }> {
+  return [
+    { table: 'nat', chain: CHAIN.services, trees: ['DST'], tail: nodePortJumps(cfg) },
+    { table: 'nat', chain: CHAIN.nodePorts, trees: ['NPT', 'NPU', 'NPS'], tail: [] },
+    { table: 'filter', chain: CHAIN.services, trees: ['SVC'], tail: [] },
+    { table: 'filter', chain: CHAIN.externalServices, trees: ['EXT'], tail: [`-m addrtype --dst-type LOCAL -j ${CHAIN.externalNodePorts}`] },
+    { table: 'filter', chain: CHAIN.externalNodePorts, trees: ['XNPT', 'XNPU', 'XNPS'], tail: [] },
+    { table: 'filter', chain: CHAIN.proxyFirewall, trees: ['FW'], tail: [] },
+    { table: 'filter', chain: CHAIN.nodePorts, trees: ['HCT'], tail: [] },
+  ];
+}
+
+const entryKey = (e: DispatchEntry) => `${e.key}|${e.order}|${e.rule}`;
+
+export class IptablesRenderer implements IptablesRuleset {
+  jumps: BuiltinJump[] = [];
+  private cfg: IptablesRenderConfig | null = null;
+  private readonly byService = new Map<string, readonly ServiceFragment[]>();
+  private trees = new Map<TreeId, DispatchTree>();
+  /** fixed chains and the chains rooting trees (a handful per table) */
+  private readonly statics: Record<TableName, Map<string, string>> = { filter: new Map(), nat: new Map() };
+  private fragmentRules = 0;
+  private delta: RenderDelta = emptyDelta();
+
+  get family(): IPFamily {
+    return this.cfg?.family ?? 'IPv4';
+  }
+
+  get config(): IptablesRenderConfig | null {
+    return this.cfg;
+  }
+
+  /** rules per table (metrics) */
+  get ruleCounts(): Record<TableName, number> {
+    const out: Record<TableName, number> = { filter: 0, nat: this.fragmentRules };
+    for (const t of TABLES) for (const b of this.statics[t].values()) out[t] += countLines(b);
+    for (const [id, tree] of this.trees) out[TREES[id].table] += tree.ruleCount;
+    return out;
+  }
+
+  get servicePortCount(): number {
+    let n = 0;
+    for (const l of this.byService.values()) n += l.length;
+    return n;
+  }
+
+  /** Every service port's fragment. */
+  *fragments(): Iterable<ServiceFragment> {
+    for (const list of this.byService.values()) yield* list;
+  }
+
+  /** The fragments of one service. */
+  fragmentsOf(serviceKey: string): readonly ServiceFragment[] {
+    return this.byService.get(serviceKey) ?? [];
+  }
+
+  /** Every chain of a table: fixed and root chains, tree chains, service chains. */
+  *chains(table: TableName): Iterable<readonly [string, string]> {
+    yield* this.statics[table];
+    for (const [id, tree] of this.trees) if (TREES[id].table === table) yield* tree.ownChains();
+    if (table === 'nat') for (const list of this.byService.values()) for (const f of list) yield* f.natChains;
+  }
+
+  /** A materialized table (tools and tests; a sync never needs it). */
+  table(table: TableName): Map<string, string> {
+    return new Map(this.chains(table));
+  }
+
+  private names(): Record<TableName, Set<string>> {
+    const out = { filter: new Set<string>(), nat: new Set<string>() };
+    for (const t of TABLES) for (const [n] of this.chains(t)) out[t].add(n);
+    return out;
+  }
+
+  /**
+   * Renders. `changed` lists the services whose objects changed since the last render;
+   * 'all' (or a different config) renders everything from scratch.
+   */
+  render(view: ModelView, cfg: IptablesRenderConfig, changed: Iterable<string> | 'all'): RenderResult {
+    if (changed === 'all' || cfg !== this.cfg) return this.renderAll(view, cfg);
+    this.delta = emptyDelta();
     let rendered = 0;
-
-    for (const sp of model.servicePorts) {
-      const id = servicePortId(sp);
-      const endpoints = model.endpoints.get(id) ?? [];
-      let hit = this.cache.get(sp);
-      if (!hit || hit.endpoints !== endpoints || hit.cfg !== cfg) {
-        hit = { endpoints, cfg, fragment: renderServicePort(sp, endpoints, cfg) };
-        this.cache.set(sp, hit);
-        rendered++;
+    const removed = new Map<TreeId, DispatchEntry[]>();
+    const added = new Map<TreeId, DispatchEntry[]>();
+    const push = (m: Map<TreeId, DispatchEntry[]>, t: TreeId, e: DispatchEntry) => {
+      let l = m.get(t);
+      if (!l) m.set(t, (l = []));
+      l.push(e);
+    };
+    for (const key of new Set(changed)) {
+      const old = this.byService.get(key) ?? [];
+      const next = view.portsOf(key).map((sp) => renderServicePort(sp, view.endpointsOf(sp), cfg));
+      rendered += next.length;
+      const oldChains = new Map<string, string>();
+      for (const f of old) {
+        for (const [n, b] of f.natChains) oldChains.set(n, b);
+        this.fragmentRules -= f.natRules;
       }
-      const f = hit.fragment;
-      fragments.set(id, f);
-      for (const [name, rules] of f.natChains) natChains.set(name, rules);
-      pushAll(natDst, f.natDestinations);
-      pushAll(natNP, f.natNodePorts);
-      pushAll(filterSvc, f.filterClusterIPs);
-      pushAll(filterExt, f.filterExternalIPs);
-      pushAll(filterNP, f.filterNodePorts);
-      pushAll(filterFw, f.filterFirewall);
-      pushAll(filterHC, f.filterHealthCheck);
+      for (const f of next) {
+        this.fragmentRules += f.natRules;
+        for (const [n, b] of f.natChains) {
+          if (oldChains.get(n) !== b) this.delta.write.nat.set(n, b);
+          oldChains.delete(n);
+        }
+      }
+      for (const n of oldChains.keys()) this.delta.remove.nat.add(n);
+      const oldEntries = new Map<string, [TreeId, DispatchEntry]>();
+      for (const f of old) for (const [t, e] of f.entries) oldEntries.set(`${t}|${entryKey(e)}`, [t, e]);
+      for (const f of next) {
+        for (const [t, e] of f.entries) {
+          const k = `${t}|${entryKey(e)}`;
+          if (oldEntries.has(k)) oldEntries.delete(k);
+          else push(added, t, e);
+        }
+      }
+      for (const [t, e] of oldEntries.values()) push(removed, t, e);
+      if (next.length) this.byService.set(key, next);
+      else this.byService.delete(key);
     }
-    this.lastRendered = rendered;
-
-    const fixed = fixedChains(cfg);
-    const tree = (table: Map<string, readonly string[]>, tag: string, entries: DispatchEntry[]) => {
-      const out = buildDispatch(addressDispatch(tag, cfg.family, leaf), entries);
-      for (const [name, rules] of out.chains) table.set(name, rules);
-      return out.rootRules;
-    };
-    const portTrees = (table: Map<string, readonly string[]>, tag: string, entries: PortEntry[]) => {
-      const rules: string[] = [];
-      for (const p of PROTOS) {
-        const mine = entries.filter((e) => e.protocol === p).map((e) => e.entry);
-        if (mine.length === 0) continue;
-        const out = buildDispatch(portDispatch(`${tag}${p[0]!.toUpperCase()}`, p, leaf), mine);
-        for (const [name, r] of out.chains) table.set(name, r);
-        rules.push(...out.rootRules);
+    const roots = new Set<TreeId>();
+    for (const t of new Set([...removed.keys(), ...added.keys()])) {
+      const tree = this.trees.get(t)!;
+      const before = tree.rootRules.join('\n');
+      const table = TREES[t].table;
+      for (const [n, b] of tree.update(removed.get(t) ?? [], added.get(t) ?? [])) {
+        if (b === null) this.delta.remove[table].add(n);
+        else this.delta.write[table].set(n, b);
       }
-      return rules;
-    };
+      if (tree.rootRules.join('\n') !== before) roots.add(t);
+    }
+    for (const rc of rootChains(cfg)) if (rc.trees.some((t) => roots.has(t))) this.writeRootChain(rc);
+    return { full: false, delta: this.delta, previous: null, servicePortsRendered: rendered };
+  }
 
-    const nat = new Map<string, readonly string[]>();
-    nat.set(CHAIN.services, [...tree(nat, 'DST', natDst), ...nodePortJumps(cfg)]);
-    nat.set(CHAIN.nodePorts, portTrees(nat, 'NP', natNP));
-    for (const [name, rules] of fixed.nat) nat.set(name, rules);
-    for (const [name, rules] of natChains) nat.set(name, rules);
+  private renderAll(view: ModelView, cfg: IptablesRenderConfig): RenderResult {
+    const previous = this.cfg ? this.names() : null;
+    this.cfg = cfg;
+    this.delta = emptyDelta();
+    this.byService.clear();
+    this.fragmentRules = 0;
+    for (const t of TABLES) this.statics[t].clear();
+    this.trees = new Map((Object.keys(TREES) as TreeId[]).map((t) => [t, new DispatchTree(TREES[t].spec(cfg))]));
+    const entries = new Map<TreeId, DispatchEntry[]>();
+    let rendered = 0;
+    for (const key of view.serviceKeys()) {
+      const frags = view.portsOf(key).map((sp) => renderServicePort(sp, view.endpointsOf(sp), cfg));
+      if (!frags.length) continue;
+      rendered += frags.length;
+      this.byService.set(key, frags);
+      for (const f of frags) {
+        this.fragmentRules += f.natRules;
+        for (const [t, e] of f.entries) {
+          let l = entries.get(t);
+          if (!l) entries.set(t, (l = []));
+          l.push(e);
+        }
+      }
+    }
+    for (const [t, tree] of this.trees) tree.reset(entries.get(t) ?? []);
+    const fixed = fixedChains(cfg);
+    for (const t of TABLES) for (const [n, rules] of fixed[t]) this.statics[t].set(n, block(n, rules));
+    for (const rc of rootChains(cfg)) this.writeRootChain(rc);
+    this.jumps = builtinJumps(cfg);
+    this.delta = emptyDelta();
+    return { full: true, delta: this.delta, previous, servicePortsRendered: rendered };
+  }
 
-    const filter = new Map<string, readonly string[]>();
-    filter.set(CHAIN.services, tree(filter, 'SVC', filterSvc));
-    filter.set(CHAIN.externalServices, [
-      ...tree(filter, 'EXT', filterExt),
-      `-m addrtype --dst-type LOCAL -j ${CHAIN.externalNodePorts}`,
-    ]);
-    filter.set(CHAIN.externalNodePorts, portTrees(filter, 'XNP', filterNP));
-    filter.set(CHAIN.proxyFirewall, tree(filter, 'FW', filterFw));
-    filter.set(CHAIN.nodePorts, portTrees(filter, 'HC', filterHC));
-    for (const [name, rules] of fixed.filter) filter.set(name, rules);
-
-    return { family: cfg.family, tables: { filter, nat }, jumps: builtinJumps(cfg), fragments };
+  private writeRootChain(rc: { table: TableName; chain: string; trees: TreeId[]; tail: string[] }): void {
+    const rules: string[] = [];
+    for (const t of rc.trees) rules.push(...this.trees.get(t)!.rootRules);
+    rules.push(...rc.tail);
+    const b = block(rc.chain, rules);
+    if (this.statics[rc.table].get(rc.chain) === b) return;
+    this.statics[rc.table].set(rc.chain, b);
+    this.delta.write[rc.table].set(rc.chain, b);
   }
 }
 
-function pushAll<T>(into: T[], from: readonly T[]): void {
-  for (const x of from) into.push(x);
+/** One-shot pure render of everything (tools and tests). */
+export function renderIptables(view: ModelView, cfg: IptablesRenderConfig): IptablesRenderer {
+  const r = new IptablesRenderer();
+  r.render(view, cfg, 'all');
+  return r;
 }
 
-/** One-shot pure render (no cache). */
-export function renderIptables(model: FamilyModel, cfg: IptablesRenderConfig): IptablesRuleset {
-  return new IptablesRenderer().render(model, cfg);
-}
-
-export function countRules(table: ReadonlyMap<string, readonly string[]>): number {
-  let n = 0;
-  for (const rules of table.values()) n += rules.length;
-  return n;
+/** A service port's fragment by id, from a renderer (tests, tools). */
+export function fragmentOf(r: IptablesRenderer, sp: Pick<ServicePort, 'name' | 'protocol' | 'serviceKey'>): ServiceFragment | undefined {
+  return r.fragmentsOf(sp.serviceKey).find((f) => servicePortId(f.servicePort) === servicePortId(sp));
 }

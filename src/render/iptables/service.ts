@@ -2,41 +2,40 @@
 // contributes to the shared dispatch trees. Follows kube-proxy's iptables layout; see
 // docs/design.md for where kpx differs (the dispatch trees).
 import { categorizeEndpoints, externallyAccessible, type CategorizedEndpoints } from '../../model/topology.js';
-import { endpointAddress, type Endpoint, type Protocol, type ServicePort } from '../../model/types.js';
+import type { Endpoint, Protocol, ServicePort } from '../../model/types.js';
 import { cidrContains, hostCIDR, ipToBigInt, parseCIDR } from '../../util/ip.js';
 import { baseMatch, type IptablesRenderConfig } from './config.js';
-import type { DispatchEntry } from './dispatch.js';
+import { block, type DispatchEntry } from './dispatch.js';
 import { CHAIN, endpointChain, servicePortChains } from './names.js';
 
 export type ProtoName = 'tcp' | 'udp' | 'sctp';
 export const protoName = (p: Protocol): ProtoName => p.toLowerCase() as ProtoName;
 
-export interface PortEntry {
-  readonly protocol: ProtoName;
-  readonly entry: DispatchEntry;
-}
+/**
+ * The dispatch trees a service port contributes entries to:
+ * - nat "DST": cluster IP, external IP and LB IP captures (root: nat KPX-SERVICES);
+ * - nat "NP<proto>": NodePorts (root: nat KPX-NODEPORTS);
+ * - filter "SVC": cluster IPs that cannot be served (root: filter KPX-SERVICES);
+ * - filter "EXT": external and LB IPs that cannot be served (root: KPX-EXTERNAL-SERVICES);
+ * - filter "XNP<proto>": NodePorts that cannot be served (root: KPX-EXTERNAL-NODEPORTS);
+ * - filter "FW": LB IPs whose source ranges did not let the packet in (root: KPX-PROXY-FIREWALL);
+ * - filter "HCT": health check node ports (root: filter KPX-NODEPORTS).
+ */
+export type TreeId = 'DST' | `NP${'T' | 'U' | 'S'}` | 'SVC' | 'EXT' | `XNP${'T' | 'U' | 'S'}` | 'FW' | 'HCT';
 
-/** Everything one service port renders. Immutable; cached while its inputs are unchanged. */
+export const protoLetter = (p: ProtoName): 'T' | 'U' | 'S' => (p === 'tcp' ? 'T' : p === 'udp' ? 'U' : 'S');
+
+/** Everything one service port renders. Immutable. */
 export interface ServiceFragment {
   readonly servicePort: ServicePort;
   readonly endpoints: readonly Endpoint[];
   readonly categorized: CategorizedEndpoints;
-  /** the port's own nat chains, in order */
-  readonly natChains: ReadonlyArray<readonly [string, readonly string[]]>;
-  /** nat KPX-SERVICES tree: cluster IP, external IP and LB IP captures */
-  readonly natDestinations: readonly DispatchEntry[];
-  /** nat KPX-NODEPORTS trees */
-  readonly natNodePorts: readonly PortEntry[];
-  /** filter KPX-SERVICES tree: cluster IPs that cannot be served */
-  readonly filterClusterIPs: readonly DispatchEntry[];
-  /** filter KPX-EXTERNAL-SERVICES tree: external and LB IPs that cannot be served */
-  readonly filterExternalIPs: readonly DispatchEntry[];
-  /** filter KPX-EXTERNAL-NODEPORTS trees: NodePorts that cannot be served */
-  readonly filterNodePorts: readonly PortEntry[];
-  /** filter KPX-PROXY-FIREWALL tree: LB IPs whose source ranges did not let the packet in */
-  readonly filterFirewall: readonly DispatchEntry[];
-  /** filter KPX-NODEPORTS: the health check node port */
-  readonly filterHealthCheck: readonly PortEntry[];
+  /** the port's own nat chains, in order: [name, block] */
+  readonly natChains: ReadonlyArray<readonly [string, string]>;
+  /** rules in natChains (metrics) */
+  readonly natRules: number;
+  /** entries for the dispatch trees */
+  readonly entries: ReadonlyArray<readonly [TreeId, DispatchEntry]>;
   /** Local policy without local endpoints while endpoints exist elsewhere */
   readonly noLocalEndpoints: { readonly internal: boolean; readonly external: boolean };
 }
@@ -78,73 +77,56 @@ export function renderServicePort(
           text: `${name} has no endpoints`,
         };
 
-  const natChains: Array<[string, string[]]> = [];
-  const natDestinations: DispatchEntry[] = [];
-  const natNodePorts: PortEntry[] = [];
-  const filterClusterIPs: DispatchEntry[] = [];
-  const filterExternalIPs: DispatchEntry[] = [];
-  const filterNodePorts: PortEntry[] = [];
-  const filterFirewall: DispatchEntry[] = [];
-  const filterHealthCheck: PortEntry[] = [];
+  const natChains: Array<[string, string]> = [];
+  let natRules = 0;
+  const chain = (n: string, rules: string[]) => {
+    natRules += rules.length;
+    natChains.push([n, block(n, rules)]);
+  };
+  const entries: Array<[TreeId, DispatchEntry]> = [];
+  const letter = protoLetter(proto);
 
   const dst = (ip: string) => `-d ${hostCIDR(ip, family)}`;
-  const addrEntry = (ip: string, rule: string): DispatchEntry => ({ key: ipToBigInt(ip), order: `${sp.port}/${proto}/${name}`, rule });
-  const portEntry = (port: number, rule: string): PortEntry => ({
-    protocol: proto,
-    entry: { key: BigInt(port), order: name, rule },
-  });
+  const addr = (tree: TreeId, ip: string, rule: string) =>
+    entries.push([tree, { key: ipToBigInt(ip), order: `${sp.port}/${proto}/${name}`, rule }]);
+  const port = (tree: TreeId, p: number, rule: string) => entries.push([tree, { key: BigInt(p), order: name, rule }]);
 
   // Cluster IP.
   const clusterText = `${name} cluster IP`;
   if (hasInternalEndpoints) {
-    natDestinations.push(addrEntry(sp.clusterIP, `${portMatch(dst(sp.clusterIP), proto, clusterText, sp.port)} -j ${internalChain}`));
+    addr('DST', sp.clusterIP, `${portMatch(dst(sp.clusterIP), proto, clusterText, sp.port)} -j ${internalChain}`);
   } else {
     const u = unservable(sp.internalPolicyLocal);
-    filterClusterIPs.push(addrEntry(sp.clusterIP, `${portMatch(dst(sp.clusterIP), proto, u.text, sp.port)} -j ${u.target}`));
+    addr('SVC', sp.clusterIP, `${portMatch(dst(sp.clusterIP), proto, u.text, sp.port)} -j ${u.target}`);
   }
 
   // External IPs and LoadBalancer IPs.
   const extUnservable = unservable(sp.externalPolicyLocal);
   for (const ip of sp.externalIPs) {
-    if (hasAny) {
-      natDestinations.push(addrEntry(ip, `${portMatch(dst(ip), proto, `${name} external IP`, sp.port)} -j ${chains.ext}`));
-    }
+    if (hasAny) addr('DST', ip, `${portMatch(dst(ip), proto, `${name} external IP`, sp.port)} -j ${chains.ext}`);
     if (!hasExternalEndpoints) {
-      filterExternalIPs.push(addrEntry(ip, `${portMatch(dst(ip), proto, extUnservable.text, sp.port)} -j ${extUnservable.target}`));
+      addr('EXT', ip, `${portMatch(dst(ip), proto, extUnservable.text, sp.port)} -j ${extUnservable.target}`);
     }
   }
   for (const ip of sp.loadBalancerVIPs) {
-    if (hasAny) {
-      natDestinations.push(addrEntry(ip, `${portMatch(dst(ip), proto, `${name} loadbalancer IP`, sp.port)} -j ${lbChain}`));
-    }
+    if (hasAny) addr('DST', ip, `${portMatch(dst(ip), proto, `${name} loadbalancer IP`, sp.port)} -j ${lbChain}`);
     if (usesFwChain) {
-      filterFirewall.push(
-        addrEntry(ip, `${portMatch(dst(ip), proto, `${name} traffic not accepted by ${chains.fw}`, sp.port)} -j DROP`),
-      );
+      addr('FW', ip, `${portMatch(dst(ip), proto, `${name} traffic not accepted by ${chains.fw}`, sp.port)} -j DROP`);
     }
     if (!hasExternalEndpoints) {
-      filterExternalIPs.push(addrEntry(ip, `${portMatch(dst(ip), proto, extUnservable.text, sp.port)} -j ${extUnservable.target}`));
+      addr('EXT', ip, `${portMatch(dst(ip), proto, extUnservable.text, sp.port)} -j ${extUnservable.target}`);
     }
   }
 
   // NodePort.
   if (sp.nodePort) {
-    if (hasAny) natNodePorts.push(portEntry(sp.nodePort, `${portMatch('', proto, name, sp.nodePort)} -j ${chains.ext}`));
+    if (hasAny) port(`NP${letter}`, sp.nodePort, `${portMatch('', proto, name, sp.nodePort)} -j ${chains.ext}`);
     if (!hasExternalEndpoints) {
-      filterNodePorts.push(
-        portEntry(sp.nodePort, `${portMatch('', proto, extUnservable.text, sp.nodePort)} -j ${extUnservable.target}`),
-      );
+      port(`XNP${letter}`, sp.nodePort, `${portMatch('', proto, extUnservable.text, sp.nodePort)} -j ${extUnservable.target}`);
     }
   }
   if (sp.healthCheckNodePort) {
-    filterHealthCheck.push({
-      protocol: 'tcp',
-      entry: {
-        key: BigInt(sp.healthCheckNodePort),
-        order: name,
-        rule: `${portMatch('', 'tcp', `${name} health check node port`, sp.healthCheckNodePort)} -j ACCEPT`,
-      },
-    });
+    port('HCT', sp.healthCheckNodePort, `${portMatch('', 'tcp', `${name} health check node port`, sp.healthCheckNodePort)} -j ACCEPT`);
   }
 
   // The masquerade rule for cluster IP traffic heads the internal chain.
@@ -157,15 +139,15 @@ export function renderServicePort(
 
   // Endpoint chain names, hashed once per endpoint.
   const sepOf = new Map<Endpoint, string>();
-  for (const ep of cat.allReachable) sepOf.set(ep, endpointChain(name, proto, endpointAddress(ep)));
+  for (const ep of cat.allReachable) sepOf.set(ep, endpointChain(name, proto, ep.addr));
 
   if (usesClusterChain) {
     const head = !sp.internalPolicyLocal && hasInternalEndpoints && masqClusterIP ? [masqClusterIP] : [];
-    natChains.push([chains.svc, [...head, ...endpointRules(sp, cluster, sepOf)]]);
+    chain(chains.svc, [...head, ...endpointRules(sp, cluster, sepOf, !!cfg.reducedComments)]);
   }
   if (usesLocalChain) {
     const head = sp.internalPolicyLocal && hasInternalEndpoints && masqClusterIP ? [masqClusterIP] : [];
-    natChains.push([chains.svl, [...head, ...endpointRules(sp, local, sepOf)]]);
+    chain(chains.svl, [...head, ...endpointRules(sp, local, sepOf, !!cfg.reducedComments)]);
   }
 
   if (usesExtChain) {
@@ -185,7 +167,7 @@ export function renderServicePort(
       ext.push(`${comment(`route LOCAL traffic for ${name} external destinations`)} -m addrtype --src-type LOCAL -j ${chains.svc}`);
       if (usesLocalChain) ext.push(`-j ${chains.svl}`);
     }
-    natChains.push([chains.ext, ext]);
+    chain(chains.ext, ext);
   }
 
   if (usesFwChain) {
@@ -198,19 +180,24 @@ export function renderServicePort(
     const allowFromNode = cfg.nodeIPs.some((ip) => ranges.some((r) => cidrContains(r, ip)));
     if (allowFromNode) for (const ip of sp.loadBalancerVIPs) fw.push(`-s ${hostCIDR(ip, family)} ${lbText} -j ${chains.ext}`);
     fw.push(comment(`other traffic to ${name} will be dropped by ${CHAIN.proxyFirewall}`));
-    natChains.push([chains.fw, fw]);
+    chain(chains.fw, fw);
   }
 
   // One SEP chain per endpoint any chain above jumps to.
+  // In large clusters the per-endpoint comments go, as in kube-proxy: they are most of the
+  // payload and nobody reads 100k of them.
+  const sepComment = cfg.reducedComments ? '' : ` ${comment(name)}`;
   for (const ep of cat.allReachable) {
     const sep = sepOf.get(ep)!;
     const recent = sp.affinitySeconds > 0 ? ` -m recent --set --name ${sep} --mask ${recentMask(family)} --rsource` : '';
+    natRules += 2;
     natChains.push([
       sep,
+      // join() yields a flat string; template concatenation would leave a rope to flatten later
       [
-        `-s ${hostCIDR(ep.ip, family)} ${comment(name)} -j ${CHAIN.markMasq}`,
-        `-p ${proto} ${comment(name)}${recent} -m ${proto} -j DNAT --to-destination ${endpointAddress(ep)}`,
-      ],
+        `-A ${sep} -s ${hostCIDR(ep.ip, family)}${sepComment} -j ${CHAIN.markMasq}`,
+        `-A ${sep} -p ${proto}${sepComment}${recent} -m ${proto} -j DNAT --to-destination ${ep.addr}`,
+      ].join('\n'),
     ]);
   }
 
@@ -219,13 +206,8 @@ export function renderServicePort(
     endpoints,
     categorized: cat,
     natChains,
-    natDestinations,
-    natNodePorts,
-    filterClusterIPs,
-    filterExternalIPs,
-    filterNodePorts,
-    filterFirewall,
-    filterHealthCheck,
+    natRules,
+    entries,
     noLocalEndpoints: {
       internal: sp.internalPolicyLocal && hasAny && !usesLocalChain,
       external: sp.externalPolicyLocal && external && hasAny && !usesLocalChain,
@@ -234,20 +216,21 @@ export function renderServicePort(
 }
 
 /** Affinity checks, then random selection: endpoint i of n with probability 1/(n-i). */
-function endpointRules(sp: ServicePort, eps: readonly Endpoint[], sepOf: ReadonlyMap<Endpoint, string>): string[] {
+function endpointRules(sp: ServicePort, eps: readonly Endpoint[], sepOf: ReadonlyMap<Endpoint, string>, reduced: boolean): string[] {
   const out: string[] = [];
   const n = eps.length;
+  const note = (ep: Endpoint) => (reduced ? '' : `${comment(`${sp.name} -> ${ep.addr}`)} `);
   if (sp.affinitySeconds > 0) {
     for (const ep of eps) {
       const sep = sepOf.get(ep)!;
       out.push(
-        `${comment(`${sp.name} -> ${endpointAddress(ep)}`)} -m recent --rcheck --seconds ${sp.affinitySeconds} --reap --name ${sep} --mask ${recentMask(sp.family)} --rsource -j ${sep}`,
+        `${note(ep)}-m recent --rcheck --seconds ${sp.affinitySeconds} --reap --name ${sep} --mask ${recentMask(sp.family)} --rsource -j ${sep}`,
       );
     }
   }
   eps.forEach((ep, i) => {
-    const stat = i < n - 1 ? ` -m statistic --mode random --probability ${probability(n - i)}` : '';
-    out.push(`${comment(`${sp.name} -> ${endpointAddress(ep)}`)}${stat} -j ${sepOf.get(ep)!}`);
+    const stat = i < n - 1 ? `-m statistic --mode random --probability ${probability(n - i)} ` : '';
+    out.push(`${note(ep)}${stat}-j ${sepOf.get(ep)!}`);
   });
   return out;
 }

@@ -1,0 +1,14 @@
+import { ClusterState } from '../src/model/state.js';
+import { renderServicePort } from '../src/render/iptables/service.js';
+import { silentLogger } from '../src/util/log.js';
+import { baseConfig } from '../test/substrate/render-config.js';
+import { syntheticChanges } from './synthetic.js';
+const s = new ClusterState('node-a', silentLogger);
+for (const c of syntheticChanges(10000, 10)) s.apply(c);
+const v = s.view('IPv4');
+const cfg = { ...baseConfig, reducedComments: true };
+const sps = [...v.serviceKeys()].flatMap((k) => v.portsOf(k));
+for (const sp of sps) v.endpointsOf(sp);
+const t0 = performance.now();
+for (let r = 0; r < 5; r++) for (const sp of sps) renderServicePort(sp, v.endpointsOf(sp), cfg);
+console.log('per round', ((performance.now() - t0) / 5).toFixed(0));

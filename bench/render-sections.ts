@@ -1,0 +1,35 @@
+import { ClusterState } from '../src/model/state.js';
+import { renderServicePort } from '../src/render/iptables/service.js';
+import { DispatchTree, addressDispatch } from '../src/render/iptables/dispatch.js';
+import { silentLogger } from '../src/util/log.js';
+import { baseConfig } from '../test/substrate/render-config.js';
+import { syntheticChanges } from './synthetic.js';
+import { categorizeEndpoints } from '../src/model/topology.js';
+import { hash16 } from '../src/render/iptables/names.js';
+const s = new ClusterState('node-a', silentLogger);
+for (const c of syntheticChanges(10000, 10)) s.apply(c);
+const v = s.view('IPv4');
+const cfg = { ...baseConfig, reducedComments: true };
+const sps = [...v.serviceKeys()].flatMap((k) => v.portsOf(k));
+for (const sp of sps) v.endpointsOf(sp);
+for (let round = 0; round < 3; round++) {
+  let t = performance.now();
+  for (const sp of sps) categorizeEndpoints(sp, v.endpointsOf(sp), 'node-a', 'z1');
+  const cat = performance.now() - t;
+  t = performance.now();
+  let x = 0;
+  for (let i = 0; i < 110000; i++) x += hash16(`ns/svc-${i}:httptcp198.18.4.${i % 250}:8080`).length;
+  const h = performance.now() - t;
+  t = performance.now();
+  const frags = sps.map((sp) => renderServicePort(sp, v.endpointsOf(sp), cfg));
+  const fr = performance.now() - t;
+  t = performance.now();
+  const m = new Map<string, string>();
+  for (const f of frags) for (const [n, b] of f.natChains) m.set(n, b);
+  const ms = performance.now() - t;
+  t = performance.now();
+  const tree = new DispatchTree(addressDispatch('DST', 'IPv4', 8));
+  tree.reset(frags.flatMap((f) => f.entries.filter(([tt]) => tt === 'DST').map(([, e]) => e)));
+  const tr = performance.now() - t;
+  console.log(`categorize ${cat.toFixed(0)} hash110k ${h.toFixed(0)} fragments ${fr.toFixed(0)} mapset ${ms.toFixed(0)} tree ${tr.toFixed(0)}`);
+}
