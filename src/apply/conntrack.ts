@@ -131,12 +131,12 @@ export function staleFilters(entries: readonly ConntrackEntry[], fe: Frontends):
 
 export class ConntrackCleaner {
   private last = new Map<IPFamily, Frontends>();
-  /** flows deleted since start (for metrics) */
-  deleted = 0;
 
   constructor(
     private readonly runner: CommandRunner,
     private readonly log: Logger,
+    /** flows deleted (metrics) */
+    private readonly onDeleted: (family: IPFamily, flows: number) => void = () => {},
   ) {}
 
   /** Frontends served before this process started (from the kernel's rules). */
@@ -168,7 +168,7 @@ export class ConntrackCleaner {
       const r = await this.runner.run('conntrack', args);
       // exit 1 with "0 flow entries" just means the flow already expired
       const n = Number(/(\d+) flow entries have been deleted/.exec(r.stderr)?.[1] ?? 0);
-      this.deleted += n;
+      if (n) this.onDeleted(family, n);
       this.log.debug({ family, filter: f, deleted: n }, 'deleted stale conntrack entries');
     }
     if (filters.length) this.log.info({ family, filters: filters.length }, 'cleaned stale UDP/SCTP conntrack entries');

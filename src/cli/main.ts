@@ -15,6 +15,8 @@ import { PostSync } from '../sync/post-sync.js';
 import { ProxyHealth } from '../server/health.js';
 import { ServiceHealthServers } from '../server/service-health.js';
 import { ConntrackCleaner } from '../apply/conntrack.js';
+import { KpxMetrics } from '../server/metrics.js';
+import { healthServer, metricsServer, startServers } from '../server/http.js';
 import { traceCommand, addTraceFlags } from './trace.js';
 
 export const VERSION = '0.1.0';
@@ -64,9 +66,11 @@ export function addProxyFlags(cmd: Command): Command {
 export interface Built {
   config: KpxConfig;
   log: Logger;
+  state: ClusterState;
   controller: Controller;
   proxier: IptablesProxier;
   health: ProxyHealth;
+  metrics: KpxMetrics;
   healthServers: ServiceHealthServers | null;
 }
 
@@ -82,11 +86,13 @@ export function build(flags: CliFlags & { logLevel?: string }, print: (text: str
   const healthServers = live
     ? new ServiceHealthServers(log.child({ component: 'service-health' }), () => proxier.nodePortAddresses(), () => health.status().healthy)
     : null;
-  const observers: SyncObserver[] = [
-    new PostSync(log, health, () => proxier.knownFamilies(), live ? new ConntrackCleaner(execRunner, log.child({ component: 'conntrack' })) : null, healthServers),
-  ];
+  const metrics = new KpxMetrics(() => state.peekPending(), () => proxier.knownFamilies());
+  const conntrack = live
+    ? new ConntrackCleaner(execRunner, log.child({ component: 'conntrack' }), (family, n) => metrics.conntrackDeleted.inc({ ip_family: family }, n))
+    : null;
+  const observers: SyncObserver[] = [new PostSync(log, health, () => proxier.knownFamilies(), conntrack, healthServers), metrics];
   const controller = new Controller({ config, log, source, state, proxier, observers });
-  return { config, log, controller, proxier, health, healthServers };
+  return { config, log, state, controller, proxier, health, metrics, healthServers };
 }
 
 function makeSource(config: KpxConfig, log: Logger): Source {
@@ -95,13 +101,21 @@ function makeSource(config: KpxConfig, log: Logger): Source {
 }
 
 async function runCommand(flags: CliFlags & { logLevel?: string }): Promise<number> {
-  const { config, log, controller, proxier, healthServers } = build(flags);
+  const { config, log, state, controller, proxier, health, metrics, healthServers } = build(flags);
   await proxier.init();
   if (config.once) {
     const ok = await controller.runOnce();
     await healthServers?.stop();
     return ok ? 0 : 1;
   }
+  const servers = await startServers(
+    log,
+    [
+      { name: 'metrics', addr: config.metricsBindAddress, server: () => metricsServer(metrics) },
+      { name: 'healthz', addr: config.healthzBindAddress, server: () => healthServer(health, () => state.node, metrics) },
+    ],
+    config.bindAddressHardFail,
+  );
   await controller.start();
   log.info({ node: config.hostname, mode: config.mode }, 'kpx running');
   await new Promise<void>((resolve) => {
@@ -112,6 +126,7 @@ async function runCommand(flags: CliFlags & { logLevel?: string }): Promise<numb
   log.info('stopping; programmed rules stay in place');
   await controller.stop();
   await healthServers?.stop();
+  for (const s of servers) s.close();
   return 0;
 }
 

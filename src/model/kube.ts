@@ -1,13 +1,14 @@
 // The parts of Service, EndpointSlice and Node that kpx reads, as zod schemas.
 // Both sources (files and the API) run objects through these, so an object that
-// would break a sync is refused at the door with the field that is wrong.
+// would break a sync is refused at the door with the field that is wrong. Unknown fields
+// are stripped: the copy kpx keeps holds only what it reads (no managedFields etc.).
 import { z } from 'zod';
 
 const name = z.string().min(1).max(253);
 const port = z.number().int().min(1).max(65535);
 const protocol = z.enum(['TCP', 'UDP', 'SCTP']);
 
-const metadata = z.looseObject({
+const metadata = z.object({
   name,
   namespace: z.string().min(1).max(63).optional(),
   labels: z.record(z.string(), z.string()).nullish(),
@@ -17,11 +18,11 @@ const metadata = z.looseObject({
   deletionTimestamp: z.union([z.string(), z.date()]).nullish(),
 });
 
-export const serviceSchema = z.looseObject({
+export const serviceSchema = z.object({
   apiVersion: z.string().optional(),
   kind: z.string().optional(),
   metadata,
-  spec: z.looseObject({
+  spec: z.object({
     type: z.enum(['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName']).optional(),
     clusterIP: z.string().optional(),
     clusterIPs: z.array(z.string()).nullish(),
@@ -29,7 +30,7 @@ export const serviceSchema = z.looseObject({
     ipFamilyPolicy: z.string().nullish(),
     ports: z
       .array(
-        z.looseObject({
+        z.object({
           name: z.string().nullish(),
           protocol: protocol.nullish(),
           port,
@@ -46,7 +47,7 @@ export const serviceSchema = z.looseObject({
     sessionAffinity: z.enum(['None', 'ClientIP']).nullish(),
     sessionAffinityConfig: z
       .looseObject({
-        clientIP: z.looseObject({ timeoutSeconds: z.number().int().min(1).max(86400).nullish() }).nullish(),
+        clientIP: z.object({ timeoutSeconds: z.number().int().min(1).max(86400).nullish() }).nullish(),
       })
       .nullish(),
     healthCheckNodePort: z.number().int().min(0).max(65535).nullish(),
@@ -59,7 +60,7 @@ export const serviceSchema = z.looseObject({
         .looseObject({
           ingress: z
             .array(
-              z.looseObject({
+              z.object({
                 ip: z.string().nullish(),
                 hostname: z.string().nullish(),
                 ipMode: z.enum(['VIP', 'Proxy']).nullish(),
@@ -72,14 +73,14 @@ export const serviceSchema = z.looseObject({
     .nullish(),
 });
 
-export const endpointSliceSchema = z.looseObject({
+export const endpointSliceSchema = z.object({
   apiVersion: z.string().optional(),
   kind: z.string().optional(),
   metadata,
   addressType: z.enum(['IPv4', 'IPv6', 'FQDN']),
   endpoints: z
     .array(
-      z.looseObject({
+      z.object({
         addresses: z.array(z.string()).min(1),
         conditions: z
           .looseObject({
@@ -92,8 +93,8 @@ export const endpointSliceSchema = z.looseObject({
         zone: z.string().nullish(),
         hints: z
           .looseObject({
-            forZones: z.array(z.looseObject({ name: z.string() })).nullish(),
-            forNodes: z.array(z.looseObject({ name: z.string() })).nullish(),
+            forZones: z.array(z.object({ name: z.string() })).nullish(),
+            forNodes: z.array(z.object({ name: z.string() })).nullish(),
           })
           .nullish(),
       }),
@@ -101,7 +102,7 @@ export const endpointSliceSchema = z.looseObject({
     .nullish(),
   ports: z
     .array(
-      z.looseObject({
+      z.object({
         name: z.string().nullish(),
         port: port.nullish(),
         protocol: protocol.nullish(),
@@ -110,7 +111,7 @@ export const endpointSliceSchema = z.looseObject({
     .nullish(),
 });
 
-export const nodeSchema = z.looseObject({
+export const nodeSchema = z.object({
   apiVersion: z.string().optional(),
   kind: z.string().optional(),
   metadata,
@@ -119,13 +120,13 @@ export const nodeSchema = z.looseObject({
       podCIDR: z.string().nullish(),
       podCIDRs: z.array(z.string()).nullish(),
       taints: z
-        .array(z.looseObject({ key: z.string(), value: z.string().nullish(), effect: z.string().nullish() }))
+        .array(z.object({ key: z.string(), value: z.string().nullish(), effect: z.string().nullish() }))
         .nullish(),
     })
     .nullish(),
   status: z
     .looseObject({
-      addresses: z.array(z.looseObject({ type: z.string(), address: z.string() })).nullish(),
+      addresses: z.array(z.object({ type: z.string(), address: z.string() })).nullish(),
     })
     .nullish(),
 });

@@ -41,8 +41,8 @@ export interface PendingChanges {
   readonly endpoints: ReadonlySet<string>;
   /** this node's facts changed */
   readonly node: boolean;
-  /** last-change-trigger-time of endpoint changes, for network programming latency */
-  readonly triggerTimes: readonly number[];
+  /** last-change-trigger-time of endpoint changes (ms), per family, for network programming latency */
+  readonly triggerTimes: ReadonlyArray<{ readonly family: IPFamily; readonly time: number }>;
 }
 
 interface SliceEntry extends SliceData {
@@ -81,6 +81,8 @@ export class ClusterState {
   private pending = emptyPending();
   private readonly trackers = new Set<ChangeTracker>();
   private readonly endpointTotals: Record<IPFamily, number> = { IPv4: 0, IPv6: 0 };
+  /** trigger times before this are not observed (ms) */
+  startedAt = Date.now();
   private sortedPorts: Record<IPFamily, ServicePort[] | null> = { IPv4: null, IPv6: null };
 
   constructor(
@@ -171,7 +173,8 @@ export class ClusterState {
       this.invalidateEndpoints(next.serviceKey);
       const trigger = cur?.metadata.annotations?.[ANNOTATION_TRIGGER_TIME];
       const t = trigger ? Date.parse(trigger) : NaN;
-      if (!Number.isNaN(t)) this.pending.triggerTimes.push(t);
+      // like kube-proxy, only changes made after kpx started count (not old objects listed at start)
+      if (!Number.isNaN(t) && t >= this.startedAt) this.pending.triggerTimes.push({ family: next.family, time: t });
     } else {
       this.slices.delete(key);
     }
@@ -281,7 +284,12 @@ function sliceEndpoints(s: SliceData): number {
   return n;
 }
 
-function emptyPending(): { services: Set<string>; endpoints: Set<string>; node: boolean; triggerTimes: number[] } {
+function emptyPending(): {
+  services: Set<string>;
+  endpoints: Set<string>;
+  node: boolean;
+  triggerTimes: Array<{ family: IPFamily; time: number }>;
+} {
   return { services: new Set(), endpoints: new Set(), node: false, triggerTimes: [] };
 }
 

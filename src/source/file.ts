@@ -1,6 +1,7 @@
 // The file source: Services, EndpointSlices and Nodes from *.yaml, *.yml and *.json files
 // in a directory, watched for changes. Editing a file produces the same changes a watch
 // on the API would (previous and current object per key).
+import { hash } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -24,6 +25,18 @@ interface FileObjects {
 /** Parses one file's text into valid objects; everything wrong is logged and skipped. */
 export function parseManifest(text: string, file: string, log: Logger): Map<string, { kind: ResourceKind; object: KubeObject }> {
   const out = new Map<string, { kind: ResourceKind; object: KubeObject }>();
+  if (/\.json$/i.test(file)) {
+    // JSON.parse: an order of magnitude less memory than a YAML document model for big lists
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch (err) {
+      log.error({ file, reason: (err as Error).message }, 'manifest file does not parse; skipped');
+      return out;
+    }
+    addDocument(value, 0, file, log, out);
+    return out;
+  }
   let docs;
   try {
     docs = parseAllDocuments(text, { prettyErrors: false });
@@ -37,19 +50,20 @@ export function parseManifest(text: string, file: string, log: Logger): Map<stri
       log.error({ file, document: i, reason: doc.errors[0]!.message.split('\n')[0] }, 'manifest document does not parse; skipped');
       continue;
     }
-    const value: unknown = doc.toJS();
-    if (value == null) continue;
-    const items =
-      typeof value === 'object' && (value as { kind?: unknown }).kind === 'List'
-        ? ((value as { items?: unknown }).items ?? [])
-        : [value];
-    if (!Array.isArray(items)) {
-      log.error({ file, document: i, reason: 'List without items array' }, 'manifest skipped');
-      continue;
-    }
-    for (const item of items) addObject(item, file, log, out);
+    addDocument(doc.toJS(), i, file, log, out);
   }
   return out;
+}
+
+function addDocument(value: unknown, index: number, file: string, log: Logger, out: Map<string, { kind: ResourceKind; object: KubeObject }>): void {
+  if (value == null) return;
+  const items =
+    typeof value === 'object' && (value as { kind?: unknown }).kind === 'List' ? ((value as { items?: unknown }).items ?? []) : [value];
+  if (!Array.isArray(items)) {
+    log.error({ file, document: index, reason: 'List without items array' }, 'manifest skipped');
+    return;
+  }
+  for (const item of items) addObject(item, file, log, out);
 }
 
 function addObject(item: unknown, file: string, log: Logger, out: Map<string, { kind: ResourceKind; object: KubeObject }>): void {
@@ -83,7 +97,7 @@ function addObject(item: unknown, file: string, log: Logger, out: Map<string, { 
 export class FileSource implements Source {
   private files = new Map<string, FileObjects>();
   /** the effective object per "Kind/key" (first file in name order wins on duplicates) */
-  private effective = new Map<string, { kind: ResourceKind; object: KubeObject; file: string; json: string }>();
+  private effective = new Map<string, { kind: ResourceKind; object: KubeObject; file: string; digest: string }>();
   private watcher: FSWatcher | null = null;
   private timer: NodeJS.Timeout | null = null;
   private scanning: Promise<void> = Promise.resolve();
@@ -143,7 +157,7 @@ export class FileSource implements Source {
   }
 
   private reconcile(): void {
-    const now = new Map<string, { kind: ResourceKind; object: KubeObject; file: string; json: string }>();
+    const now = new Map<string, { kind: ResourceKind; object: KubeObject; file: string; digest: string }>();
     for (const [file, fo] of this.files) {
       for (const [key, { kind, object }] of fo.objects) {
         const had = now.get(key);
@@ -151,13 +165,14 @@ export class FileSource implements Source {
           this.log.warn({ kind, object: key, file, kept: had.file }, 'object defined in two files; the first file wins');
           continue;
         }
-        now.set(key, { kind, object, file: join(this.dir, file), json: JSON.stringify(object) });
+        // a digest, not the JSON itself: change detection without a second copy of everything
+        now.set(key, { kind, object, file: join(this.dir, file), digest: hash('sha1', JSON.stringify(object), 'hex') });
       }
     }
     const changes: Change[] = [];
     for (const [key, cur] of now) {
       const prev = this.effective.get(key);
-      if (prev && prev.json === cur.json) {
+      if (prev && prev.digest === cur.digest) {
         now.set(key, prev); // keep the old object: nothing changed
         continue;
       }

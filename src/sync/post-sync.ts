@@ -42,7 +42,9 @@ export class PostSync implements SyncObserver {
   ) {}
 
   onQueued(): void {
-    this.health.queued(this.families());
+    // before the first sync no family is known; IPv4 is always programmed
+    const known = this.families();
+    this.health.queued(known.length ? known : ['IPv4']);
   }
 
   async onSync(report: SyncReport, pending: { services: ReadonlySet<string>; endpoints: ReadonlySet<string> }): Promise<void> {

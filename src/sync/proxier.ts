@@ -24,8 +24,10 @@ export interface FamilySyncReport {
   readonly servicePortsRendered: number;
   readonly chainsWritten: number;
   readonly rulesWritten: number;
+  readonly rulesWrittenByTable: { readonly filter: number; readonly nat: number };
   readonly chainsDeleted: number;
   readonly ruleCounts: { readonly filter: number; readonly nat: number };
+  readonly noLocalEndpoints: { readonly internal: number; readonly external: number };
   /** the family's renderer: its tables, jumps and fragments after this sync */
   readonly ruleset: IptablesRenderer;
   readonly config: IptablesRenderConfig;
@@ -175,7 +177,8 @@ export class IptablesProxier {
         family,
         servicePorts: renderer.servicePortCount,
         servicePortsRendered: result.servicePortsRendered,
-        ruleCounts: { ...renderer.ruleCounts },
+        ruleCounts: renderer.ruleCounts,
+        noLocalEndpoints: renderer.noLocalEndpoints(),
         ruleset: renderer,
         config: cfg,
         renderMs: t1 - t0,
@@ -202,13 +205,23 @@ export class IptablesProxier {
           applyMs: performance.now() - t1,
           chainsWritten: applied.plan.chainsWritten,
           rulesWritten: applied.plan.rulesWritten,
+          rulesWrittenByTable: applied.plan.rulesWrittenByTable,
           chainsDeleted: applied.plan.chainsDeleted,
         });
       } catch (err) {
         this.needFull.add(family);
         applier.invalidate();
         log.error({ family, err: (err as Error).message }, 'sync failed; the previous rules stay in place');
-        reports.push({ ...base, full, applyMs: performance.now() - t1, chainsWritten: 0, rulesWritten: 0, chainsDeleted: 0, error: err as Error });
+        reports.push({
+          ...base,
+          full,
+          applyMs: performance.now() - t1,
+          chainsWritten: 0,
+          rulesWritten: 0,
+          rulesWrittenByTable: { filter: 0, nat: 0 },
+          chainsDeleted: 0,
+          error: err as Error,
+        });
       }
     }
     return { families: reports, ok: reports.every((r) => !r.error) };

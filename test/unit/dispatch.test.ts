@@ -85,6 +85,29 @@ describe('dispatch trees', () => {
 });
 
 describe('incremental dispatch tree updates', () => {
+  it('keeps the old tree when a far key moves the root up, and when it leaves again', () => {
+    const spec = addressDispatch('DST', 'IPv4', 4);
+    const base = Array.from({ length: 200 }, (_, i) => ipEntry(`198.19.${i >> 6}.${(i & 63) + 1}`));
+    const tree = new DispatchTree(spec);
+    tree.reset(base);
+    const far = ipEntry('198.19.9.9');
+    for (const [removed, added, present] of [
+      [[], [far], [...base, far]],
+      [[far], [], base],
+    ] as const) {
+      const before = new Map(tree.ownChains());
+      const changes = tree.update(removed, added);
+      for (const [n, b] of changes) {
+        if (b === null) before.delete(n);
+        else before.set(n, b);
+      }
+      const fresh = new DispatchTree(spec);
+      fresh.reset(present);
+      expect(new Map([...before].sort())).toEqual(new Map([...fresh.ownChains()].sort()));
+      expect(new Map([...tree.ownChains()].sort())).toEqual(new Map([...fresh.ownChains()].sort()));
+    }
+  });
+
   it('after any sequence of adds and removes, equals a fresh build, and its changes are exact', () => {
     const spec = addressDispatch('DST', 'IPv4', 4);
     let seed = 99;
@@ -96,12 +119,14 @@ describe('incremental dispatch tree updates', () => {
     tree.reset([]);
     const present = new Map<string, DispatchEntry>();
     let chains = new Map<string, string>();
-    for (let step = 0; step < 1500; step++) {
+    for (let step = 0; step < 3000; step++) {
       const removed: DispatchEntry[] = [];
       const added: DispatchEntry[] = [];
       for (let k = 0; k < 1 + rnd(3); k++) {
-        // clustered addresses make splits and collapses frequent
-        const ip = `198.19.${rnd(4)}.${rnd(64)}`;
+        // clustered addresses make splits and collapses frequent; a few far-away keys that
+        // come and go move the root up and down
+        const far = ['198.19.9.9', '198.18.0.1', '198.19.64.1', '198.19.3.250'];
+        const ip = rnd(8) === 0 ? far[rnd(far.length)]! : `198.19.${rnd(4)}.${rnd(64)}`;
         const port = 80 + rnd(2);
         const id = `${ip}:${port}`;
         if (present.has(id) && !removed.includes(present.get(id)!)) {

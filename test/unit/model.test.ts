@@ -174,6 +174,7 @@ describe('ClusterState', () => {
 
   it('records last-change-trigger-time of endpoint changes', () => {
     const s = new ClusterState('node-a', silentLogger);
+    s.startedAt = Date.parse('2026-11-22T07:00:00Z');
     s.apply(
       add(
         'EndpointSlice',
@@ -185,6 +186,6 @@ describe('ClusterState', () => {
         }),
       ),
     );
-    expect(s.takePending().triggerTimes).toEqual([Date.parse('2026-11-22T08:00:00Z')]);
+    expect(s.takePending().triggerTimes).toEqual([{ family: 'IPv4', time: Date.parse('2026-11-22T08:00:00Z') }]);
   });
 });

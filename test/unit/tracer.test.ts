@@ -203,3 +203,25 @@ describe('tracer: source ranges, affinity and the CLI', () => {
     ]);
   });
 });
+
+describe('tracer: the dispatch layout at scale', () => {
+  it('a new connection to a random ClusterIP among 10k services walks fewer than 64 rules', async () => {
+    const { syntheticChanges, serviceIP } = await import('../../bench/synthetic.js');
+    const s = new ClusterState('node-a', silentLogger);
+    for (const c of syntheticChanges(10_000, 10)) s.apply(c);
+    const rs = renderIptables(s.view('IPv4'), { ...baseConfig, reducedComments: true });
+    const tracer = new Tracer(tablesFromRuleset(rs), { localAddresses: NODE_LOCAL_ADDRESSES });
+    let seed = 5;
+    let worst = 0;
+    for (let k = 0; k < 300; k++) {
+      seed = (Math.imul(seed, 1103515245) + 12345) & 0x7fffffff;
+      const i = seed % 10_000;
+      const outs = tracer.trace({ family: 'IPv4', proto: 'tcp', src: '198.18.1.50', dst: serviceIP(i), dport: 80, from: { inIface: 'kpxbr0' } });
+      expect(outs.every((o) => o.verdict === 'ACCEPT' && o.dnat)).toBe(true);
+      expect(outs.reduce((a, o) => a + o.probability, 0)).toBeCloseTo(1, 6);
+      worst = Math.max(worst, ...outs.map((o) => o.rules.nat));
+    }
+    // kube-proxy's layout: up to ~10k KUBE-SERVICES rules for the same packet
+    expect(worst).toBeLessThan(64);
+  });
+});

@@ -104,7 +104,7 @@ export class DispatchTree {
     const before = new Map(this.chains);
     this.entries = [...input].sort(compare);
     this.chains.clear();
-    this.root = this.entries.length ? this.renderNode(this.rootRef(), true) : [];
+    this.root = this.entries.length ? this.renderNode(this.rootRef(), this.chains) : [];
     const changes: ChainChanges = new Map();
     for (const [n, b] of this.chains) if (before.get(n) !== b) changes.set(n, b);
     for (const n of before.keys()) if (!this.chains.has(n)) changes.set(n, null);
@@ -152,18 +152,18 @@ export class DispatchTree {
     this.root = [];
     if (this.entries.length) {
       const rootRef = this.rootRef();
-      this.root = this.renderNode(rootRef, false);
+      this.root = this.renderNode(rootRef);
       if (!this.isLeaf(rootRef)) referenced.push(...this.children(rootRef));
       for (const k of keys) {
         for (const [name, ref] of this.path(k)) {
-          set(name, this.renderNode(ref, false));
+          set(name, this.renderNode(ref));
           if (!this.isLeaf(ref)) referenced.push(...this.children(ref));
         }
       }
     }
     for (const c of referenced) {
       kept.add(c.name);
-      if (!this.chains.has(c.name)) this.buildSubtree(c.name, c.ref, changes);
+      if (!this.chains.has(c.name)) this.buildSubtree(c.name, c.ref, kept, changes);
     }
     for (const n of candidates) if (!kept.has(n)) this.dropSubtree(n, kept, changes);
     if (changes.size) this.recount();
@@ -180,12 +180,17 @@ export class DispatchTree {
     return out;
   }
 
-  private buildSubtree(name: string, ref: NodeRef, changes: ChainChanges): void {
-    const before = new Map<string, string>();
-    const b = block(name, this.renderNode(ref, true, before));
-    this.chains.set(name, b);
-    changes.set(name, b);
-    for (const [n, v] of before) changes.set(n, v);
+  /** Builds a node and everything below it (a new child after a split, or a root moved down). */
+  private buildSubtree(name: string, ref: NodeRef, kept: Set<string>, changes: ChainChanges): void {
+    const built = new Map<string, string>([[name, '']]);
+    built.set(name, block(name, this.renderNode(ref, built)));
+    for (const [n, b] of built) {
+      kept.add(n);
+      if (this.chains.get(n) !== b) {
+        this.chains.set(n, b);
+        changes.set(n, b);
+      }
+    }
   }
 
   private dropSubtree(name: string, kept: ReadonlySet<string>, changes: ChainChanges): void {
@@ -256,19 +261,15 @@ export class DispatchTree {
     return out;
   }
 
-  /** A node's rules; with `recurse`, also builds every chain below it (noting them in `built`). */
-  private renderNode(ref: NodeRef, recurse: boolean, built?: Map<string, string>): string[] {
+  /** A node's rules; with a `sink`, also builds every chain below it into the sink. */
+  private renderNode(ref: NodeRef, sink?: Map<string, string>): string[] {
     if (this.isLeaf(ref)) {
       const out: string[] = new Array(ref.hi - ref.lo);
       for (let i = ref.lo; i < ref.hi; i++) out[i - ref.lo] = this.entries[i]!.rule;
       return out;
     }
     return this.children(ref).map((c) => {
-      if (recurse) {
-        const b = block(c.name, this.renderNode(c.ref, true, built));
-        this.chains.set(c.name, b);
-        built?.set(c.name, b);
-      }
+      if (sink) sink.set(c.name, block(c.name, this.renderNode(c.ref, sink)));
       return `${this.spec.prefixMatch(c.prefix, c.ref.len)} -j ${c.name}`;
     });
   }

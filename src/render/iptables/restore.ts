@@ -76,6 +76,7 @@ export interface RestorePlan {
   readonly text: string;
   readonly chainsWritten: number;
   readonly rulesWritten: number;
+  readonly rulesWrittenByTable: Readonly<Record<TableName, number>>;
   readonly chainsDeleted: number;
   readonly jumpsChanged: number;
 }
@@ -84,6 +85,7 @@ class PlanWriter {
   private readonly out: string[] = [];
   chainsWritten = 0;
   rulesWritten = 0;
+  readonly byTable: Record<TableName, number> = { filter: 0, nat: 0 };
   chainsDeleted = 0;
   jumpsChanged = 0;
 
@@ -96,7 +98,9 @@ class PlanWriter {
       this.chainsWritten++;
       if (b) {
         blocks.push(b);
-        this.rulesWritten += countLines(b);
+        const n = countLines(b);
+        this.rulesWritten += n;
+        if (name === 'filter' || name === 'nat') this.byTable[name] += n;
       }
     }
     for (const chain of deletes) decl.push(`:${chain} - [0:0]`);
@@ -117,6 +121,7 @@ class PlanWriter {
       text: this.out.length ? `${this.out.join('\n')}\n` : '',
       chainsWritten: this.chainsWritten,
       rulesWritten: this.rulesWritten,
+      rulesWrittenByTable: { ...this.byTable },
       chainsDeleted: this.chainsDeleted,
       jumpsChanged: this.jumpsChanged,
     };

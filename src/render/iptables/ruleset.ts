@@ -202,6 +202,16 @@ export class IptablesRenderer implements IptablesRuleset {
     return n;
   }
 
+  /** Service ports with a Local policy and endpoints elsewhere but none here (metrics). */
+  noLocalEndpoints(): { internal: number; external: number } {
+    const out = { internal: 0, external: 0 };
+    for (const f of this.fragments()) {
+      if (f.noLocalEndpoints.internal) out.internal++;
+      if (f.noLocalEndpoints.external) out.external++;
+    }
+    return out;
+  }
+
   /** Every service port's fragment. */
   *fragments(): Iterable<ServiceFragment> {
     for (const list of this.byService.values()) yield* list;

@@ -1,0 +1,251 @@
+// `npm run bench`: kpx's sync against its floors, measured in the same run, printed as a
+// table. Asserts nothing. Needs root: every scale runs in its own fresh network namespace
+// (deleted afterwards, also on failure); nothing touches the machine's root namespace.
+//
+//   render        cold full render (first in the process) and warm full render (median)
+//   full sync     kpx's first sync (render + plan + iptables-restore) into an empty table
+//   full floor    a bare iptables-restore of exactly the payload kpx applied
+//   partial sync  kpx's sync after one endpoint of one service changed (median of 5)
+//   partial floor a bare restore of one kube-proxy-shaped service chain + 10 endpoint chains
+//   kube-proxy-shaped partial   that floor plus rewriting a dispatch chain of N rules,
+//                  which is what kube-proxy's partial sync does (for context)
+//   canary        the periodic flush check (iptables -S KPX-CANARY in nat and filter)
+//   RSS           a real `kpx run` process after its first sync (VmRSS, and peak VmHWM)
+import { execa } from 'execa';
+import { cpus, totalmem, tmpdir } from 'node:os';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ClusterState, type Change } from '../src/model/state.js';
+import { IptablesProxier } from '../src/sync/proxier.js';
+import { IptablesRenderer } from '../src/render/iptables/ruleset.js';
+import { resolveConfig } from '../src/config/config.js';
+import { execRunner, type CommandRunner } from '../src/apply/exec.js';
+import { silentLogger } from '../src/util/log.js';
+import { podIP, serviceIP, syntheticService, syntheticSlice, syntheticChanges } from './synthetic.js';
+
+const HERE = fileURLToPath(new URL('.', import.meta.url));
+const REPO = resolve(HERE, HERE.includes('.bench-dist') ? '../..' : '..');
+const ENDPOINTS = 10;
+
+interface Result {
+  services: number;
+  renderColdMs: number;
+  renderWarmMs: number;
+  fullSyncMs: number;
+  fullFloorMs: number;
+  payloadMB: number;
+  rules: number;
+  partialSyncMs: number[];
+  partialFloorMs: number[];
+  kubeProxyPartialMs: number[];
+  canaryMs: number;
+  rssMiB?: number;
+  peakMiB?: number;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const ms = (x: number) => (x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${x.toFixed(x < 10 ? 1 : 0)} ms`);
+const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}x`;
+
+/** Records the last restore payload while running the real binaries. */
+class Recorder implements CommandRunner {
+  last = '';
+  async run(command: string, args: readonly string[], opts?: { input?: string; timeoutMs?: number }) {
+    if (command.endsWith('-restore') && opts?.input) this.last = opts.input;
+    return execRunner.run(command, args, opts);
+  }
+}
+
+async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
+  const t = performance.now();
+  const v = await fn();
+  return [v, performance.now() - t];
+}
+
+async function restore(text: string): Promise<number> {
+  const [r, t] = await timed(() => execa('iptables-nft-restore', ['-w', '5', '--noflush'], { input: text, reject: false }));
+  if (r.exitCode !== 0) throw new Error(`iptables-restore failed: ${r.stderr}`);
+  return t;
+}
+
+/** One kube-proxy-shaped service chain with its endpoint chains (the partial floor). */
+function kubeProxyService(round: number, extra = ''): string {
+  const lines = ['*nat', ':KUBE-SVC-BENCHMARK0000 - [0:0]'];
+  for (let j = 0; j < ENDPOINTS; j++) lines.push(`:KUBE-SEP-BENCHMARK${j.toString().padStart(4, '0')} - [0:0]`);
+  if (extra) lines.push(':KUBE-SERVICES-BENCH - [0:0]');
+  for (let j = 0; j < ENDPOINTS; j++) {
+    const sep = `KUBE-SEP-BENCHMARK${j.toString().padStart(4, '0')}`;
+    const ep = `${podIP(500_000 + round * 100 + j)}:8080`;
+    const stat = j < ENDPOINTS - 1 ? ` -m statistic --mode random --probability ${(1 / (ENDPOINTS - j)).toFixed(10)}` : '';
+    lines.push(`-A KUBE-SVC-BENCHMARK0000 -m comment --comment "bench/svc:http -> ${ep}"${stat} -j ${sep}`);
+    lines.push(`-A ${sep} -s ${ep.split(':')[0]}/32 -m comment --comment bench/svc:http -j KPX-MARK-MASQ`);
+    lines.push(`-A ${sep} -p tcp -m comment --comment bench/svc:http -m tcp -j DNAT --to-destination ${ep}`);
+  }
+  if (extra) lines.push(extra);
+  lines.push('COMMIT', '');
+  return lines.join('\n');
+}
+
+async function inner(services: number): Promise<Result> {
+  const state = new ClusterState('node-a', silentLogger);
+  for (const c of syntheticChanges(services, ENDPOINTS)) state.apply(c);
+  const config = resolveConfig({ hostnameOverride: 'node-a', clusterCidr: '198.18.0.0/16', iptablesBackend: 'nft', iptablesLocalhostNodeports: 'false' }, 'node-a');
+  const rec = new Recorder();
+  const proxier = new IptablesProxier({ config, state, runner: rec, log: silentLogger, hostFacts: () => ({ addresses: { IPv4: ['198.18.0.10'], IPv6: [] } }) });
+  await proxier.init();
+
+  const [first, fullSyncMs] = await timed(() => proxier.sync());
+  const f = first.families.find((x) => x.family === 'IPv4')!;
+  if (f.error) throw f.error;
+  const payload = rec.last;
+  // the floor: remove kpx's rules, restore the identical payload bare
+  await execa(process.execPath, [join(REPO, 'bin/kpx.js'), 'cleanup', '--log-level', 'warn']);
+  const fullFloorMs = await restore(payload);
+
+  const warm: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const r = new IptablesRenderer();
+    const t = performance.now();
+    r.render(state.view('IPv4'), f.config, 'all');
+    warm.push(performance.now() - t);
+  }
+
+  const partialSyncMs: number[] = [];
+  for (let k = 0; k < 5; k++) {
+    const i = (k * 7919) % services;
+    state.apply({ kind: 'EndpointSlice', previous: syntheticSlice(i, ENDPOINTS), current: syntheticSlice(i, ENDPOINTS, 700_000 + k) } as Change);
+    const [r, t] = await timed(() => proxier.sync());
+    const rf = r.families.find((x) => x.family === 'IPv4')!;
+    if (rf.error || rf.full) throw new Error(`partial sync expected: ${rf.error?.message ?? 'it was full'}`);
+    partialSyncMs.push(t);
+  }
+  const partialFloorMs: number[] = [];
+  for (let k = 0; k < 5; k++) partialFloorMs.push(await restore(kubeProxyService(k)));
+
+  // kube-proxy's partial sync also rewrites its KUBE-SERVICES chain (one rule per service)
+  const dispatch = Array.from(
+    { length: services },
+    (_, i) => `-A KUBE-SERVICES-BENCH -d ${serviceIP(i)}/32 -p tcp -m comment --comment "ns/svc-${i}:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-BENCHMARK0000`,
+  ).join('\n');
+  await restore(kubeProxyService(9, dispatch));
+  const kubeProxyPartialMs: number[] = [];
+  for (let k = 0; k < 3; k++) kubeProxyPartialMs.push(await restore(kubeProxyService(k, dispatch)));
+
+  const [, canaryMs] = await timed(() => proxier.checkCanaries());
+  return {
+    services,
+    renderColdMs: f.renderMs,
+    renderWarmMs: median(warm),
+    fullSyncMs,
+    fullFloorMs,
+    payloadMB: payload.length / 1048576,
+    rules: f.ruleCounts.filter + f.ruleCounts.nat,
+    partialSyncMs,
+    partialFloorMs,
+    kubeProxyPartialMs,
+    canaryMs,
+  };
+}
+
+async function withNetns<T>(name: string, fn: () => Promise<T>): Promise<T> {
+  await execa('ip', ['netns', 'add', name]);
+  try {
+    await execa('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
+    return await fn();
+  } finally {
+    await execa('ip', ['netns', 'del', name], { reject: false });
+  }
+}
+
+/** RSS of a real `kpx run` on a manifests directory of this scale, after its first sync. */
+async function measureRss(services: number): Promise<{ rssMiB: number; peakMiB: number }> {
+  const dir = await mkdtemp(join(tmpdir(), 'kpx-bench-'));
+  try {
+    const items: object[] = [];
+    for (let i = 0; i < services; i++) items.push(syntheticService(i), syntheticSlice(i, ENDPOINTS));
+    await writeFile(join(dir, 'all.json'), JSON.stringify({ apiVersion: 'v1', kind: 'List', items }));
+    return await withNetns(`kpxb-${process.pid}-rss`, async () => {
+      const p = execa(
+        'ip',
+        ['netns', 'exec', `kpxb-${process.pid}-rss`, process.execPath, join(REPO, 'bin/kpx.js'), 'run', '--manifests', dir, '--hostname-override', 'node-a', '--metrics-bind-address', '', '--healthz-bind-address', '', '--iptables-backend', 'nft'],
+        { reject: false, buffer: false, env: { KPX_LOG_LEVEL: 'info' } },
+      );
+      await new Promise<void>((res, rej) => {
+        let buf = '';
+        const timer = setTimeout(() => rej(new Error('kpx did not sync in time')), 600_000);
+        p.stderr?.on('data', (d: Buffer) => {
+          buf += d.toString();
+          if (/"msg":"sync"/.test(buf)) {
+            clearTimeout(timer);
+            res();
+          }
+        });
+      });
+      await new Promise((r) => setTimeout(r, 2000)); // let the post-sync work settle
+      const status = await readFile(`/proc/${p.pid}/status`, 'utf8');
+      const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? 0);
+      p.kill('SIGTERM');
+      await p;
+      return { rssMiB: kb('VmRSS') / 1024, peakMiB: kb('VmHWM') / 1024 };
+    });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function table(results: Result[]): string {
+  const rows = [
+    '| services x endpoints | rules | payload | render cold | render warm | full sync | full floor (bare restore) | full ratio | partial sync (median) | partial floor (median) | partial ratio | kube-proxy-shaped partial | canary check | RSS (peak) |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+  ];
+  for (const r of results) {
+    const ps = median(r.partialSyncMs);
+    const pf = median(r.partialFloorMs);
+    rows.push(
+      `| ${r.services.toLocaleString('en')} x ${ENDPOINTS} | ${r.rules.toLocaleString('en')} | ${r.payloadMB.toFixed(1)} MB | ${ms(r.renderColdMs)} | ${ms(r.renderWarmMs)} | ${ms(r.fullSyncMs)} | ${ms(r.fullFloorMs)} | ${ratio(r.fullSyncMs, r.fullFloorMs)} | ${ms(ps)} | ${ms(pf)} | ${ratio(ps, pf)} | ${ms(median(r.kubeProxyPartialMs))} | ${ms(r.canaryMs)} | ${r.rssMiB?.toFixed(0) ?? '-'} MiB (${r.peakMiB?.toFixed(0) ?? '-'} MiB) |`,
+    );
+  }
+  return rows.join('\n');
+}
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  if (args[0] === '--inner') {
+    process.stdout.write(`${JSON.stringify(await inner(Number(args[1])))}\n`);
+    return;
+  }
+  if (process.getuid?.() !== 0) {
+    console.error('bench: needs root (it creates network namespaces and runs iptables in them)');
+    process.exit(2);
+  }
+  const scales = (args.find((a) => a.startsWith('--scales='))?.slice(9) ?? '1000,10000').split(',').map(Number);
+  const results: Result[] = [];
+  for (const n of scales) {
+    console.error(`bench: ${n} services x ${ENDPOINTS} endpoints ...`);
+    const ns = `kpxb-${process.pid}-${n}`;
+    const r = await withNetns(ns, async () => {
+      const out = await execa('ip', ['netns', 'exec', ns, process.execPath, fileURLToPath(import.meta.url), '--inner', String(n)], { stderr: 'inherit' });
+      return JSON.parse(out.stdout.trim().split('\n').at(-1)!) as Result;
+    });
+    Object.assign(r, await measureRss(n));
+    results.push(r);
+  }
+  const iptables = (await execa('iptables', ['--version'])).stdout.trim();
+  const kernel = (await execa('uname', ['-r'])).stdout.trim();
+  console.log(`\nMachine: ${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} cores, ${(totalmem() / 2 ** 30).toFixed(0)} GiB; Linux ${kernel}; ${iptables}; Node ${process.version}\n`);
+  console.log(table(results));
+  for (const r of results) {
+    const pr = median(r.partialSyncMs) / median(r.partialFloorMs);
+    console.log(
+      `\n${r.services} services: partial <= 1.25x floor: ${pr <= 1.25 ? 'yes' : 'no'} (${pr.toFixed(2)}x); full <= 1.10x floor: ${r.fullSyncMs / r.fullFloorMs <= 1.1 ? 'yes' : 'no'}; ` +
+        `render <= 300 ms: ${r.renderColdMs <= 300 ? 'yes' : 'no'} (cold ${ms(r.renderColdMs)}, warm ${ms(r.renderWarmMs)}); RSS <= 200 MiB: ${r.rssMiB !== undefined && r.rssMiB <= 200 ? 'yes' : 'no'}`,
+    );
+    console.log(`  partial syncs: ${r.partialSyncMs.map(ms).join(', ')}; partial floors: ${r.partialFloorMs.map(ms).join(', ')}`);
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,94 @@
+// The metrics server (/metrics) and the health server (/healthz, /livez), with
+// kube-proxy's semantics and bodies.
+import { createServer, type Server } from 'node:http';
+import type { Logger } from '../util/log.js';
+import type { NodeFacts } from '../model/types.js';
+import type { KpxMetrics } from './metrics.js';
+import type { ProxyHealth } from './health.js';
+
+export function splitHostPort(addr: string): { host: string; port: number } {
+  const m = /^\[(.*)\]:(\d+)$/.exec(addr) ?? /^([^:]*):(\d+)$/.exec(addr);
+  if (!m) throw new Error(`bad address ${JSON.stringify(addr)} (want host:port)`);
+  return { host: m[1] || '0.0.0.0', port: Number(m[2]) };
+}
+
+function listen(server: Server, addr: string): Promise<Server> {
+  const { host, port } = splitHostPort(addr);
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host, port, ipv6Only: false }, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
+  });
+}
+
+export function metricsServer(metrics: KpxMetrics): Server {
+  return createServer((req, res) => {
+    if (req.url?.split('?')[0] !== '/metrics') {
+      res.writeHead(404).end('not found\n');
+      return;
+    }
+    metrics.registry
+      .metrics()
+      .then((text) => res.writeHead(200, { 'Content-Type': metrics.registry.contentType }).end(text))
+      .catch((err: Error) => res.writeHead(500).end(err.message));
+  });
+}
+
+/** kube-proxy's node eligibility for /healthz: the Node is known and not going away. */
+export function nodeEligible(node: NodeFacts | null): boolean {
+  return !!node && !node.deleting && !node.toBeDeleted;
+}
+
+export function healthServer(health: ProxyHealth, node: () => NodeFacts | null, metrics: KpxMetrics | null): Server {
+  return createServer((req, res) => {
+    const path = req.url?.split('?')[0];
+    if (path !== '/healthz' && path !== '/livez') {
+      res.writeHead(404).end('not found\n');
+      return;
+    }
+    const st = health.status();
+    const now = new Date();
+    const eligible = nodeEligible(node());
+    const healthy = path === '/healthz' ? st.healthy && eligible : st.healthy;
+    const code = healthy ? 200 : 503;
+    const iso = (ms: number) => (ms ? new Date(ms).toISOString() : new Date(0).toISOString());
+    const body = {
+      // kube-proxy reports "now" as lastUpdated when healthy (backward compatibility)
+      lastUpdated: healthy ? now.toISOString() : iso(st.lastUpdated),
+      currentTime: now.toISOString(),
+      ...(path === '/healthz' ? { nodeEligible: eligible } : {}),
+      healthy,
+      ...(Object.keys(st.families).length
+        ? {
+            status: Object.fromEntries(
+              Object.entries(st.families).map(([f, v]) => [f, { lastUpdated: iso(v!.lastUpdated), healthy: v!.healthy }]),
+            ),
+          }
+        : {}),
+    };
+    (path === '/healthz' ? metrics?.healthz : metrics?.livez)?.inc({ code: String(code) });
+    res.writeHead(code, { 'Content-Type': 'application/json', 'X-Content-Type-Options': 'nosniff' }).end(JSON.stringify(body));
+  });
+}
+
+/** Starts the servers that have an address; a bind failure is logged (fatal with hardFail). */
+export async function startServers(
+  log: Logger,
+  servers: Array<{ name: string; addr: string; server: () => Server }>,
+  hardFail: boolean,
+): Promise<Server[]> {
+  const out: Server[] = [];
+  for (const s of servers) {
+    if (!s.addr) continue;
+    try {
+      out.push(await listen(s.server(), s.addr));
+      log.info({ server: s.name, address: s.addr }, 'listening');
+    } catch (err) {
+      log.error({ server: s.name, address: s.addr, err: (err as Error).message }, 'cannot listen');
+      if (hardFail) throw err;
+    }
+  }
+  return out;
+}

@@ -1,0 +1,155 @@
+// Full vs partial sync decisions, against an in-memory iptables: after every step the fake
+// kernel holds exactly what the renderer says, and each step writes only what it must.
+import { describe, expect, it } from 'vitest';
+import { ClusterState, type Change } from '../../src/model/state.js';
+import { IptablesProxier } from '../../src/sync/proxier.js';
+import { resolveConfig } from '../../src/config/config.js';
+import { parseSave } from '../../src/render/iptables/restore.js';
+import { silentLogger } from '../../src/util/log.js';
+import { FakeIptables } from '../substrate/fake-iptables.js';
+import { endpointSlice, node, service } from '../substrate/manifests.js';
+
+const host = () => ({ addresses: { IPv4: ['198.18.0.10'], IPv6: [] } });
+
+function setup() {
+  const fake = new FakeIptables();
+  const config = resolveConfig({ hostnameOverride: 'node-a', clusterCidr: '198.18.1.0/24', iptablesBackend: 'nft' }, 'node-a');
+  const state = new ClusterState('node-a', silentLogger);
+  const proxier = new IptablesProxier({ config, state, runner: fake, log: silentLogger, hostFacts: host });
+  const add = (kind: Change['kind'], current: object) => state.apply({ kind, current } as Change);
+  const web = (name: string, ip: string, eps: string[]) => {
+    add('Service', service({ name, clusterIP: ip, ports: [{ name: 'http', port: 80, targetPort: 8080 }] }));
+    add('EndpointSlice', endpointSlice({ service: name, ports: [{ name: 'http', port: 8080 }], endpoints: eps.map((e) => ({ ip: e })) }));
+  };
+  /** the fake kernel's KPX chains equal the renderer's (and nothing else of kpx's is there) */
+  const consistent = async (report: Awaited<ReturnType<IptablesProxier['sync']>>) => {
+    const renderer = report.families[0]!.ruleset;
+    const kernel = parseSave(fake.save('IPv4'));
+    for (const t of ['filter', 'nat'] as const) {
+      const want = new Map([...renderer.chains(t)].map(([n, b]) => [n, b ? b.split('\n').map((l) => l.slice(l.indexOf(' ', 3) + 1)) : []]));
+      const have = new Map([...kernel.get(t)!].filter(([n]) => n.startsWith('KPX-')).map(([n, c]) => [n, c.rules]));
+      expect(have).toEqual(want);
+    }
+  };
+  return { fake, state, proxier, add, web, consistent };
+}
+
+describe('sync decisions', () => {
+  it('starts with a full sync that reads the kernel, then writes only what changed', async () => {
+    const s = setup();
+    await s.proxier.init();
+    for (let i = 0; i < 20; i++) s.web(`svc-${i}`, `198.19.0.${i + 1}`, ['198.18.1.11', '198.18.1.12']);
+    let r = await s.proxier.sync();
+    expect(r.families[0]!.full).toBe(true);
+    expect(s.fake.saves()).toBeGreaterThan(0); // read the kernel once
+    await s.consistent(r);
+
+    // one endpoint changes: only that service's chains are written, nothing is read back
+    const saves = s.fake.saves();
+    s.web('svc-3', '198.19.0.4', ['198.18.1.11', '198.18.1.13']);
+    r = await s.proxier.sync();
+    const f = r.families[0]!;
+    expect(f.full).toBe(false);
+    expect(f.servicePortsRendered).toBe(1);
+    expect(s.fake.saves()).toBe(saves);
+    const payload = s.fake.restores().at(-1)!;
+    expect(payload).not.toContain('default/svc-4');
+    expect(payload).toMatch(/^-X KPX-SEP-/m); // the removed endpoint's chain is deleted
+    expect(f.chainsWritten).toBeLessThanOrEqual(3);
+    await s.consistent(r);
+  });
+
+  it('a sync with no changes writes nothing (the periodic sync is cheap)', async () => {
+    const s = setup();
+    await s.proxier.init();
+    s.web('a', '198.19.0.1', ['198.18.1.11']);
+    await s.proxier.sync();
+    const before = s.fake.restores().length;
+    const r = await s.proxier.sync();
+    expect(r.families[0]!.full).toBe(false);
+    expect(r.families[0]!.chainsWritten).toBe(0);
+    expect(s.fake.restores().length).toBe(before);
+  });
+
+  it('a new or deleted service changes only its own chains and one dispatch path', async () => {
+    const s = setup();
+    await s.proxier.init();
+    for (let i = 0; i < 200; i++) s.web(`svc-${i}`, `198.19.${i >> 6}.${(i & 63) + 1}`, ['198.18.1.11']);
+    await s.proxier.sync();
+    s.web('new', '198.19.9.9', ['198.18.1.11']);
+    let r = await s.proxier.sync();
+    expect(r.families[0]!.full).toBe(false);
+    expect(r.families[0]!.chainsWritten).toBeLessThan(12);
+    await s.consistent(r);
+    s.state.apply({ kind: 'Service', previous: service({ name: 'svc-7', clusterIP: '198.19.0.8', ports: [{ name: 'http', port: 80 }] }) } as Change);
+    r = await s.proxier.sync();
+    expect(r.families[0]!.chainsDeleted).toBeGreaterThanOrEqual(2);
+    await s.consistent(r);
+  });
+
+  it('a change of this node\'s facts forces a full sync', async () => {
+    const s = setup();
+    await s.proxier.init();
+    s.web('a', '198.19.0.1', ['198.18.1.11']);
+    s.add('Node', node({ ips: ['198.18.0.10'], podCIDRs: ['198.18.1.0/24'] }));
+    await s.proxier.sync();
+    s.add('Node', node({ ips: ['198.18.0.11'], podCIDRs: ['198.18.1.0/24'] }));
+    const r = await s.proxier.sync();
+    expect(r.families[0]!.full).toBe(true);
+    await s.consistent(r);
+  });
+
+  it('after a failed restore the previous rules stay and the next sync is full', async () => {
+    const s = setup();
+    await s.proxier.init();
+    s.web('a', '198.19.0.1', ['198.18.1.11']);
+    await s.proxier.sync();
+    const kernelBefore = s.fake.save('IPv4');
+    s.web('a', '198.19.0.1', ['198.18.1.12']);
+    s.fake.failNextRestore = 'iptables-restore: boom';
+    let r = await s.proxier.sync();
+    expect(r.ok).toBe(false);
+    expect(r.families[0]!.error?.message).toContain('boom');
+    expect(s.fake.save('IPv4')).toBe(kernelBefore);
+    const saves = s.fake.saves();
+    r = await s.proxier.sync();
+    expect(r.ok).toBe(true);
+    expect(r.families[0]!.full).toBe(true);
+    expect(s.fake.saves()).toBeGreaterThan(saves); // it read the kernel again
+    await s.consistent(r);
+  });
+
+  it('detects an external flush by the canary and resyncs everything', async () => {
+    const s = setup();
+    await s.proxier.init();
+    s.web('a', '198.19.0.1', ['198.18.1.11']);
+    await s.proxier.sync();
+    expect(await s.proxier.checkCanaries()).toEqual([]);
+    s.fake.flush('IPv4', 'nat');
+    expect(await s.proxier.checkCanaries()).toEqual(['IPv4']);
+    const r = await s.proxier.sync();
+    expect(r.families[0]!.full).toBe(true);
+    await s.consistent(r);
+  });
+
+  it('a restart with the same input writes every chain once and deletes nothing', async () => {
+    const s = setup();
+    await s.proxier.init();
+    for (let i = 0; i < 30; i++) s.web(`svc-${i}`, `198.19.0.${i + 1}`, ['198.18.1.11']);
+    await s.proxier.sync();
+    // a new process: fresh proxier and state, same kernel
+    const config = resolveConfig({ hostnameOverride: 'node-a', clusterCidr: '198.18.1.0/24', iptablesBackend: 'nft' }, 'node-a');
+    const state2 = new ClusterState('node-a', silentLogger);
+    for (let i = 0; i < 30; i++) {
+      state2.apply({ kind: 'Service', current: service({ name: `svc-${i}`, clusterIP: `198.19.0.${i + 1}`, ports: [{ name: 'http', port: 80, targetPort: 8080 }] }) } as Change);
+      state2.apply({ kind: 'EndpointSlice', current: endpointSlice({ service: `svc-${i}`, ports: [{ name: 'http', port: 8080 }], endpoints: [{ ip: '198.18.1.11' }] }) } as Change);
+    }
+    const p2 = new IptablesProxier({ config, state: state2, runner: s.fake, log: silentLogger, hostFacts: host });
+    await p2.init();
+    const before = s.fake.save('IPv4');
+    const r = await p2.sync();
+    expect(r.families[0]!.chainsDeleted).toBe(0);
+    expect(s.fake.restores().at(-1)).not.toMatch(/^-[DIX] /m); // no jump or chain churn
+    expect(s.fake.save('IPv4')).toBe(before);
+  });
+});
