@@ -5,6 +5,9 @@
 //   render        cold full render (first in the process) and warm full render (median)
 //   full sync     kpx's first sync (render + plan + iptables-restore) into an empty table
 //   full floor    a bare iptables-restore of exactly the payload kpx applied
+//   one transaction  the same rules as ONE transaction per table, the way kube-proxy
+//                 applies a full sync; superlinear on iptables-nft 1.8.9, so only run up
+//                 to 2k services (for context)
 //   partial sync  kpx's sync after one endpoint of one service changed (median of 5)
 //   partial floor a bare restore of one kube-proxy-shaped service chain + 10 endpoint chains
 //   kube-proxy-shaped partial   that floor plus rewriting a dispatch chain of N rules,
@@ -34,6 +37,8 @@ interface Result {
   renderWarmMs: number;
   fullSyncMs: number;
   fullFloorMs: number;
+  batches: number;
+  oneRestoreMs: number | null;
   payloadMB: number;
   rules: number;
   partialSyncMs: number[];
@@ -48,11 +53,11 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 const ms = (x: number) => (x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${x.toFixed(x < 10 ? 1 : 0)} ms`);
 const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}x`;
 
-/** Records the last restore payload while running the real binaries. */
+/** Records the restore inputs (since the last reset) while running the real binaries. */
 class Recorder implements CommandRunner {
-  last = '';
+  inputs: string[] = [];
   async run(command: string, args: readonly string[], opts?: { input?: string; timeoutMs?: number }) {
-    if (command.endsWith('-restore') && opts?.input) this.last = opts.input;
+    if (command.endsWith('-restore') && opts?.input) this.inputs.push(opts.input);
     return execRunner.run(command, args, opts);
   }
 }
@@ -87,6 +92,21 @@ function kubeProxyService(round: number, extra = ''): string {
   return lines.join('\n');
 }
 
+/** The same restore input merged into one *table...COMMIT section per table (declarations first). */
+function oneTransactionPerTable(text: string): string {
+  const tables = new Map<string, { decl: string[]; rules: string[] }>();
+  let cur: { decl: string[]; rules: string[] } | undefined;
+  for (const l of text.split('\n')) {
+    if (l.startsWith('*')) {
+      cur = tables.get(l) ?? { decl: [], rules: [] };
+      tables.set(l, cur);
+    } else if (!cur || l === 'COMMIT' || l === '' || l.startsWith('#')) continue;
+    else if (l.startsWith(':')) cur.decl.push(l);
+    else cur.rules.push(l);
+  }
+  return [...tables].map(([t, { decl, rules }]) => [t, ...decl, ...rules, 'COMMIT'].join('\n')).join('\n') + '\n';
+}
+
 async function inner(services: number): Promise<Result> {
   const state = new ClusterState('node-a', silentLogger);
   for (const c of syntheticChanges(services, ENDPOINTS)) state.apply(c);
@@ -98,10 +118,17 @@ async function inner(services: number): Promise<Result> {
   const [first, fullSyncMs] = await timed(() => proxier.sync());
   const f = first.families.find((x) => x.family === 'IPv4')!;
   if (f.error) throw f.error;
-  const payload = rec.last;
+  const payload = rec.inputs.join('');
+  const batches = payload.split('\nCOMMIT\n').length - 1;
+  const cleanup = () => execa(process.execPath, [join(REPO, 'bin/kpx.js'), 'cleanup', '--log-level', 'warn']);
   // the floor: remove kpx's rules, restore the identical payload bare
-  await execa(process.execPath, [join(REPO, 'bin/kpx.js'), 'cleanup', '--log-level', 'warn']);
+  await cleanup();
   const fullFloorMs = await restore(payload);
+  let oneRestoreMs: number | null = null;
+  if (services <= 2000) {
+    await cleanup();
+    oneRestoreMs = await restore(oneTransactionPerTable(payload));
+  }
 
   const warm: number[] = [];
   for (let i = 0; i < 3; i++) {
@@ -139,6 +166,8 @@ async function inner(services: number): Promise<Result> {
     renderWarmMs: median(warm),
     fullSyncMs,
     fullFloorMs,
+    batches,
+    oneRestoreMs,
     payloadMB: payload.length / 1048576,
     rules: f.ruleCounts.filter + f.ruleCounts.nat,
     partialSyncMs,
@@ -196,14 +225,14 @@ async function measureRss(services: number): Promise<{ rssMiB: number; peakMiB: 
 
 function table(results: Result[]): string {
   const rows = [
-    '| services x endpoints | rules | payload | render cold | render warm | full sync | full floor (bare restore) | full ratio | partial sync (median) | partial floor (median) | partial ratio | kube-proxy-shaped partial | canary check | RSS (peak) |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    '| services x endpoints | rules | payload | render cold | render warm | full sync | full floor (bare restore) | full ratio | same rules as one transaction per table | partial sync (median) | partial floor (median) | partial ratio | kube-proxy-shaped partial | canary check | RSS (peak) |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ];
   for (const r of results) {
     const ps = median(r.partialSyncMs);
     const pf = median(r.partialFloorMs);
     rows.push(
-      `| ${r.services.toLocaleString('en')} x ${ENDPOINTS} | ${r.rules.toLocaleString('en')} | ${r.payloadMB.toFixed(1)} MB | ${ms(r.renderColdMs)} | ${ms(r.renderWarmMs)} | ${ms(r.fullSyncMs)} | ${ms(r.fullFloorMs)} | ${ratio(r.fullSyncMs, r.fullFloorMs)} | ${ms(ps)} | ${ms(pf)} | ${ratio(ps, pf)} | ${ms(median(r.kubeProxyPartialMs))} | ${ms(r.canaryMs)} | ${r.rssMiB?.toFixed(0) ?? '-'} MiB (${r.peakMiB?.toFixed(0) ?? '-'} MiB) |`,
+      `| ${r.services.toLocaleString('en')} x ${ENDPOINTS} | ${r.rules.toLocaleString('en')} | ${r.payloadMB.toFixed(1)} MB | ${ms(r.renderColdMs)} | ${ms(r.renderWarmMs)} | ${ms(r.fullSyncMs)} (${r.batches} transactions) | ${ms(r.fullFloorMs)} | ${ratio(r.fullSyncMs, r.fullFloorMs)} | ${r.oneRestoreMs === null ? 'not run' : ms(r.oneRestoreMs)} | ${ms(ps)} | ${ms(pf)} | ${ratio(ps, pf)} | ${ms(median(r.kubeProxyPartialMs))} | ${ms(r.canaryMs)} | ${r.rssMiB?.toFixed(0) ?? '-'} MiB (${r.peakMiB?.toFixed(0) ?? '-'} MiB) |`,
     );
   }
   return rows.join('\n');

@@ -18,6 +18,10 @@ import { CHAIN } from '../render/iptables/names.js';
 import { binaries, type IptablesBackend } from './backend.js';
 import type { CommandRunner } from './exec.js';
 
+export const FULL_SYNC_BATCH_LINES = 4000;
+/** Full syncs up to this size stay one atomic transaction per table (~600 services x 10 endpoints). */
+export const BATCH_ABOVE_LINES = 20_000;
+
 export class RestoreError extends Error {
   constructor(
     readonly family: IPFamily,
@@ -59,6 +63,11 @@ export class IptablesApplier {
     private readonly log: Logger,
   ) {}
 
+  /** Full syncs on nft are cut into transactions (COMMITs) of about this many lines (see planFull). */
+  get batchLines(): number {
+    return this.backend === 'nft' ? FULL_SYNC_BATCH_LINES : Infinity;
+  }
+
   get bins() {
     return binaries(this.family, this.backend);
   }
@@ -79,17 +88,18 @@ export class IptablesApplier {
   async plan(desired: IptablesRuleset, render: RenderResult, full: boolean): Promise<{ full: boolean; plan: RestorePlan }> {
     if (!full && !render.full && this.trusted) return { full: false, plan: planPartial(render.delta) };
     const kernel = this.trusted && render.previous ? this.viewFromMemory(render.previous) : await this.readKernel();
-    return { full: true, plan: planFull(desired, kernel) };
+    return { full: true, plan: planFull(desired, kernel, this.batchLines, BATCH_ABOVE_LINES) };
   }
 
   /** A full plan as if the kernel had nothing of kpx's (dry runs where the kernel cannot be read). */
   planAgainstEmpty(desired: IptablesRuleset): { full: boolean; plan: RestorePlan } {
     const empty: KernelTableView = { chains: new Set(), jumps: new Map() };
-    return { full: true, plan: planFull(desired, { filter: empty, nat: empty }) };
+    return { full: true, plan: planFull(desired, { filter: empty, nat: empty }, this.batchLines, BATCH_ABOVE_LINES) };
   }
 
   async apply(desired: IptablesRuleset, render: RenderResult, full: boolean): Promise<ApplyResult> {
     const result = await this.plan(desired, render, full);
+    // one process; the plan's batches are separate COMMITs (transactions) within it
     if (result.plan.text) await this.restore(result.plan.text);
     this.trusted = true;
     this.programmedJumps = desired.jumps;
