@@ -5,7 +5,7 @@ set -euo pipefail
 
 need=()
 for pair in iptables:iptables ip6tables:iptables ipset:ipset conntrack:conntrack nft:nftables \
-            ip:iproute2 bridge:iproute2 ipvsadm:ipvsadm sysctl:procps python3:python3; do
+            ip:iproute2 bridge:iproute2 ipvsadm:ipvsadm sysctl:procps python3:python3 curl:curl; do
   bin=${pair%%:*}; pkg=${pair##*:}
   command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -9,4 +9,10 @@ hack/install-deps.sh
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund
 fi
+# A real kube-apiserver for the API-source tests (built once, then cached; the first
+# build compiles Kubernetes and takes 10-20 minutes on 2 cores).
+if [ -z "${KPX_TEST_KUBECONFIG:-}" ]; then
+  KPX_TEST_APISERVER_BIN=$(hack/test-apiserver/build.sh)
+  export KPX_TEST_APISERVER_BIN
+fi
 npx vitest run "$@"

@@ -7,9 +7,13 @@ import { createLogger, type Logger } from '../util/log.js';
 import { ClusterState } from '../model/state.js';
 import { FileSource } from '../source/file.js';
 import type { Source } from '../source/types.js';
+import { ApiSource, DEFAULT_REFLECTOR_OPTIONS, loadKubeConfig, type ApiSourceOptions } from '../source/kube/api-source.js';
 import { execRunner } from '../apply/exec.js';
-import { cleanupIptables } from '../apply/cleanup.js';
-import { IptablesProxier } from '../sync/proxier.js';
+import { cleanupIptables, cleanupKubeProxy } from '../apply/cleanup.js';
+import { isKpxChain } from '../render/iptables/names.js';
+import { IptablesProxier, type Proxier } from '../sync/proxier.js';
+import { IpvsProxier } from '../sync/ipvs-proxier.js';
+import { removeIpvsState } from '../apply/ipvs.js';
 import { Controller, type SyncObserver } from '../sync/controller.js';
 import { PostSync } from '../sync/post-sync.js';
 import { ProxyHealth } from '../server/health.js';
@@ -32,6 +36,9 @@ export function addProxyFlags(cmd: Command): Command {
     .option('--metrics-bind-address <addr>', 'metrics server address, "" to disable (default: 127.0.0.1:10249)')
     .option('--healthz-bind-address <addr>', 'health server address, "" to disable (default: 0.0.0.0:10256)')
     .option('--kubeconfig <file>', 'kubeconfig for the Kubernetes API source (default: in-cluster config)')
+    .option('--master <url>', 'apiserver URL, overriding the kubeconfig (default: none)')
+    .option('--api-watch-idle-timeout <duration>', 'restart a watch that has been silent this long (default: 150s)')
+    .option('--api-relist-period <duration>', 'relist everything this often as a safety net; 0 = never (default: 30m)')
     .option('--bind-address <ip>', 'overrides this node\'s primary IP when the Node has none (default: none)')
     .addOption(
       new Option('--detect-local-mode <mode>', 'how pod traffic is recognised (default: ClusterCIDR)').choices([
@@ -56,6 +63,7 @@ export function addProxyFlags(cmd: Command): Command {
     .option('--ipvs-tcp-timeout <duration>', 'IPVS TCP session timeout (default: 0, kernel value)')
     .option('--ipvs-tcpfin-timeout <duration>', 'IPVS TCP FIN_WAIT timeout (default: 0, kernel value)')
     .option('--ipvs-udp-timeout <duration>', 'IPVS UDP timeout (default: 0, kernel value)')
+    .option('--ipvs-drain-timeout <duration>', 'IPVS mode: a removed TCP endpoint keeps weight 0 until its connections end, at most this long (default: 15m)')
     .addOption(new Option('--iptables-backend <backend>', 'iptables backend (default: auto)').choices(['auto', 'nft', 'legacy']))
     .option('--manifests <dir>', 'read Services, EndpointSlices and Nodes from YAML/JSON files in this directory (instead of the API)')
     .option('--once', 'wait for the initial state, sync once, exit 0 on success and 1 on failure (default: false)')
@@ -67,8 +75,9 @@ export interface Built {
   config: KpxConfig;
   log: Logger;
   state: ClusterState;
+  source: Source;
   controller: Controller;
-  proxier: IptablesProxier;
+  proxier: Proxier;
   health: ProxyHealth;
   metrics: KpxMetrics;
   healthServers: ServiceHealthServers | null;
@@ -77,31 +86,52 @@ export interface Built {
 export function build(flags: CliFlags & { logLevel?: string }, print: (text: string) => void = (t) => process.stdout.write(t)): Built {
   const log = createLogger({ level: flags.logLevel });
   const config = resolveConfig(flags, hostname());
-  if (config.mode === 'ipvs') throw new ConfigError('--proxy-mode ipvs: not implemented yet');
-  const source = makeSource(config, log);
+  let metricsRef: KpxMetrics | null = null;
+  const source = makeSource(config, log, {
+    onRelist: (kind, reason) => metricsRef?.apiRelists.inc({ resource: kind, reason }),
+    onWatchEnd: (kind, reason) => metricsRef?.apiWatchEnds.inc({ resource: kind, reason }),
+  });
   const state = new ClusterState(config.hostname, log);
-  const proxier = new IptablesProxier({ config, state, runner: execRunner, log, print });
+  const proxier: Proxier =
+    config.mode === 'ipvs'
+      ? new IpvsProxier({ config, state, runner: execRunner, log, print })
+      : new IptablesProxier({ config, state, runner: execRunner, log, print });
   const health = new ProxyHealth(2 * config.syncPeriodMs);
   const live = !config.dryRun;
   const healthServers = live
     ? new ServiceHealthServers(log.child({ component: 'service-health' }), () => proxier.nodePortAddresses(), () => health.status().healthy)
     : null;
   const metrics = new KpxMetrics(() => state.peekPending(), () => proxier.knownFamilies());
+  metricsRef = metrics;
   const conntrack = live
     ? new ConntrackCleaner(execRunner, log.child({ component: 'conntrack' }), (family, n) => metrics.conntrackDeleted.inc({ ip_family: family }, n))
     : null;
   const observers: SyncObserver[] = [new PostSync(log, health, () => proxier.knownFamilies(), conntrack, healthServers), metrics];
   const controller = new Controller({ config, log, source, state, proxier, observers });
-  return { config, log, state, controller, proxier, health, metrics, healthServers };
+  return { config, log, state, source, controller, proxier, health, metrics, healthServers };
 }
 
-function makeSource(config: KpxConfig, log: Logger): Source {
+function makeSource(config: KpxConfig, log: Logger, observer: ApiSourceOptions['observer']): Source {
   if (config.manifests) return new FileSource(config.manifests, log.child({ source: 'file' }));
-  throw new ConfigError('no source: pass --manifests DIR (the Kubernetes API source is not implemented yet)');
+  let kubeConfig;
+  try {
+    kubeConfig = loadKubeConfig({ kubeconfig: config.kubeconfig, master: config.master });
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
+  return new ApiSource(
+    {
+      kubeConfig,
+      nodeName: config.hostname,
+      reflector: { ...DEFAULT_REFLECTOR_OPTIONS, watchIdleTimeoutMs: config.apiWatchIdleTimeoutMs, relistPeriodMs: config.apiRelistPeriodMs },
+      observer,
+    },
+    log.child({ source: 'api' }),
+  );
 }
 
 async function runCommand(flags: CliFlags & { logLevel?: string }): Promise<number> {
-  const { config, log, state, controller, proxier, health, metrics, healthServers } = build(flags);
+  const { config, log, state, source, controller, proxier, health, metrics, healthServers } = build(flags);
   await proxier.init();
   if (config.once) {
     const ok = await controller.runOnce();
@@ -111,7 +141,7 @@ async function runCommand(flags: CliFlags & { logLevel?: string }): Promise<numb
   const servers = await startServers(
     log,
     [
-      { name: 'metrics', addr: config.metricsBindAddress, server: () => metricsServer(metrics) },
+      { name: 'metrics', addr: config.metricsBindAddress, server: () => metricsServer(metrics, source instanceof ApiSource ? () => source.inventory() : undefined) },
       { name: 'healthz', addr: config.healthzBindAddress, server: () => healthServer(health, () => state.node, metrics) },
     ],
     config.bindAddressHardFail,
@@ -156,11 +186,22 @@ export async function main(argv: string[]): Promise<void> {
   program
     .command('cleanup')
     .description('remove every chain, rule and jump kpx installed (both iptables backends, both families)')
+    .option(
+      '--kube-proxy',
+      "instead remove what kube-proxy left behind (its KUBE-* service chains and jumps, IPVS-mode ipsets and kube-ipvs0; not kubelet's chains); kpx's own rules stay and keep serving (default: false)",
+    )
     .addOption(new Option('--log-level <level>', 'log level (default: info)').choices(['debug', 'info', 'warn', 'error', 'silent']))
-    .action(async (flags: { logLevel?: string }) => {
+    .action(async (flags: { logLevel?: string; kubeProxy?: boolean }) => {
       const log = createLogger({ level: flags.logLevel });
-      const r = await cleanupIptables(execRunner, log);
-      exitCode = r.errors.length ? 1 : 0;
+      if (flags.kubeProxy) {
+        exitCode = (await cleanupKubeProxy(execRunner, log)).errors.length ? 1 : 0;
+        return;
+      }
+      // IPVS mode's virtual servers and dummy, then the rules, then the sets they used
+      const errors = await removeIpvsState(execRunner, log, { sets: false });
+      errors.push(...(await cleanupIptables(execRunner, log, isKpxChain)).errors);
+      errors.push(...(await removeIpvsState(execRunner, log, { sets: true })));
+      exitCode = errors.length ? 1 : 0;
     });
 
   try {

@@ -136,8 +136,16 @@ export interface KpxConfig {
     tcpTimeoutMs: number;
     tcpFinTimeoutMs: number;
     udpTimeoutMs: number;
+    /** a removed TCP real server drains (weight 0) at most this long */
+    drainTimeoutMs: number;
   };
   kubeconfig: string | undefined;
+  /** apiserver URL overriding the kubeconfig's (kube-proxy's --master) */
+  master: string | undefined;
+  /** a watch silent for longer than this is restarted (bookmarks arrive about once a minute) */
+  apiWatchIdleTimeoutMs: number;
+  /** a full relist at this interval, as a safety net (0 = never) */
+  apiRelistPeriodMs: number;
   manifests: string | undefined;
   iptablesBackend: 'auto' | 'nft' | 'legacy';
   once: boolean;
@@ -155,6 +163,9 @@ export interface CliFlags {
   metricsBindAddress?: string;
   healthzBindAddress?: string;
   kubeconfig?: string;
+  master?: string;
+  apiWatchIdleTimeout?: string;
+  apiRelistPeriod?: string;
   manifests?: string;
   once?: boolean;
   dryRun?: boolean;
@@ -174,6 +185,7 @@ export interface CliFlags {
   ipvsTcpTimeout?: string;
   ipvsTcpfinTimeout?: string;
   ipvsUdpTimeout?: string;
+  ipvsDrainTimeout?: string;
   conntrackTcpBeLiberal?: boolean;
   iptablesBackend?: string;
 }
@@ -292,8 +304,12 @@ export function resolveConfig(flags: CliFlags, hostname: string): KpxConfig {
       tcpTimeoutMs: flagDuration(flags.ipvsTcpTimeout, '--ipvs-tcp-timeout') ?? parseDuration(f.ipvs?.tcpTimeout ?? '0'),
       tcpFinTimeoutMs: flagDuration(flags.ipvsTcpfinTimeout, '--ipvs-tcpfin-timeout') ?? parseDuration(f.ipvs?.tcpFinTimeout ?? '0'),
       udpTimeoutMs: flagDuration(flags.ipvsUdpTimeout, '--ipvs-udp-timeout') ?? parseDuration(f.ipvs?.udpTimeout ?? '0'),
+      drainTimeoutMs: flagDuration(flags.ipvsDrainTimeout, '--ipvs-drain-timeout') ?? 15 * 60_000,
     },
     kubeconfig: flags.kubeconfig ?? f.clientConnection?.kubeconfig ?? undefined,
+    master: flags.master || undefined,
+    apiWatchIdleTimeoutMs: flagDuration(flags.apiWatchIdleTimeout, '--api-watch-idle-timeout') ?? 150_000,
+    apiRelistPeriodMs: flagDuration(flags.apiRelistPeriod, '--api-relist-period') ?? 30 * 60_000,
     manifests: flags.manifests,
     iptablesBackend: backend,
     once: flags.once ?? false,

@@ -23,9 +23,18 @@ function listen(server: Server, addr: string): Promise<Server> {
   });
 }
 
-export function metricsServer(metrics: KpxMetrics): Server {
+/**
+ * /metrics, and /debug/inventory: what the source has handed to the model (kind -> key ->
+ * resourceVersion), so an operator or a test can compare it with the apiserver.
+ */
+export function metricsServer(metrics: KpxMetrics, inventory?: () => unknown): Server {
   return createServer((req, res) => {
-    if (req.url?.split('?')[0] !== '/metrics') {
+    const path = req.url?.split('?')[0];
+    if (path === '/debug/inventory' && inventory) {
+      res.writeHead(200, { 'Content-Type': 'application/json' }).end(JSON.stringify(inventory()));
+      return;
+    }
+    if (path !== '/metrics') {
       res.writeHead(404).end('not found\n');
       return;
     }

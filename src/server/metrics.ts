@@ -39,6 +39,8 @@ export class KpxMetrics implements SyncObserver {
   readonly renderDuration = new Histogram({ name: 'kpx_sync_render_duration_seconds', help: 'Time spent rendering rules in a sync', labelNames: ['ip_family', 'sync'], buckets: SYNC_BUCKETS, registers: [this.registry] });
   readonly applyDuration = new Histogram({ name: 'kpx_sync_apply_duration_seconds', help: 'Time spent planning and applying rules (iptables-restore) in a sync', labelNames: ['ip_family', 'sync'], buckets: SYNC_BUCKETS, registers: [this.registry] });
   readonly chainsWritten = new Counter({ name: 'kpx_sync_chains_written_total', help: 'Chains written by iptables-restore', labelNames: this.family, registers: [this.registry] });
+  readonly apiRelists = new Counter({ name: 'kpx_api_relists_total', help: 'Full lists of a resource from the apiserver, by reason (initial, expired, periodic)', labelNames: ['resource', 'reason'], registers: [this.registry] });
+  readonly apiWatchEnds = new Counter({ name: 'kpx_api_watch_ends_total', help: 'Watches of a resource that ended, by reason (closed, gone, idle, aborted, error)', labelNames: ['resource', 'reason'], registers: [this.registry] });
   readonly chainsDeleted = new Counter({ name: 'kpx_sync_chains_deleted_total', help: 'Chains deleted by iptables-restore', labelNames: this.family, registers: [this.registry] });
 
   constructor(

@@ -29,9 +29,10 @@ describe.skipIf(!env.ok)(`conntrack cleanup, SCTP and INVALID${env.ok ? '' : ` â
     );
   }
 
-  /** One UDP flow (same source port) for `ms`, while `during` changes things. */
+  /** One UDP flow (same source port, 8 s of packets) while `during` changes things; a kpx
+   *  process start plus a restore must land well inside it, even on a loaded machine. */
   async function flowAround(from: string, host: string, port: number, during: () => Promise<void>): Promise<string[]> {
-    const probe = t.probe(from, 'udp', host, port, { count: 40, intervalMs: 100, timeoutMs: 250, samePort: true, sequence: true });
+    const probe = t.probe(from, 'udp', host, port, { count: 80, intervalMs: 100, timeoutMs: 250, samePort: true, sequence: true });
     await sleep(1500);
     await during();
     const r: ProbeResult = await probe;
@@ -100,7 +101,8 @@ describe.skipIf(!env.ok)(`conntrack cleanup, SCTP and INVALID${env.ok ? '' : ` â
     // nothing reaches the endpoint any more; the kernel rate-limits ICMP errors, so some
     // datagrams go unanswered instead of refused
     expect(after.filter((x) => !x.startsWith('!'))).toEqual([]);
-    expect(after.filter((x) => x === '!ECONNREFUSED').length).toBeGreaterThanOrEqual(5);
+    // (how many are refused depends on how long the sync took; more than one shows REJECT)
+    expect(after.filter((x) => x === '!ECONNREFUSED').length).toBeGreaterThanOrEqual(2);
   });
 
   it('cuts the flow when the service is deleted', async () => {

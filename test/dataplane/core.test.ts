@@ -247,8 +247,12 @@ describe.skipIf(!env.ok)(`core dataplane (nft backend)${env.ok ? '' : ` — skip
 
     // a long-running kpx keeps retrying; once the blocker is gone the retry succeeds
     const proc = t.spawnKpx(['run', ...kpxFlags(dir, ['--iptables-min-sync-period', '100ms'])]);
+    let stderr = '';
+    proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
     try {
-      await sleep(1500);
+      // remove the blocker only once the long-running kpx has failed at least once
+      for (let i = 0; i < 120 && !stderr.includes('sync failed'); i++) await sleep(250);
+      expect(stderr).toContain('sync failed; the previous rules stay in place');
       await t.exec('node', 'iptables-nft', ['-t', 'nat', '-F', 'BLOCKER']);
       await t.exec('node', 'iptables-nft', ['-t', 'nat', '-X', 'BLOCKER']);
       let names: Record<string, number> = {};

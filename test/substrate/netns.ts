@@ -281,6 +281,13 @@ export class Topology {
     });
   }
 
+  /** Starts a long-running process in a namespace ("node", "ext" or a pod); killed by destroy(). */
+  spawn(who: string, cmd: string, args: string[]): ResultPromise {
+    const p = execa('ip', ['netns', 'exec', this.ns(who), cmd, ...args], { reject: false, buffer: false });
+    this.procs.push(p);
+    return p;
+  }
+
   /** Starts a long-running kpx in the node namespace; killed by destroy(). */
   spawnKpx(args: string[]): ResultPromise {
     const p = execa('ip', ['netns', 'exec', this.node, process.execPath, KPX_BIN, ...args], {

@@ -3,6 +3,8 @@
 // HOST:PORT and prints one JSON summary: who answered, which client address they saw,
 // and which errors happened (ECONNREFUSED, timeout, ...).
 // usage: probe.mjs tcp|udp HOST PORT [--count N] [--timeout MS] [--bind IP] [--interval MS] [--same-port]
+//        probe.mjs tcp HOST PORT --follow [--interval MS]: connects until killed, one line per
+//        attempt: "<epoch ms when it started> <endpoint name>" or "... !<error>" (latency tests)
 import net from 'node:net';
 import dgram from 'node:dgram';
 
@@ -87,7 +89,16 @@ async function udpRun() {
   shared?.close();
 }
 
-if (proto === 'tcp') {
+if (proto === 'tcp' && flag('follow')) {
+  for (;;) {
+    const before = result.sequence.length;
+    const startedAt = Date.now();
+    await tcpOnce();
+    process.stdout.write(`${startedAt} ${result.sequence[before]}\n`);
+    result.sequence.length = 0;
+    if (interval) await sleep(interval);
+  }
+} else if (proto === 'tcp') {
   for (let i = 0; i < count; i++) {
     await tcpOnce();
     if (interval) await sleep(interval);

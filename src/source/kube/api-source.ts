@@ -1,0 +1,228 @@
+// The Kubernetes API source: Services, EndpointSlices and this node's Node, each through
+// its own reflector. Nothing is reported synced until all three have completed their
+// first list, so kpx never programs a half view at startup.
+import { request as httpsRequest, type RequestOptions } from 'node:https';
+import { request as httpRequest } from 'node:http';
+import { createInterface } from 'node:readline';
+import { KubeConfig } from '@kubernetes/client-node';
+import type { Logger } from '../../util/log.js';
+import type { ResourceKind } from '../../model/kube.js';
+import { LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME } from '../../model/kube.js';
+import type { Source, SourceHandler } from '../types.js';
+import { Reflector, type ListPage, type ReflectorOptions, type ResourceApi } from './reflector.js';
+
+/** Like kube-proxy: objects of other proxies and headless services are not ours. */
+export const PROXYABLE_SELECTOR = `!${LABEL_SERVICE_PROXY_NAME},!${LABEL_HEADLESS}`;
+
+export interface ApiSourceOptions {
+  readonly kubeConfig: KubeConfig;
+  readonly nodeName: string;
+  readonly reflector: ReflectorOptions;
+  readonly observer?: {
+    onRelist?(kind: ResourceKind, reason: string): void;
+    onWatchEnd?(kind: ResourceKind, reason: string): void;
+  };
+}
+
+export const DEFAULT_REFLECTOR_OPTIONS: Omit<ReflectorOptions, 'watchIdleTimeoutMs' | 'relistPeriodMs'> = {
+  pageSize: 500,
+  backoff: { initialMs: 500, maxMs: 30_000 },
+};
+
+/** A page of a list can take a while at scale, but never forever (a dead connection). */
+const LIST_TIMEOUT_MS = 60_000;
+
+async function requestOptions(kc: KubeConfig, path: string, query: Record<string, string>): Promise<{ url: URL; opts: RequestOptions }> {
+  const server = kc.getCurrentCluster()?.server;
+  if (!server) throw new Error('kubeconfig has no current cluster');
+  const url = new URL(server.replace(/\/$/, '') + path);
+  for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
+  const opts: RequestOptions = { method: 'GET', headers: { Accept: 'application/json' } };
+  await kc.applyToHTTPSOptions(opts);
+  return { url, opts };
+}
+
+/** An error with the HTTP status (as `code`) and the Status message when there is one. */
+function statusError(statusCode: number | undefined, statusMessage: string | undefined, body: string): Error {
+  let message = statusMessage ?? 'error';
+  try {
+    message = (JSON.parse(body) as { message?: string }).message ?? message;
+  } catch {
+    /* not a Status */
+  }
+  return Object.assign(new Error(message), { code: statusCode });
+}
+
+/** One list page: client-node's KubeConfig supplies TLS and credentials; node's https does the rest. */
+async function getJson(kc: KubeConfig, path: string, query: Record<string, string>): Promise<unknown> {
+  const { url, opts } = await requestOptions(kc, path, query);
+  return new Promise((resolve, reject) => {
+    const req = (url.protocol === 'http:' ? httpRequest : httpsRequest)(url, opts, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (d: Buffer) => chunks.push(d));
+      res.on('error', reject);
+      res.on('end', () => {
+        const body = Buffer.concat(chunks).toString('utf8');
+        if (res.statusCode !== 200) return reject(statusError(res.statusCode, res.statusMessage, body));
+        try {
+          resolve(JSON.parse(body));
+        } catch (err) {
+          reject(new Error(`list response does not parse: ${(err as Error).message}`));
+        }
+      });
+    });
+    req.setTimeout(LIST_TIMEOUT_MS, () => req.destroy(new Error(`list timed out after ${LIST_TIMEOUT_MS / 1000}s`)));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/**
+ * One watch request, read with node's https. client-node's fetch-based calls (its Watch
+ * and generated list functions) were seen here to hang or fail with AbortError on every
+ * later request once connections had been cut, with no timeout to recover; requests we
+ * own can always be torn down and retried.
+ */
+async function openWatch(
+  kc: KubeConfig,
+  path: string,
+  query: Record<string, string>,
+  onEvent: (ev: { type: string; object: unknown }) => void,
+  onDone: (err: unknown) => void,
+): Promise<() => void> {
+  const { url, opts } = await requestOptions(kc, path, query);
+  let done = false;
+  const finish = (err: unknown) => {
+    if (done) return;
+    done = true;
+    req.destroy();
+    onDone(err);
+  };
+  const req = (url.protocol === 'http:' ? httpRequest : httpsRequest)(url, opts, (res) => {
+    if (res.statusCode !== 200) {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d.toString()));
+      res.on('end', () => finish(statusError(res.statusCode, res.statusMessage, body)));
+      return;
+    }
+    const lines = createInterface({ input: res, crlfDelay: Infinity });
+    lines.on('line', (line) => {
+      if (done || !line) return;
+      let ev: { type: string; object: unknown };
+      try {
+        ev = JSON.parse(line) as { type: string; object: unknown };
+      } catch (err) {
+        finish(new Error(`watch stream: undecodable line: ${(err as Error).message}`));
+        return;
+      }
+      onEvent(ev);
+    });
+    // readline re-emits stream errors: without a listener a cut connection would crash kpx
+    lines.on('error', finish);
+    res.on('error', finish);
+    res.on('close', () => finish(res.complete ? null : new Error('watch stream closed before its end')));
+  });
+  req.on('error', finish);
+  req.setNoDelay(true);
+  req.on('socket', (sock) => sock.setKeepAlive(true, 30_000));
+  req.end();
+  return () => finish(null);
+}
+
+/** A collection path (list and watch) as the reflector's interface. */
+function resourceApi(kc: KubeConfig, path: string, selector: { labelSelector?: string; fieldSelector?: string }): ResourceApi {
+  return {
+    async list({ limit, continueToken }): Promise<ListPage> {
+      const query: Record<string, string> = { limit: String(limit), ...selector };
+      if (continueToken) query.continue = continueToken;
+      const res = (await getJson(kc, path, query)) as { items?: unknown[]; metadata?: { resourceVersion?: string; continue?: string } };
+      return { items: res.items ?? [], resourceVersion: res.metadata?.resourceVersion ?? '', continueToken: res.metadata?.continue };
+    },
+    watch({ resourceVersion, timeoutSeconds }, onEvent, onDone) {
+      const query: Record<string, string> = {
+        watch: 'true',
+        allowWatchBookmarks: 'true',
+        resourceVersion,
+        timeoutSeconds: String(timeoutSeconds),
+      };
+      if (selector.labelSelector) query.labelSelector = selector.labelSelector;
+      if (selector.fieldSelector) query.fieldSelector = selector.fieldSelector;
+      return openWatch(kc, path, query, onEvent, onDone);
+    },
+  };
+}
+
+export class ApiSource implements Source {
+  private readonly reflectors: Reflector[];
+  private handler: SourceHandler | null = null;
+  private synced = false;
+
+  constructor(private readonly opts: ApiSourceOptions, private readonly log: Logger) {
+    const kc = opts.kubeConfig;
+    const proxyable = { labelSelector: PROXYABLE_SELECTOR };
+    const apis: Array<[ResourceKind, ResourceApi]> = [
+      ['Service', resourceApi(kc, '/api/v1/services', proxyable)],
+      ['EndpointSlice', resourceApi(kc, '/apis/discovery.k8s.io/v1/endpointslices', proxyable)],
+      ['Node', resourceApi(kc, '/api/v1/nodes', { fieldSelector: `metadata.name=${opts.nodeName}` })],
+    ];
+    this.reflectors = apis.map(
+      ([kind, api]) =>
+        new Reflector(
+          kind,
+          api,
+          {
+            onChange: (change) => this.handler?.onChange(change),
+            onListed: () => this.maybeSynced(),
+            onRelist: (reason) => opts.observer?.onRelist?.(kind, reason),
+            onWatchEnd: (reason) => opts.observer?.onWatchEnd?.(kind, reason),
+          },
+          opts.reflector,
+          log,
+        ),
+    );
+  }
+
+  private maybeSynced(): void {
+    if (this.synced || !this.reflectors.every((r) => r.hasListed)) return;
+    this.synced = true;
+    this.handler?.onSynced();
+  }
+
+  async start(handler: SourceHandler): Promise<void> {
+    this.handler = handler;
+    this.log.info({ server: this.opts.kubeConfig.getCurrentCluster()?.server, node: this.opts.nodeName }, 'watching the Kubernetes API');
+    for (const r of this.reflectors) r.start();
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.reflectors.map((r) => r.stop()));
+  }
+
+  /** kind -> key -> resourceVersion of every object kpx's model holds. */
+  inventory(): Record<ResourceKind, Record<string, string>> {
+    const out = {} as Record<ResourceKind, Record<string, string>>;
+    for (const r of this.reflectors) out[r.kind] = Object.fromEntries(r.inventory());
+    return out;
+  }
+}
+
+/**
+ * --kubeconfig, else in-cluster (service account, with KUBERNETES_SERVICE_HOST/PORT
+ * pointing at a real apiserver address, not the ClusterIP kpx itself programs);
+ * --master overrides the server either way.
+ */
+export function loadKubeConfig(opts: { kubeconfig?: string; master?: string }): KubeConfig {
+  const kc = new KubeConfig();
+  if (opts.kubeconfig) kc.loadFromFile(opts.kubeconfig);
+  else if (process.env.KUBERNETES_SERVICE_HOST && process.env.KUBERNETES_SERVICE_PORT) kc.loadFromCluster();
+  else if (opts.master) kc.loadFromClusterAndUser({ name: 'master', server: opts.master, skipTLSVerify: false }, { name: 'anonymous' });
+  else throw new Error('no apiserver: pass --kubeconfig FILE or --manifests DIR, or run in a pod with KUBERNETES_SERVICE_HOST/PORT set');
+  if (opts.master) {
+    const cluster = kc.getCurrentCluster();
+    if (cluster) {
+      const clusters = kc.clusters.map((c) => (c.name === cluster.name ? { ...c, server: opts.master! } : c));
+      kc.loadFromOptions({ clusters, users: kc.users, contexts: kc.contexts, currentContext: kc.currentContext });
+    }
+  }
+  return kc;
+}
