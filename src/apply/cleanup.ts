@@ -1,11 +1,38 @@
 // `kpx cleanup`: removes every chain and jump kpx owns, in both iptables backends and both
-// families, in one atomic restore per table set. Idempotent; other rules stay untouched.
+// families (batched on nft, like full syncs). Idempotent; other rules stay untouched.
+// `kpx cleanup --kube-proxy` removes kube-proxy's leftovers the same way.
 import type { Logger } from '../util/log.js';
 import { FAMILIES } from '../util/ip.js';
 import { parseSave, planCleanup } from '../render/iptables/restore.js';
 import { isKpxChain } from '../render/iptables/names.js';
 import { binaries, type IptablesBackend } from './backend.js';
 import type { CommandRunner } from './exec.js';
+import { FULL_SYNC_BATCH_LINES } from './iptables.js';
+
+/** kube-proxy's fixed chains: iptables mode, then the extra ones of its IPVS mode. */
+const KUBE_PROXY_CHAINS = new Set([
+  'KUBE-SERVICES',
+  'KUBE-NODEPORTS',
+  'KUBE-POSTROUTING',
+  'KUBE-MARK-MASQ',
+  'KUBE-EXTERNAL-SERVICES',
+  'KUBE-FORWARD',
+  'KUBE-PROXY-FIREWALL',
+  'KUBE-PROXY-CANARY',
+  'KUBE-NODE-PORT',
+  'KUBE-LOAD-BALANCER',
+  'KUBE-SOURCE-RANGES-FIREWALL',
+  'KUBE-IPVS-FILTER',
+  'KUBE-IPVS-OUT-FILTER',
+]);
+
+/**
+ * For `kpx cleanup --kube-proxy`: chains kube-proxy's iptables mode creates. kubelet's
+ * chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT, KUBE-MARK-DROP) stay.
+ */
+export function isKubeProxyChain(name: string): boolean {
+  return KUBE_PROXY_CHAINS.has(name) || /^KUBE-(SVC|SVL|SEP|EXT|FW|XLB)-[A-Z0-9]{16}$/.test(name);
+}
 
 export interface CleanupReport {
   chainsDeleted: number;
@@ -17,6 +44,7 @@ export async function cleanupIptables(
   runner: CommandRunner,
   log: Logger,
   owns: (chain: string) => boolean = isKpxChain,
+  whose = 'kpx',
 ): Promise<CleanupReport> {
   const report: CleanupReport = { chainsDeleted: 0, jumpsDeleted: 0, errors: [] };
   for (const backend of ['nft', 'legacy'] as IptablesBackend[]) {
@@ -28,9 +56,9 @@ export async function cleanupIptables(
         log.debug({ backend, family, err: saved?.stderr.trim() }, 'backend not usable; skipped');
         continue;
       }
-      const plan = planCleanup(parseSave(saved.stdout), owns);
+      const plan = planCleanup(parseSave(saved.stdout), owns, backend === 'nft' ? FULL_SYNC_BATCH_LINES : Infinity);
       if (!plan.text) continue;
-      const r = await runner.run(bins.restore, ['-w', '5', '--noflush'], { input: plan.text });
+      const r = await runner.run(bins.restore, ['-w', '5', '--noflush'], { input: plan.text, timeoutMs: 600_000 });
       if (r.exitCode !== 0) {
         const msg = `${bins.restore}: ${r.stderr.trim().split('\n')[0]}`;
         report.errors.push(msg);
@@ -39,8 +67,39 @@ export async function cleanupIptables(
       }
       report.chainsDeleted += plan.chainsDeleted;
       report.jumpsDeleted += plan.jumpsChanged;
-      log.info({ backend, family, chains: plan.chainsDeleted, jumps: plan.jumpsChanged }, 'removed kpx rules');
+      log.info({ backend, family, chains: plan.chainsDeleted, jumps: plan.jumpsChanged }, `removed ${whose} rules`);
     }
+  }
+  return report;
+}
+
+/** kube-proxy's IPVS-mode dummy interface; it holds every service address on the node. */
+const KUBE_IPVS_DEVICE = 'kube-ipvs0';
+
+/**
+ * `kpx cleanup --kube-proxy`: what kube-proxy leaves behind when it is removed. Its iptables
+ * chains and jumps (both modes), then its IPVS-mode ipsets (only once no rule references them)
+ * and its dummy interface. kubelet's chains and kpx's own rules stay. IPVS virtual servers
+ * are left alone: they may be kpx's own (see docs/migrate.md).
+ */
+export async function cleanupKubeProxy(runner: CommandRunner, log: Logger): Promise<CleanupReport> {
+  const report = await cleanupIptables(runner, log, isKubeProxyChain, 'kube-proxy');
+  const fail = (msg: string) => {
+    report.errors.push(msg);
+    log.error({ err: msg }, 'cleanup failed');
+  };
+  const sets = await runner.run('ipset', ['list', '-n']);
+  if (sets.exitCode === 0) {
+    for (const name of sets.stdout.split('\n').filter((n) => n.startsWith('KUBE-'))) {
+      const r = await runner.run('ipset', ['destroy', name]);
+      if (r.exitCode !== 0) fail(`ipset destroy ${name}: ${r.stderr.trim()}`);
+      else log.info({ set: name }, 'removed kube-proxy ipset');
+    }
+  } else log.debug({ err: sets.stderr.trim() }, 'ipset not usable; skipped');
+  if ((await runner.run('ip', ['link', 'show', KUBE_IPVS_DEVICE])).exitCode === 0) {
+    const r = await runner.run('ip', ['link', 'del', KUBE_IPVS_DEVICE]);
+    if (r.exitCode !== 0) fail(`ip link del ${KUBE_IPVS_DEVICE}: ${r.stderr.trim()}`);
+    else log.info({ device: KUBE_IPVS_DEVICE }, 'removed kube-proxy dummy interface');
   }
   return report;
 }
