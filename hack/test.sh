@@ -16,3 +16,8 @@ if [ -z "${KPX_TEST_KUBECONFIG:-}" ]; then
   export KPX_TEST_APISERVER_BIN
 fi
 npx vitest run "$@"
+# IPVS mode needs a kernel with ip_vs; this suite runs again under qemu with Debian's
+# kernel (hack/ipvs-vm), where it does not skip. Only for a full run (no filter given).
+if [ $# -eq 0 ]; then
+  npm run test:ipvs
+fi

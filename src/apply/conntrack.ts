@@ -6,7 +6,7 @@
 // deleted counts as "no serving endpoints": all its flows go.
 import type { Logger } from '../util/log.js';
 import type { IPFamily } from '../util/ip.js';
-import type { ServiceFragment } from '../render/iptables/service.js';
+import type { ServicePortState } from '../model/types.js';
 import type { SavedChain } from '../render/iptables/restore.js';
 import { isKpxChain } from '../render/iptables/names.js';
 import { parseRule } from '../trace/rules.js';
@@ -32,7 +32,7 @@ export interface ConntrackEntry {
   readonly replySport: number;
 }
 
-export function frontendsOf(fragments: Iterable<ServiceFragment>): Frontends {
+export function frontendsOf(fragments: Iterable<ServicePortState>): Frontends {
   const addresses = new Map<string, Set<string>>();
   const nodePorts = new Map<string, Set<string>>();
   for (const f of fragments) {
@@ -146,7 +146,7 @@ export class ConntrackCleaner {
   }
 
   /** Deletes stale flows for one family; returns how many filters were applied. */
-  async clean(family: IPFamily, fragments: Iterable<ServiceFragment>): Promise<number> {
+  async clean(family: IPFamily, fragments: Iterable<ServicePortState>): Promise<number> {
     const current = frontendsOf(fragments);
     const fe = withDeleted(current, this.last.get(family));
     this.last.set(family, current);

@@ -7,6 +7,7 @@ import { binaries } from '../apply/backend.js';
 import { readHostFacts } from '../apply/host.js';
 import { ConfigError, type CliFlags } from '../config/config.js';
 import { parseIP } from '../util/ip.js';
+import type { IptablesFamilySyncReport } from '../sync/proxier.js';
 import { Tracer, tablesFromRuleset, tablesFromSave, type Outcome, type Tables } from '../trace/tracer.js';
 
 interface TraceFlags extends CliFlags {
@@ -56,8 +57,10 @@ export async function traceCommand(flags: TraceFlags): Promise<number> {
     const built = build({ ...flags, once: true, dryRun: true, logLevel: flags.logLevel ?? 'warn' }, () => {});
     await built.proxier.init();
     if (!(await built.controller.runOnce())) return 1;
-    const report = built.controller.lastReport?.families.find((f) => f.family === family);
-    if (!report) throw new Error(`no ${family} rules rendered`);
+    const found = built.controller.lastReport?.families.find((f) => f.family === family);
+    if (!found) throw new Error(`no ${family} rules rendered`);
+    if (!('ruleset' in found)) throw new ConfigError('kpx trace walks iptables-mode rules; in IPVS mode use ipvsadm -Ln');
+    const report = found as IptablesFamilySyncReport;
     tables = tablesFromRuleset(report.ruleset);
     for (const a of report.config.nodeIPs) local.add(a);
     if (report.config.nodePortAddresses !== 'all') for (const a of report.config.nodePortAddresses) local.add(a);

@@ -75,6 +75,12 @@ export interface FamilyModel {
   readonly node: NodeFacts | null;
 }
 
+/** A service port with the endpoints a sync programmed for it (health checks, conntrack). */
+export interface ServicePortState {
+  readonly servicePort: ServicePort;
+  readonly endpoints: readonly Endpoint[];
+}
+
 /** Unique key of a service port within one family: name plus protocol. */
 export function servicePortId(sp: Pick<ServicePort, 'name' | 'protocol'>): string {
   return `${sp.name}/${sp.protocol}`;

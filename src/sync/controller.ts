@@ -5,7 +5,7 @@ import type { KpxConfig } from '../config/config.js';
 import type { Change, ClusterState } from '../model/state.js';
 import type { Source } from '../source/types.js';
 import type { Logger } from '../util/log.js';
-import type { IptablesProxier, SyncReport } from './proxier.js';
+import type { Proxier, SyncReport } from './proxier.js';
 import { BoundedFrequencyRunner, realClock, type Clock } from './runner.js';
 
 export interface SyncObserver {
@@ -22,7 +22,7 @@ export interface ControllerOptions {
   readonly log: Logger;
   readonly source: Source;
   readonly state: ClusterState;
-  readonly proxier: IptablesProxier;
+  readonly proxier: Proxier;
   readonly observers?: SyncObserver[];
   readonly clock?: Clock;
 }

@@ -6,12 +6,12 @@ import type { IPFamily } from '../util/ip.js';
 import { frontendsFromRules, type ConntrackCleaner } from '../apply/conntrack.js';
 import type { ServiceHealthServers, HealthCheckService } from '../server/service-health.js';
 import type { ProxyHealth } from '../server/health.js';
-import type { ServiceFragment } from '../render/iptables/service.js';
+import type { ServicePortState } from '../model/types.js';
 import type { SyncObserver } from './controller.js';
 import type { SyncReport } from './proxier.js';
 
 /** healthCheckNodePort services and their local ready endpoint count (distinct IPs). */
-export function healthCheckServices(fragmentsByFamily: Iterable<Iterable<ServiceFragment>>): Map<string, HealthCheckService> {
+export function healthCheckServices(fragmentsByFamily: Iterable<Iterable<ServicePortState>>): Map<string, HealthCheckService> {
   const out = new Map<string, HealthCheckService>();
   const ips = new Map<string, Map<IPFamily, Set<string>>>();
   for (const fragments of fragmentsByFamily) {
@@ -54,13 +54,13 @@ export class PostSync implements SyncObserver {
       this.health.updated(f.family);
       if (this.conntrack && f.kernelNatBefore) this.conntrack.seed(f.family, frontendsFromRules(f.kernelNatBefore));
       if (this.conntrack && changed) {
-        await this.conntrack.clean(f.family, f.ruleset.fragments()).catch((err: Error) => {
+        await this.conntrack.clean(f.family, f.ports()).catch((err: Error) => {
           this.log.warn({ family: f.family, err: err.message }, 'conntrack cleanup failed');
         });
       }
     }
     if (this.healthServers && report.families.some((f) => !f.error)) {
-      await this.healthServers.sync(healthCheckServices(report.families.map((f) => f.ruleset.fragments())));
+      await this.healthServers.sync(healthCheckServices(report.families.map((f) => f.ports())));
     }
   }
 }

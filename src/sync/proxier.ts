@@ -3,11 +3,13 @@
 // facts (or kpx's view of the host) change, and after an external flush.
 import type { KpxConfig } from '../config/config.js';
 import type { ChangeTracker, ClusterState } from '../model/state.js';
+import type { ServicePortState } from '../model/types.js';
 import type { Logger } from '../util/log.js';
 import { isLoopback, type IPFamily } from '../util/ip.js';
 import { IptablesRenderer } from '../render/iptables/ruleset.js';
 import type { IptablesRenderConfig } from '../render/iptables/config.js';
 import { IptablesApplier } from '../apply/iptables.js';
+import { removeIpvsState } from '../apply/ipvs.js';
 import type { SavedChain } from '../render/iptables/restore.js';
 import { detectBackend, supportsRandomFully, type IptablesBackend } from '../apply/backend.js';
 import type { CommandRunner } from '../apply/exec.js';
@@ -28,17 +30,50 @@ export interface FamilySyncReport {
   readonly chainsDeleted: number;
   readonly ruleCounts: { readonly filter: number; readonly nat: number };
   readonly noLocalEndpoints: { readonly internal: number; readonly external: number };
-  /** the family's renderer: its tables, jumps and fragments after this sync */
-  readonly ruleset: IptablesRenderer;
-  readonly config: IptablesRenderConfig;
+  /** every service port and its endpoints after this sync */
+  ports(): Iterable<ServicePortState>;
+
   /** the nat rules found in the kernel when this (full) sync read it */
   readonly kernelNatBefore?: ReadonlyMap<string, SavedChain>;
   readonly error?: Error;
 }
 
-export interface SyncReport {
-  readonly families: readonly FamilySyncReport[];
+export interface IptablesFamilySyncReport extends FamilySyncReport {
+  /** the family's renderer: its tables, jumps and fragments after this sync */
+  readonly ruleset: IptablesRenderer;
+  readonly config: IptablesRenderConfig;
+}
+
+/** What the controller drives: one proxier per mode (iptables, ipvs). */
+export interface Proxier {
+  init(): Promise<void>;
+  sync(): Promise<SyncReport>;
+  /** the next sync reads the kernel and writes everything (failure, flush, node change) */
+  requestFullSync(): void;
+  /** families whose canary chains are gone (an external flush); they resync in full */
+  checkCanaries(): Promise<IPFamily[]>;
+  /** addresses NodePorts and health check ports answer on */
+  nodePortAddresses(): 'all' | string[];
+  /** families synced so far */
+  knownFamilies(): IPFamily[];
+}
+
+export interface SyncReport<F extends FamilySyncReport = FamilySyncReport> {
+  readonly families: readonly F[];
   readonly ok: boolean;
+}
+
+/** IPv4 always; IPv6 once the node, the host or a service uses it (and from then on). */
+export function familiesToSync(state: ClusterState, host: HostFacts, programmed: Iterable<IPFamily>): IPFamily[] {
+  const out = new Set<IPFamily>(['IPv4', ...programmed]);
+  if (
+    (state.node?.ips.IPv6.length ?? 0) > 0 ||
+    host.addresses.IPv6.some((ip) => !isLoopback(ip)) ||
+    state.familiesInUse().has('IPv6')
+  ) {
+    out.add('IPv6');
+  }
+  return [...out].sort();
 }
 
 /** kube-proxy's large-cluster threshold: above it, per-endpoint comments are dropped. */
@@ -49,12 +84,12 @@ export interface ProxierOptions {
   readonly state: ClusterState;
   readonly runner: CommandRunner;
   readonly log: Logger;
-  /** where --dry-run prints restore input */
+  /** where --dry-run prints what would be applied */
   readonly print?: (text: string) => void;
   readonly hostFacts?: () => HostFacts;
 }
 
-export class IptablesProxier {
+export class IptablesProxier implements Proxier {
   private backend: IptablesBackend = 'nft';
   private caps: Capabilities = { randomFully: false, conntrackTCPLiberal: false };
   private readonly appliers = new Map<IPFamily, IptablesApplier>();
@@ -65,6 +100,7 @@ export class IptablesProxier {
   private readonly needFull = new Set<IPFamily>();
   private readonly programmed = new Set<IPFamily>();
   private sysctlsDone = false;
+  private ipvsSetsLeft = false;
 
   constructor(private readonly opts: ProxierOptions) {}
 
@@ -74,6 +110,9 @@ export class IptablesProxier {
 
   async init(): Promise<void> {
     const { config, runner, log } = this.opts;
+    // switching from IPVS mode: its virtual servers and dummy go now; its ipsets once the
+    // first full sync has replaced the rules that refer to them
+    if (!config.dryRun) this.ipvsSetsLeft = (await removeIpvsState(runner, log, { sets: false })).length === 0;
     if (config.iptablesBackend === 'auto') {
       const d = await detectBackend(runner);
       this.backend = d.backend;
@@ -104,18 +143,8 @@ export class IptablesProxier {
     for (const a of this.appliers.values()) a.invalidate();
   }
 
-  /** IPv4 always; IPv6 once the node, the host or a service uses it (and from then on). */
   families(host: HostFacts): IPFamily[] {
-    const out = new Set<IPFamily>(['IPv4', ...this.programmed]);
-    const node = this.opts.state.node;
-    if (
-      (node?.ips.IPv6.length ?? 0) > 0 ||
-      host.addresses.IPv6.some((ip) => !isLoopback(ip)) ||
-      this.opts.state.familiesInUse().has('IPv6')
-    ) {
-      out.add('IPv6');
-    }
-    return [...out].sort();
+    return familiesToSync(this.opts.state, host, this.programmed);
   }
 
   /** Addresses NodePorts (and health check ports) answer on, over all families. */
@@ -147,10 +176,10 @@ export class IptablesProxier {
     return flushed;
   }
 
-  async sync(): Promise<SyncReport> {
+  async sync(): Promise<SyncReport<IptablesFamilySyncReport>> {
     const { config, state, log } = this.opts;
     const host = (this.opts.hostFacts ?? readHostFacts)();
-    const reports: FamilySyncReport[] = [];
+    const reports: IptablesFamilySyncReport[] = [];
     for (const family of this.families(host)) {
       // Large clusters drop per-endpoint comments (hysteresis so the mode does not flap).
       const endpoints = state.endpointCount(family);
@@ -181,6 +210,7 @@ export class IptablesProxier {
         noLocalEndpoints: renderer.noLocalEndpoints(),
         ruleset: renderer,
         config: cfg,
+        ports: () => renderer.fragments(),
         renderMs: t1 - t0,
       };
       try {
@@ -223,6 +253,10 @@ export class IptablesProxier {
           error: err as Error,
         });
       }
+    }
+    if (this.ipvsSetsLeft && reports.every((r) => !r.error) && !config.dryRun) {
+      this.ipvsSetsLeft = false;
+      await removeIpvsState(this.opts.runner, log, { sets: true });
     }
     return { families: reports, ok: reports.every((r) => !r.error) };
   }
