@@ -67,9 +67,6 @@ if [ "$1" != "stage2" ]; then
     mount --bind /lower /newroot   # plain read-only 9p root (no /lib/modules!)
   fi
   N=/newroot
-  if [ -n "$KPX_REPO" ]; then
-    mount -t 9p -o "$O9,cache=${KPX_REPO_CACHE:-loose}" repo "$N$KPX_REPO" || fail "mount 9p repo at $KPX_REPO"
-  fi
   if [ "${KPX_ROOTMODE:-overlay}" = overlay ]; then
     mkdir -p "$N/lib/modules/$KVER"
     mount --bind "/lower$KPX_MODROOT/lib/modules/$KVER" "$N/lib/modules/$KVER" \
@@ -79,6 +76,11 @@ if [ "$1" != "stage2" ]; then
   mount -t tmpfs -o mode=1777,nosuid,nodev tmp "$N/tmp"
   [ -d "$N/var/tmp" ] && mount -t tmpfs -o mode=1777,nosuid,nodev vartmp "$N/var/tmp"
   mkdir -p "$N/run/netns" "$N/run/lock" "$N/run/kpx-vm"
+  # the repo last, so a checkout under /tmp (or /run, /var/tmp) is not hidden by the tmpfs
+  if [ -n "$KPX_REPO" ]; then
+    mkdir -p "$N$KPX_REPO"
+    mount -t 9p -o "$O9,cache=${KPX_REPO_CACHE:-loose}" repo "$N$KPX_REPO" || fail "mount 9p repo at $KPX_REPO"
+  fi
   # /var/run is a symlink to /run on Debian; make sure it is usable either way
   [ -L "$N/var/run" ] || [ ! -d "$N/var/run" ] || mount --bind "$N/run" "$N/var/run"
   cp "$CFG/env/raw" "$N/run/kpx-vm/env"
