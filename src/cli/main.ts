@@ -7,7 +7,7 @@ import { createLogger, type Logger } from '../util/log.js';
 import { ClusterState } from '../model/state.js';
 import { FileSource } from '../source/file.js';
 import type { Source } from '../source/types.js';
-import { ApiSource, DEFAULT_REFLECTOR_OPTIONS, loadKubeConfig, type ApiSourceOptions } from '../source/kube/api-source.js';
+import type { ApiSource, ApiSourceOptions } from '../source/kube/api-source.js';
 import { execRunner } from '../apply/exec.js';
 import { cleanupIptables, cleanupKubeProxy } from '../apply/cleanup.js';
 import { isKpxChain } from '../render/iptables/names.js';
@@ -83,11 +83,11 @@ export interface Built {
   healthServers: ServiceHealthServers | null;
 }
 
-export function build(flags: CliFlags & { logLevel?: string }, print: (text: string) => void = (t) => process.stdout.write(t)): Built {
+export async function build(flags: CliFlags & { logLevel?: string }, print: (text: string) => void = (t) => process.stdout.write(t)): Promise<Built> {
   const log = createLogger({ level: flags.logLevel });
   const config = resolveConfig(flags, hostname());
   let metricsRef: KpxMetrics | null = null;
-  const source = makeSource(config, log, {
+  const source = await makeSource(config, log, {
     onRelist: (kind, reason) => metricsRef?.apiRelists.inc({ resource: kind, reason }),
     onWatchEnd: (kind, reason) => metricsRef?.apiWatchEnds.inc({ resource: kind, reason }),
   });
@@ -111,8 +111,10 @@ export function build(flags: CliFlags & { logLevel?: string }, print: (text: str
   return { config, log, state, source, controller, proxier, health, metrics, healthServers };
 }
 
-function makeSource(config: KpxConfig, log: Logger, observer: ApiSourceOptions['observer']): Source {
+/** The API source is imported only when used: @kubernetes/client-node alone costs ~70 MiB of RSS. */
+async function makeSource(config: KpxConfig, log: Logger, observer: ApiSourceOptions['observer']): Promise<Source> {
   if (config.manifests) return new FileSource(config.manifests, log.child({ source: 'file' }));
+  const { ApiSource, DEFAULT_REFLECTOR_OPTIONS, loadKubeConfig } = await import('../source/kube/api-source.js');
   let kubeConfig;
   try {
     kubeConfig = loadKubeConfig({ kubeconfig: config.kubeconfig, master: config.master });
@@ -131,7 +133,7 @@ function makeSource(config: KpxConfig, log: Logger, observer: ApiSourceOptions['
 }
 
 async function runCommand(flags: CliFlags & { logLevel?: string }): Promise<number> {
-  const { config, log, state, source, controller, proxier, health, metrics, healthServers } = build(flags);
+  const { config, log, state, source, controller, proxier, health, metrics, healthServers } = await build(flags);
   await proxier.init();
   if (config.once) {
     const ok = await controller.runOnce();
@@ -141,7 +143,7 @@ async function runCommand(flags: CliFlags & { logLevel?: string }): Promise<numb
   const servers = await startServers(
     log,
     [
-      { name: 'metrics', addr: config.metricsBindAddress, server: () => metricsServer(metrics, source instanceof ApiSource ? () => source.inventory() : undefined) },
+      { name: 'metrics', addr: config.metricsBindAddress, server: () => metricsServer(metrics, 'inventory' in source ? () => (source as ApiSource).inventory() : undefined) },
       { name: 'healthz', addr: config.healthzBindAddress, server: () => healthServer(health, () => state.node, metrics) },
     ],
     config.bindAddressHardFail,

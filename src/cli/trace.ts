@@ -54,7 +54,7 @@ export async function traceCommand(flags: TraceFlags): Promise<number> {
     for (const a of readHostFacts().addresses[family]) local.add(a);
   } else {
     const { build } = await import('./main.js');
-    const built = build({ ...flags, once: true, dryRun: true, logLevel: flags.logLevel ?? 'warn' }, () => {});
+    const built = await build({ ...flags, once: true, dryRun: true, logLevel: flags.logLevel ?? 'warn' }, () => {});
     await built.proxier.init();
     if (!(await built.controller.runOnce())) return 1;
     const found = built.controller.lastReport?.families.find((f) => f.family === family);
