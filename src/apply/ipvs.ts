@@ -50,7 +50,8 @@ export class IpvsApplier {
     this.iptables.invalidate();
   }
 
-  async readKernel(desired: IpvsDesired): Promise<IpvsKernelState> {
+  /** `create`: make the dummy interface when it is missing (never in dry runs). */
+  async readKernel(desired: IpvsDesired, create = true): Promise<IpvsKernelState> {
     const family = this.family;
     const saved = await mustRun(this.runner, 'ipvsadm', ['-Sn']);
     const services = new Map([...parseIpvsSave(saved.stdout)].filter(([, vs]) => parseIP(vs.ip)?.family === family));
@@ -59,6 +60,7 @@ export class IpvsApplier {
     const connections = leaving ? parseIpvsConnections((await mustRun(this.runner, 'ipvsadm', ['-Ln'])).stdout) : undefined;
     const sets = new Map([...parseIpsetSave((await mustRun(this.runner, 'ipset', ['save'])).stdout)].filter(([n]) => n.startsWith(setPrefix(family))));
     let addresses = await readDeviceAddresses(this.runner, family);
+    if (!addresses && !create) addresses = new Set();
     if (!addresses) {
       // a dummy interface, left down like kube-proxy's: its addresses are local all the same
       await mustRun(this.runner, 'ip', ['link', 'add', IPVS_DEVICE, 'type', 'dummy']);
@@ -70,7 +72,7 @@ export class IpvsApplier {
 
   /** Plans against the kernel without changing anything (dry runs). */
   async plan(desired: IpvsDesired, cfg: IpvsRenderConfig): Promise<IpvsPlan> {
-    return planIpvs(desired, await this.readKernel(desired), cfg, { now: Date.now(), since: this.drainingSince, boundMs: this.gracefulBoundMs });
+    return planIpvs(desired, await this.readKernel(desired, false), cfg, { now: Date.now(), since: this.drainingSince, boundMs: this.gracefulBoundMs });
   }
 
   async apply(desired: IpvsDesired, rules: IptablesRuleset, cfg: IpvsRenderConfig): Promise<IpvsApplyResult> {

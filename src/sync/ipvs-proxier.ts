@@ -2,7 +2,8 @@
 // servers, ipset members and dummy addresses, read the kernel, and apply the difference.
 // The iptables side is small and fixed per node config; it is written only when it changes.
 import { isLoopback, type IPFamily } from '../util/ip.js';
-import { renderIpvs, type IpvsRenderConfig } from '../render/ipvs/ipvs.js';
+import { IPVS_DEVICE, renderIpvs, type IpvsRenderConfig } from '../render/ipvs/ipvs.js';
+import { planIpvs } from '../render/ipvs/plan.js';
 import { ipvsIptablesRuleset } from '../render/ipvs/rules.js';
 import { masqueradeMark } from '../render/iptables/config.js';
 import { IptablesApplier } from '../apply/iptables.js';
@@ -141,12 +142,22 @@ export class IpvsProxier implements Proxier {
       try {
         if (config.dryRun) {
           const plan = await applier.plan(desired, cfg).catch((err: Error) => {
-            log.warn({ family, err: err.message }, 'cannot read the IPVS state; showing the desired state only');
-            return null;
+            log.warn({ family, err: err.message }, 'cannot read the IPVS state; planning against an empty one');
+            return planIpvs(desired, { services: new Map(), sets: new Map(), addresses: new Set() }, cfg, { now: Date.now(), since: new Map(), boundMs: 0 });
           });
+          const ipt = this.iptables.get(family)!;
+          const iptPlan = (await ipt.plan(rules, { full: true, delta: { write: { filter: new Map(), nat: new Map() }, remove: { filter: new Set(), nat: new Set() } }, previous: null, servicePortsRendered: 0 }, true).catch(() => ipt.planAgainstEmpty(rules))).plan;
           this.opts.print?.(
-            `# kpx ${family} IPVS: ipvsadm -R\n${plan?.ipvsadm ?? ''}# ipset restore\n${plan ? plan.ipsetBefore + plan.ipsetAfter : ''}` +
-              `# ${IPVS_ADDRESSES_NOTE}: ${[...desired.addresses].sort().join(' ')}\n`,
+            `# kpx ${family} IPVS mode (${this.backend} backend)
+# ip address add ... dev ${IPVS_DEVICE}: ${plan.addressesToAdd.join(' ')}
+` +
+              `# ip address del ... dev ${IPVS_DEVICE}: ${plan.addressesToDelete.join(' ')}
+# ipset restore (before the rules)
+${plan.ipsetBefore}` +
+              `# ${ipt.bins.restore} -w 5 --noflush
+${iptPlan.text}# ipvsadm -R
+${plan.ipvsadm}# ipset restore (after)
+${plan.ipsetAfter}`,
           );
           reports.push({ ...base, applyMs: performance.now() - t1, chainsWritten: 0, rulesWritten: 0, chainsDeleted: 0 });
           continue;
@@ -175,4 +186,3 @@ export class IpvsProxier implements Proxier {
   }
 }
 
-const IPVS_ADDRESSES_NOTE = 'addresses on kpx-ipvs0';
