@@ -187,7 +187,7 @@ export async function main(argv: string[]): Promise<void> {
   );
   program
     .command('cleanup')
-    .description('remove every chain, rule and jump kpx installed (both iptables backends, both families)')
+    .description('remove every chain, rule and jump kpx installed (both iptables backends, both families), and the IPVS mode\'s virtual servers, dummy interface and ipsets')
     .option(
       '--kube-proxy',
       "instead remove what kube-proxy left behind (its KUBE-* service chains and jumps, IPVS-mode ipsets and kube-ipvs0; not kubelet's chains); kpx's own rules stay and keep serving (default: false)",

@@ -144,6 +144,24 @@ describe.skipIf(!env.ok)(`IPVS mode with real packets${env.ok ? '' : ` — skipp
     expect(Object.keys(c.names).sort()).toEqual(['a', 'r']);
   });
 
+  it('LoadBalancer IP with source ranges lets listed clients in and drops the rest; external IPs serve outside and in-cluster clients', async () => {
+    await t.writeManifest(dir, 'lb.yaml', yamlDocs(
+      service({
+        name: 'lb', type: 'LoadBalancer', clusterIP: '198.19.0.80', ports: [{ name: 'http', port: 80, targetPort: 8080, nodePort: 30081 }],
+        spec: { loadBalancerSourceRanges: [`${NET.extIP}/32`], externalIPs: ['198.19.0.202'] },
+        status: { loadBalancer: { ingress: [{ ip: '198.19.0.201' }] } },
+      }),
+      endpointSlice({ service: 'lb', ports: [{ name: 'http', port: 8080 }], endpoints: [{ ip: P.b }] }),
+    ));
+    await t.sync(flags());
+    expect((await t.probe('ext', 'tcp', '198.19.0.201', 80, { count: 5, bind: NET.extIP })).names).toEqual({ b: 5 });
+    const denied = await t.probe('ext', 'tcp', '198.19.0.201', 80, { count: 2, bind: NET.extIP2, timeoutMs: 1500 });
+    expect(denied.ok).toBe(0);
+    expect(Object.keys(denied.errors)).toEqual(['TIMEOUT']);
+    expect((await t.probe('ext', 'tcp', '198.19.0.202', 80, { count: 5 })).names).toEqual({ b: 5 });
+    expect((await t.probe('client', 'tcp', '198.19.0.202', 80, { count: 5 })).names).toEqual({ b: 5 });
+  });
+
   it('refuses connections to a service without endpoints at once, ClusterIP and NodePort', async () => {
     const started = Date.now();
     const r = await t.probe('client', 'tcp', EMPTY, 80, { count: 3, timeoutMs: 3000 });
