@@ -239,3 +239,38 @@ describe.skipIf(!env.ok)(`IPVS mode with real packets${env.ok ? '' : ` — skipp
     expect((await t.exec('node', 'ipset', ['list', '-n'])).stdout.trim()).toBe('');
   });
 });
+
+describe.skipIf(!env.ok)(`IPVS mode, dual-stack${env.ok ? '' : ` — skipped: ${env.reason}`}`, () => {
+  let t: Topology;
+  let dir: string;
+  const D = { a: { ip: '198.18.1.11', ip6: '2001:2:1::11' }, b: { ip: '198.18.1.12', ip6: '2001:2:1::12' }, client: { ip: '198.18.1.50', ip6: '2001:2:1::50' } };
+  const V6 = '2001:2:0:ff::10';
+
+  beforeAll(async () => {
+    t = await Topology.create({ ipv6: true, pods: [{ name: 'a', ...D.a, ports: [8080] }, { name: 'b', ...D.b, ports: [8080] }, { name: 'client', ...D.client }] });
+    dir = await t.manifestsDir();
+    const slice = (family: 'IPv4' | 'IPv6') =>
+      endpointSlice({ service: 'ds', family, ports: [{ name: 'http', port: 8080 }], endpoints: (['a', 'b'] as const).map((e) => ({ ip: family === 'IPv4' ? D[e].ip : D[e].ip6 })) });
+    await t.writeManifest(dir, 'all.yaml', yamlDocs(
+      node({ ips: [NET.nodeIP, NET.nodeIP6], podCIDRs: [NET.podCIDR, NET.podCIDR6] }),
+      service({ name: 'ds', type: 'NodePort', clusterIP: ['198.19.0.10', V6], ports: [{ name: 'http', port: 80, targetPort: 8080, nodePort: 30301 }], spec: { ipFamilies: ['IPv4', 'IPv6'], ipFamilyPolicy: 'RequireDualStack' } }),
+      slice('IPv4'),
+      slice('IPv6'),
+    ));
+    const r = await t.kpx(['run', '--once', '--proxy-mode', 'ipvs', '--manifests', dir, '--hostname-override', 'node-a', '--cluster-cidr', `${NET.podCIDR},${NET.podCIDR6}`, '--metrics-bind-address', '', '--healthz-bind-address', ''], { reject: false });
+    expect(r.exitCode, r.stderr).toBe(0);
+  }, 300_000);
+  afterAll(async () => {
+    await t?.destroy();
+  });
+
+  it('serves the IPv6 ClusterIP from a pod and the IPv6 NodePort from outside, masqueraded', async () => {
+    const v6 = await t.probe('client', 'tcp', V6, 80, { count: 30 });
+    expect(Object.keys(v6.names).sort()).toEqual(['a', 'b']);
+    expect(Object.keys(v6.clients)).toEqual([D.client.ip6]);
+    const np = await t.probe('ext', 'tcp', NET.nodeIP6, 30301, { count: 10 });
+    expect(np.ok).toBe(10);
+    expect(Object.keys(np.clients)).toEqual([NET.bridgeIP6]);
+    expect((await t.exec('node', 'ipset', ['list', '-n'])).stdout).toContain('KPX6-CLUSTER-IP');
+  });
+});
