@@ -144,6 +144,15 @@ describe.skipIf(!env.ok)(`IPVS mode with real packets${env.ok ? '' : ` — skipp
     expect(Object.keys(c.names).sort()).toEqual(['a', 'r']);
   });
 
+  it('internalTrafficPolicy Local: the cluster IP reaches only the local endpoint', async () => {
+    await t.writeManifest(dir, 'itp.yaml', yamlDocs(
+      service({ name: 'itp', clusterIP: '198.19.0.55', ports: [{ name: 'http', port: 80, targetPort: 8080 }], spec: { internalTrafficPolicy: 'Local' } }),
+      endpointSlice({ service: 'itp', ports: [{ name: 'http', port: 8080 }], endpoints: [{ ip: P.a, node: 'node-a' }, { ip: P.r, node: 'node-b' }] }),
+    ));
+    await t.sync(flags());
+    expect((await t.probe('client', 'tcp', '198.19.0.55', 80, { count: 20 })).names).toEqual({ a: 20 });
+  });
+
   it('LoadBalancer IP with source ranges lets listed clients in and drops the rest; external IPs serve outside and in-cluster clients', async () => {
     await t.writeManifest(dir, 'lb.yaml', yamlDocs(
       service({
