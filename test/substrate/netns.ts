@@ -155,13 +155,6 @@ export class Topology {
       await this.ip('-n', this.ext, '-6', 'route', 'add', NET.podCIDR6, 'via', NET.nodeIP6);
       await this.ip('-n', this.ext, '-6', 'route', 'add', NET.serviceCIDR6, 'via', NET.nodeIP6);
     }
-    // Forwarded traffic never confirms a neighbour, so the node re-probes pods by ARP every
-    // ~30 s; on a loaded 2-core machine the answer can miss the default 3 x 1 s and a
-    // probe sees EHOSTUNREACH. More patience here; kpx's rules are not involved.
-    for (const dev of ['kpxbr0', 'eth0']) {
-      await this.sysctl(this.node, `net.ipv4.neigh.${dev}.ucast_solicit=10`);
-      await this.sysctl(this.node, `net.ipv4.neigh.${dev}.base_reachable_time_ms=300000`);
-    }
     await this.sysctl(this.node, 'net.ipv4.ip_forward=1');
     await this.sysctl(this.node, 'net.bridge.bridge-nf-call-iptables=1');
     await this.sysctl(this.node, 'net.bridge.bridge-nf-call-ip6tables=1');
