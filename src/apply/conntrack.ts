@@ -50,13 +50,13 @@ export function frontendsOf(fragments: Iterable<ServicePortState>): Frontends {
  * UDP/SCTP frontends in rules kpx programmed earlier (read back from the kernel at start),
  * so a service deleted while kpx was not running still has its flows cleaned.
  */
-export function frontendsFromRules(nat: ReadonlyMap<string, SavedChain>): Frontends {
+export function frontendsFromRules(nat: ReadonlyMap<string, SavedChain>, protocols = /-p (udp|sctp)/): Frontends {
   const addresses = new Map<string, Set<string>>();
   const nodePorts = new Map<string, Set<string>>();
   for (const [chain, c] of nat) {
     if (!isKpxChain(chain)) continue;
     for (const text of c.rules) {
-      if (!/-j KPX-(SVC|SVL|EXT|FW)-/.test(text) || !/-p (udp|sctp)/.test(text)) continue;
+      if (!/-j KPX-(SVC|SVL|EXT|FW)-/.test(text) || !protocols.test(text)) continue;
       const r = parseRule(text);
       if (!r.proto || !r.dport || r.dport.lo !== r.dport.hi) continue;
       const full = r.dst && r.dst.cidr.bits === (r.dst.cidr.family === 'IPv4' ? 32 : 128);
@@ -129,8 +129,24 @@ export function staleFilters(entries: readonly ConntrackEntry[], fe: Frontends):
   return [...out.values()];
 }
 
+/**
+ * Service addresses (ip|port, TCP) that have serving endpoints. A connection attempt made
+ * while such a frontend had no rule leaves an un-NATed SYN_SENT entry (2 minutes); a later
+ * SYN from the same source port matches it and bypasses the new DNAT. kube-proxy leaves
+ * these; kpx deletes them when the frontend starts being served.
+ */
+export function servedTcpFrontends(ports: Iterable<ServicePortState>): Set<string> {
+  const out = new Set<string>();
+  for (const { servicePort: sp, endpoints } of ports) {
+    if (sp.protocol !== 'TCP' || !endpoints.some((e) => e.serving)) continue;
+    for (const ip of [sp.clusterIP, ...sp.externalIPs, ...sp.loadBalancerVIPs]) out.add(`${ip}|${sp.port}`);
+  }
+  return out;
+}
+
 export class ConntrackCleaner {
   private last = new Map<IPFamily, Frontends>();
+  private lastTcp = new Map<IPFamily, Set<string>>();
 
   constructor(
     private readonly runner: CommandRunner,
@@ -147,7 +163,9 @@ export class ConntrackCleaner {
 
   /** Deletes stale flows for one family; returns how many filters were applied. */
   async clean(family: IPFamily, fragments: Iterable<ServicePortState>): Promise<number> {
-    const current = frontendsOf(fragments);
+    const ports = [...fragments];
+    await this.cleanUnNatedTcp(family, ports);
+    const current = frontendsOf(ports);
     const fe = withDeleted(current, this.last.get(family));
     this.last.set(family, current);
     if (fe.addresses.size === 0 && fe.nodePorts.size === 0) return 0;
@@ -173,5 +191,35 @@ export class ConntrackCleaner {
     }
     if (filters.length) this.log.info({ family, filters: filters.length }, 'cleaned stale UDP/SCTP conntrack entries');
     return filters.length;
+  }
+
+  /**
+   * TCP service addresses the kernel's rules served before this process's first sync, so
+   * a restart does not count them all as new. Nothing of kpx's there (a fresh node): unknown.
+   */
+  seedTcp(family: IPFamily, nat: ReadonlyMap<string, SavedChain>): void {
+    if (this.lastTcp.has(family) || ![...nat.keys()].some(isKpxChain)) return;
+    const fe = frontendsFromRules(nat, /-p tcp/);
+    this.lastTcp.set(family, new Set([...fe.addresses.keys()].map((k) => k.slice(0, k.lastIndexOf('|')))));
+  }
+
+  /** Deletes un-NATed TCP entries (reply source = the service address) of newly served frontends. */
+  private async cleanUnNatedTcp(family: IPFamily, ports: readonly ServicePortState[]): Promise<void> {
+    const now = servedTcpFrontends(ports);
+    const before = this.lastTcp.get(family);
+    this.lastTcp.set(family, now);
+    // the first sync after a start serves everything "newly": nothing to compare with
+    if (!before) return;
+    const fam = family === 'IPv4' ? 'ipv4' : 'ipv6';
+    for (const fe of now) {
+      if (before.has(fe)) continue;
+      const [ip, port] = fe.split('|') as [string, string];
+      const r = await this.runner.run('conntrack', ['-D', '-f', fam, '-p', 'tcp', '--orig-dst', ip, '--orig-port-dst', port, '--reply-src', ip]);
+      const n = Number(/(\d+) flow entries have been deleted/.exec(r.stderr)?.[1] ?? 0);
+      if (n) {
+        this.onDeleted(family, n);
+        this.log.info({ family, frontend: fe, deleted: n }, 'deleted un-NATed TCP conntrack entries of a newly served service address');
+      }
+    }
   }
 }

@@ -52,7 +52,10 @@ export class PostSync implements SyncObserver {
     for (const f of report.families) {
       if (f.error) continue;
       this.health.updated(f.family);
-      if (this.conntrack && f.kernelNatBefore) this.conntrack.seed(f.family, frontendsFromRules(f.kernelNatBefore));
+      if (this.conntrack && f.kernelNatBefore) {
+        this.conntrack.seed(f.family, frontendsFromRules(f.kernelNatBefore));
+        this.conntrack.seedTcp(f.family, f.kernelNatBefore);
+      }
       if (this.conntrack && changed) {
         await this.conntrack.clean(f.family, f.ports()).catch((err: Error) => {
           this.log.warn({ family: f.family, err: err.message }, 'conntrack cleanup failed');

@@ -118,6 +118,30 @@ describe.skipIf(!env.ok)(`conntrack cleanup, SCTP and INVALID${env.ok ? '' : ` â
     expect(seq.slice(firstErr).filter((x) => x === 'a')).toEqual([]);
   });
 
+  it('a TCP client that tried a service address before the service existed can reuse its source port once it does', async () => {
+    // connect from a fixed source port; prints "ok <name>" or "ERR <errno name>"
+    const connect = async () =>
+      (
+        await t.exec('client', 'python3', [
+          '-c',
+          "import socket,errno\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('198.18.1.50',41000));s.settimeout(2)\ntry:\n  s.connect(('198.19.6.77',80));print('ok',s.recv(200).decode().split('\"name\":\"')[1].split('\"')[0])\nexcept OSError as e: print('ERR',errno.errorcode.get(e.errno,e))",
+        ])
+      ).stdout.trim();
+    await t.sync(flags());
+    expect(await connect()).toMatch(/^ERR/);
+    // the attempt left an un-NATed SYN_SENT entry in the node (it would stay 2 minutes)
+    const entries = (await t.exec('node', 'conntrack', ['-L', '-p', 'tcp', '--orig-dst', '198.19.6.77'], { reject: false })).stdout;
+    expect(entries).toMatch(/SYN_SENT .*sport=41000 dport=80 .*src=198\.19\.6\.77/);
+    await t.writeManifest(dir, 'late.yaml', yamlDocs(
+      service({ name: 'late', clusterIP: '198.19.6.77', ports: [{ name: 'http', port: 80, targetPort: 5353 }] }),
+      endpointSlice({ service: 'late', ports: [{ name: 'http', port: 5353 }], endpoints: [{ ip: P.a }] }),
+    ));
+    await t.sync(flags());
+    expect(await connect()).toBe('ok a');
+    await rm(join(dir, 'late.yaml'));
+    await t.sync(flags());
+  });
+
   it('DNATs SCTP to the endpoint (raw INIT packets; this kernel has no SCTP sockets)', async () => {
     await t.sync(flags());
     for (const [from, src, dst, dport] of [
