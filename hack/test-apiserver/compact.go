@@ -16,24 +16,33 @@ import (
 	"go.uber.org/zap"
 )
 
+// parseDataDirArgs parses the flags compact and stop share: --data-dir (required) and
+// --timeout. An empty dataDir with a nil error means help was printed.
+func parseDataDirArgs(name string, args []string, timeout time.Duration, timeoutHelp string) (string, time.Duration, error) {
+	var dataDir string
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.StringVar(&dataDir, "data-dir", "", "data dir of a running test-apiserver (required)")
+	fs.DurationVar(&timeout, "timeout", timeout, timeoutHelp)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return "", 0, nil
+		}
+		return "", 0, err
+	}
+	if dataDir == "" {
+		return "", 0, errors.New("--data-dir is required")
+	}
+	return dataDir, timeout, nil
+}
+
 // compactCmd connects to the etcd of a running instance (endpoint read from
 // <data-dir>/etcd-endpoint) and compacts to the current revision, so that a
 // watch/list from any older resourceVersion fails with 410 Gone (see README
 // for the watch-cache caveat).
 func compactCmd(args []string) error {
-	var dataDir string
-	var timeout time.Duration
-	fs := pflag.NewFlagSet("compact", pflag.ContinueOnError)
-	fs.StringVar(&dataDir, "data-dir", "", "data dir of a running test-apiserver (required)")
-	fs.DurationVar(&timeout, "timeout", 10*time.Second, "overall timeout")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return nil
-		}
+	dataDir, timeout, err := parseDataDirArgs("compact", args, 10*time.Second, "overall timeout")
+	if err != nil || dataDir == "" {
 		return err
-	}
-	if dataDir == "" {
-		return errors.New("--data-dir is required")
 	}
 	b, err := os.ReadFile(filepath.Join(dataDir, etcdEndpointFile))
 	if err != nil {
@@ -70,19 +79,9 @@ func compactCmd(args []string) error {
 // stopCmd sends SIGTERM to the instance running on the data dir and waits
 // until it has exited (its flock on the data dir is released).
 func stopCmd(args []string) error {
-	var dataDir string
-	var timeout time.Duration
-	fs := pflag.NewFlagSet("stop", pflag.ContinueOnError)
-	fs.StringVar(&dataDir, "data-dir", "", "data dir of a running test-apiserver (required)")
-	fs.DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for exit before sending SIGKILL")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return nil
-		}
+	dataDir, timeout, err := parseDataDirArgs("stop", args, 60*time.Second, "how long to wait for exit before sending SIGKILL")
+	if err != nil || dataDir == "" {
 		return err
-	}
-	if dataDir == "" {
-		return errors.New("--data-dir is required")
 	}
 	pid, err := runningPID(dataDir)
 	if err != nil {
@@ -131,4 +130,3 @@ func runningPID(dataDir string) (int, error) {
 	}
 	return pid, nil
 }
-

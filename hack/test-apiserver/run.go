@@ -28,11 +28,11 @@ import (
 
 // Files inside the data dir.
 const (
-	stateFileName      = "state.json"       // persisted ports (so restarts reuse them)
-	readyFileName      = "ready.json"       // written when /readyz is 200, removed on clean exit
+	stateFileName      = "state.json" // persisted ports (so restarts reuse them)
+	readyFileName      = "ready.json" // written when /readyz is 200, removed on clean exit
 	pidFileName        = "test-apiserver.pid"
 	lockFileName       = "test-apiserver.lock"
-	etcdEndpointFile   = "etcd-endpoint"    // "http://127.0.0.1:PORT"
+	etcdEndpointFile   = "etcd-endpoint" // "http://127.0.0.1:PORT"
 	kubeconfigFileName = "admin.kubeconfig"
 	apiserverLogName   = "kube-apiserver.log"
 	etcdLogName        = "etcd.log"

@@ -7,6 +7,7 @@ import { parseSave, planCleanup } from '../render/iptables/restore.js';
 import { isKpxChain } from '../render/iptables/names.js';
 import { binaries, type IptablesBackend } from './backend.js';
 import type { CommandRunner } from './exec.js';
+import { Teardown } from './teardown.js';
 import { FULL_SYNC_BATCH_LINES } from './iptables.js';
 
 /** kube-proxy's fixed chains: iptables mode, then the extra ones of its IPVS mode. */
@@ -84,22 +85,11 @@ const KUBE_IPVS_DEVICE = 'kube-ipvs0';
  */
 export async function cleanupKubeProxy(runner: CommandRunner, log: Logger): Promise<CleanupReport> {
   const report = await cleanupIptables(runner, log, isKubeProxyChain, 'kube-proxy');
-  const fail = (msg: string) => {
-    report.errors.push(msg);
-    log.error({ err: msg }, 'cleanup failed');
-  };
+  const td = new Teardown(runner, log);
   const sets = await runner.run('ipset', ['list', '-n']);
-  if (sets.exitCode === 0) {
-    for (const name of sets.stdout.split('\n').filter((n) => n.startsWith('KUBE-'))) {
-      const r = await runner.run('ipset', ['destroy', name]);
-      if (r.exitCode !== 0) fail(`ipset destroy ${name}: ${r.stderr.trim()}`);
-      else log.info({ set: name }, 'removed kube-proxy ipset');
-    }
-  } else log.debug({ err: sets.stderr.trim() }, 'ipset not usable; skipped');
-  if ((await runner.run('ip', ['link', 'show', KUBE_IPVS_DEVICE])).exitCode === 0) {
-    const r = await runner.run('ip', ['link', 'del', KUBE_IPVS_DEVICE]);
-    if (r.exitCode !== 0) fail(`ip link del ${KUBE_IPVS_DEVICE}: ${r.stderr.trim()}`);
-    else log.info({ device: KUBE_IPVS_DEVICE }, 'removed kube-proxy dummy interface');
-  }
+  if (sets.exitCode === 0) await td.destroySets(sets.stdout.split('\n').filter((n) => n.startsWith('KUBE-')), 'kube-proxy');
+  else log.debug({ err: sets.stderr.trim() }, 'ipset not usable; skipped');
+  await td.deleteLink(KUBE_IPVS_DEVICE, 'kube-proxy');
+  report.errors.push(...td.errors);
   return report;
 }

@@ -10,9 +10,11 @@ export interface HostFacts {
   readonly addresses: Readonly<Record<IPFamily, readonly string[]>>;
 }
 
-export function readHostFacts(): HostFacts {
+/** `excludeDevice`: leave out one interface's addresses (the IPVS mode's dummy). */
+export function readHostFacts(opts: { excludeDevice?: string } = {}): HostFacts {
   const addresses: Record<IPFamily, string[]> = { IPv4: [], IPv6: [] };
-  for (const list of Object.values(networkInterfaces())) {
+  for (const [name, list] of Object.entries(networkInterfaces())) {
+    if (name === opts.excludeDevice) continue;
     for (const a of list ?? []) {
       const ip = parseIP(a.address);
       if (!ip) continue;

@@ -5,9 +5,10 @@ import type { Logger } from '../util/log.js';
 import { parseIP, type IPFamily } from '../util/ip.js';
 import { IPVS_DEVICE, setPrefix, type IpvsDesired, type IpvsRenderConfig } from '../render/ipvs/ipvs.js';
 import { parseIpsetSave, parseIpvsConnections, parseIpvsSave, planIpvs, vsLine, type IpvsKernelState, type IpvsPlan } from '../render/ipvs/plan.js';
-import type { IptablesRuleset, TableName } from '../render/iptables/ruleset.js';
+import { fullRender, type IptablesRuleset, type TableName } from '../render/iptables/ruleset.js';
 import type { IptablesApplier } from './iptables.js';
 import { mustRun, type CommandRunner } from './exec.js';
+import { Teardown } from './teardown.js';
 
 export interface IpvsApplyResult {
   readonly plan: IpvsPlan;
@@ -105,7 +106,7 @@ export class IpvsApplier {
     const text = (['filter', 'nat'] as const).map((t) => [...rules.chains(t)].map(([n, b]) => `${n}\n${b}`).join('\n')).join('\n') + JSON.stringify(rules.jumps);
     if (text === this.appliedRules && this.iptables.isTrusted) return { rulesWritten: false, chainsWritten: 0, chainsDeleted: 0 };
     const previous = this.iptables.isTrusted ? this.appliedChains : null;
-    const r = await this.iptables.apply(rules, { full: true, delta: { write: { filter: new Map(), nat: new Map() }, remove: { filter: new Set(), nat: new Set() } }, previous, servicePortsRendered: 0 }, true);
+    const r = await this.iptables.apply(rules, fullRender(previous), true);
     this.appliedRules = text;
     this.appliedChains = { filter: new Set([...rules.chains('filter')].map(([n]) => n)), nat: new Set([...rules.chains('nat')].map(([n]) => n)) };
     return { rulesWritten: true, chainsWritten: r.plan.chainsWritten, chainsDeleted: r.plan.chainsDeleted };
@@ -117,12 +118,8 @@ export class IpvsApplier {
  * virtual servers on the dummy's addresses or on a NodePort kpx's sets list, the dummy,
  * and, once no rule refers to them (`sets`), kpx's ipsets. Missing tools: nothing to do.
  */
-export async function removeIpvsState(runner: CommandRunner, log: Logger, opts: { sets: boolean }): Promise<string[]> {
-  const errors: string[] = [];
-  const fail = (msg: string) => {
-    errors.push(msg);
-    log.error({ err: msg }, 'IPVS cleanup failed');
-  };
+export async function removeIpvsState(runner: CommandRunner, log: Logger, opts: { sets: boolean }): Promise<{ errors: string[]; setsLeft: boolean }> {
+  const td = new Teardown(runner, log);
   const savedSets = await runner.run('ipset', ['save']);
   const sets = savedSets.exitCode === 0 ? parseIpsetSave(savedSets.stdout) : new Map<string, never>();
   const v4 = await readDeviceAddresses(runner, 'IPv4');
@@ -135,20 +132,10 @@ export async function removeIpvsState(runner: CommandRunner, log: Logger, opts: 
       const ops = [...parseIpvsSave(saved.stdout).values()]
         .filter((vs) => addresses.has(vs.ip) || nodePorts.has(`${vs.proto}|${vs.port}`))
         .map((vs) => vsLine('-D', vs));
-      if (ops.length) {
-        const r = await runner.run('ipvsadm', ['-R'], { input: `${ops.join('\n')}\n` });
-        if (r.exitCode !== 0) fail(`ipvsadm -R: ${r.stderr.trim()}`);
-        else log.info({ virtualServers: ops.length }, 'removed kpx IPVS virtual servers');
-      }
+      if (ops.length && (await td.step('ipvsadm', ['-R'], `${ops.join('\n')}\n`))) log.info({ virtualServers: ops.length }, 'removed kpx IPVS virtual servers');
     }
-    const r = await runner.run('ip', ['link', 'del', IPVS_DEVICE]);
-    if (r.exitCode !== 0) fail(`ip link del ${IPVS_DEVICE}: ${r.stderr.trim()}`);
-    else log.info({ device: IPVS_DEVICE }, 'removed the IPVS dummy interface');
+    await td.deleteLink(IPVS_DEVICE, 'kpx');
   }
-  if (opts.sets && sets.size) {
-    const r = await runner.run('ipset', ['restore'], { input: [...sets.keys()].map((n) => `destroy ${n}`).join('\n') + '\n' });
-    if (r.exitCode !== 0) fail(`ipset destroy: ${r.stderr.trim()}`);
-    else log.info({ sets: sets.size }, 'removed kpx ipsets');
-  }
-  return errors;
+  if (opts.sets) await td.destroySets(sets.keys(), 'kpx');
+  return { errors: td.errors, setsLeft: !opts.sets && sets.size > 0 };
 }

@@ -7,7 +7,7 @@ import { createLogger, type Logger } from '../util/log.js';
 import { ClusterState } from '../model/state.js';
 import { FileSource } from '../source/file.js';
 import type { Source } from '../source/types.js';
-import type { ApiSource, ApiSourceOptions } from '../source/kube/api-source.js';
+import type { ApiSourceOptions } from '../source/kube/api-source.js';
 import { execRunner } from '../apply/exec.js';
 import { cleanupIptables, cleanupKubeProxy } from '../apply/cleanup.js';
 import { isKpxChain } from '../render/iptables/names.js';
@@ -143,7 +143,7 @@ async function runCommand(flags: CliFlags & { logLevel?: string }): Promise<numb
   const servers = await startServers(
     log,
     [
-      { name: 'metrics', addr: config.metricsBindAddress, server: () => metricsServer(metrics, 'inventory' in source ? () => (source as ApiSource).inventory() : undefined) },
+      { name: 'metrics', addr: config.metricsBindAddress, server: () => metricsServer(metrics, source.inventory?.bind(source)) },
       { name: 'healthz', addr: config.healthzBindAddress, server: () => healthServer(health, () => state.node, metrics) },
     ],
     config.bindAddressHardFail,
@@ -200,9 +200,9 @@ export async function main(argv: string[]): Promise<void> {
         return;
       }
       // IPVS mode's virtual servers and dummy, then the rules, then the sets they used
-      const errors = await removeIpvsState(execRunner, log, { sets: false });
+      const errors = (await removeIpvsState(execRunner, log, { sets: false })).errors;
       errors.push(...(await cleanupIptables(execRunner, log, isKpxChain)).errors);
-      errors.push(...(await removeIpvsState(execRunner, log, { sets: true })));
+      errors.push(...(await removeIpvsState(execRunner, log, { sets: true })).errors);
       exitCode = errors.length ? 1 : 0;
     });
 

@@ -11,4 +11,6 @@ export interface SourceHandler {
 export interface Source {
   start(handler: SourceHandler): Promise<void>;
   stop(): Promise<void>;
+  /** what the source has handed on (kind -> key -> resourceVersion), for /debug/inventory */
+  inventory?(): unknown;
 }

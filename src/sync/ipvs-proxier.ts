@@ -6,18 +6,18 @@ import { IPVS_DEVICE, renderIpvs, type IpvsRenderConfig } from '../render/ipvs/i
 import { planIpvs } from '../render/ipvs/plan.js';
 import { ipvsIptablesRuleset } from '../render/ipvs/rules.js';
 import { masqueradeMark } from '../render/iptables/config.js';
+import { fullRender } from '../render/iptables/ruleset.js';
 import { IptablesApplier } from '../apply/iptables.js';
-import { IpvsApplier, readDeviceAddresses } from '../apply/ipvs.js';
-import { detectBackend, supportsRandomFully, type IptablesBackend } from '../apply/backend.js';
+import { IpvsApplier } from '../apply/ipvs.js';
+import type { IptablesBackend } from '../apply/backend.js';
 import { mustRun } from '../apply/exec.js';
-import { ensureSysctl, readHostFacts, readSysctl, type HostFacts } from '../apply/host.js';
-import { keepIfSame, localDetector, nodePortAddresses } from './node-config.js';
-import { familiesToSync, type FamilySyncReport, type Proxier, type ProxierOptions, type SyncReport } from './proxier.js';
+import { ensureSysctl, readHostFacts, type HostFacts } from '../apply/host.js';
+import { keepIfSame, localDetector, nodePortAddresses, type Capabilities } from './node-config.js';
+import { detectIptables, familiesToSync, type FamilySyncReport, type Proxier, type ProxierOptions, type SyncReport } from './proxier.js';
 
 export class IpvsProxier implements Proxier {
   private backend: IptablesBackend = 'nft';
-  private randomFully = false;
-  private liberal = false;
+  private caps: Capabilities = { randomFully: false, conntrackTCPLiberal: false };
   private readonly appliers = new Map<IPFamily, IpvsApplier>();
   private readonly iptables = new Map<IPFamily, IptablesApplier>();
   private readonly configs = new Map<IPFamily, IpvsRenderConfig>();
@@ -27,13 +27,7 @@ export class IpvsProxier implements Proxier {
 
   async init(): Promise<void> {
     const { config, runner, log } = this.opts;
-    if (config.iptablesBackend === 'auto') {
-      const d = await detectBackend(runner);
-      this.backend = d.backend;
-      log.info({ backend: d.backend, reason: d.reason }, 'iptables backend detected');
-    } else this.backend = config.iptablesBackend;
-    this.randomFully = await supportsRandomFully(runner, 'IPv4', this.backend);
-    this.liberal = config.conntrackTCPBeLiberal || (await readSysctl('net.netfilter.nf_conntrack_tcp_be_liberal')) === '1';
+    ({ backend: this.backend, caps: this.caps } = await detectIptables(config, runner, log));
     if (config.dryRun) return;
     const probe = await runner.run('ipvsadm', ['-Ln']);
     if (probe.exitCode !== 0) throw new Error(`IPVS is not usable here (ipvsadm -Ln: ${probe.stderr.trim() || `exit ${probe.exitCode}`}); load ip_vs or use --proxy-mode iptables`);
@@ -93,10 +87,8 @@ export class IpvsProxier implements Proxier {
     return [...this.configs.keys()];
   }
 
-  private async config(family: IPFamily, host: HostFacts): Promise<IpvsRenderConfig> {
+  private config(family: IPFamily, host: HostFacts): IpvsRenderConfig {
     const { config, state } = this.opts;
-    // NodePorts answer on the node's addresses, never on the service addresses kpx put on its dummy
-    const dummy = config.dryRun ? new Set<string>() : ((await readDeviceAddresses(this.opts.runner, family)) ?? new Set<string>());
     const npa = nodePortAddresses(config, family, state.node, host);
     const candidates = npa === 'all' ? host.addresses[family] : npa;
     const next: IpvsRenderConfig = {
@@ -104,12 +96,12 @@ export class IpvsProxier implements Proxier {
       nodeName: config.hostname,
       zone: state.node?.zone,
       scheduler: config.ipvs.scheduler,
-      nodePortIPs: candidates.filter((ip) => !isLoopback(ip) && !dummy.has(ip)),
+      nodePortIPs: candidates.filter((ip) => !isLoopback(ip)),
       localDetector: localDetector(config, family, state.node),
       masqueradeAll: config.masqueradeAll,
       masqueradeMark: masqueradeMark(config.masqueradeBit),
-      randomFully: this.randomFully,
-      conntrackTCPLiberal: this.liberal,
+      randomFully: this.caps.randomFully,
+      conntrackTCPLiberal: this.caps.conntrackTCPLiberal,
       excludeCIDRs: config.ipvs.excludeCIDRs.filter((c) => c.family === family),
     };
     const cfg = keepIfSame(this.configs.get(family), next);
@@ -119,11 +111,12 @@ export class IpvsProxier implements Proxier {
 
   async sync(): Promise<SyncReport> {
     const { config, state, log } = this.opts;
-    const host = (this.opts.hostFacts ?? readHostFacts)();
+    // NodePorts answer on the node's addresses, never on the service addresses on kpx's dummy
+    const host = this.opts.hostFacts?.() ?? readHostFacts({ excludeDevice: IPVS_DEVICE });
     const reports: FamilySyncReport[] = [];
     for (const family of familiesToSync(state, host, this.programmed)) {
       const t0 = performance.now();
-      const cfg = await this.config(family, host);
+      const cfg = this.config(family, host);
       const desired = renderIpvs(state.view(family), cfg);
       const rules = ipvsIptablesRuleset(cfg);
       const t1 = performance.now();
@@ -146,7 +139,7 @@ export class IpvsProxier implements Proxier {
             return planIpvs(desired, { services: new Map(), sets: new Map(), addresses: new Set() }, cfg, { now: Date.now(), since: new Map(), boundMs: 0 });
           });
           const ipt = this.iptables.get(family)!;
-          const iptPlan = (await ipt.plan(rules, { full: true, delta: { write: { filter: new Map(), nat: new Map() }, remove: { filter: new Set(), nat: new Set() } }, previous: null, servicePortsRendered: 0 }, true).catch(() => ipt.planAgainstEmpty(rules))).plan;
+          const iptPlan = (await ipt.plan(rules, fullRender(null), true).catch(() => ipt.planAgainstEmpty(rules))).plan;
           this.opts.print?.(
             `# kpx ${family} IPVS mode (${this.backend} backend)
 # ip address add ... dev ${IPVS_DEVICE}: ${plan.addressesToAdd.join(' ')}

@@ -76,6 +76,18 @@ export function familiesToSync(state: ClusterState, host: HostFacts, programmed:
   return [...out].sort();
 }
 
+/** The iptables backend (configured or detected) and what it and the kernel support; both modes. */
+export async function detectIptables(config: KpxConfig, runner: CommandRunner, log: Logger): Promise<{ backend: IptablesBackend; caps: Capabilities }> {
+  let backend = config.iptablesBackend === 'auto' ? null : config.iptablesBackend;
+  if (!backend) {
+    const d = await detectBackend(runner);
+    backend = d.backend;
+    log.info({ backend, reason: d.reason }, 'iptables backend detected');
+  }
+  const liberal = config.conntrackTCPBeLiberal || (await readSysctl('net.netfilter.nf_conntrack_tcp_be_liberal')) === '1';
+  return { backend, caps: { randomFully: await supportsRandomFully(runner, 'IPv4', backend), conntrackTCPLiberal: liberal } };
+}
+
 /** kube-proxy's large-cluster threshold: above it, per-endpoint comments are dropped. */
 export const LARGE_CLUSTER_ENDPOINTS = 1000;
 
@@ -112,19 +124,8 @@ export class IptablesProxier implements Proxier {
     const { config, runner, log } = this.opts;
     // switching from IPVS mode: its virtual servers and dummy go now; its ipsets once the
     // first full sync has replaced the rules that refer to them
-    if (!config.dryRun) this.ipvsSetsLeft = (await removeIpvsState(runner, log, { sets: false })).length === 0;
-    if (config.iptablesBackend === 'auto') {
-      const d = await detectBackend(runner);
-      this.backend = d.backend;
-      log.info({ backend: d.backend, reason: d.reason }, 'iptables backend detected');
-    } else {
-      this.backend = config.iptablesBackend;
-    }
-    const liberal = config.conntrackTCPBeLiberal || (await readSysctl('net.netfilter.nf_conntrack_tcp_be_liberal')) === '1';
-    this.caps = {
-      randomFully: await supportsRandomFully(runner, 'IPv4', this.backend),
-      conntrackTCPLiberal: liberal,
-    };
+    if (!config.dryRun) this.ipvsSetsLeft = (await removeIpvsState(runner, log, { sets: false })).setsLeft;
+    ({ backend: this.backend, caps: this.caps } = await detectIptables(config, runner, log));
   }
 
   applier(family: IPFamily): IptablesApplier {

@@ -61,6 +61,11 @@ export interface RenderResult {
 
 const emptyDelta = (): RenderDelta => ({ write: { filter: new Map(), nat: new Map() }, remove: { filter: new Set(), nat: new Set() } });
 
+/** A full render of a ruleset built outside IptablesRenderer (the IPVS mode's fixed rules). */
+export function fullRender(previous: Record<TableName, Set<string>> | null): RenderResult {
+  return { full: true, delta: emptyDelta(), previous, servicePortsRendered: 0 };
+}
+
 export function builtinJumps(cfg: IptablesRenderConfig): BuiltinJump[] {
   const c = (text: string) => `-m comment --comment "${text}"`;
   const isNew = '-m conntrack --ctstate NEW';
