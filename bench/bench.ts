@@ -23,7 +23,7 @@ import { ClusterState, type Change } from '../src/model/state.js';
 import { IptablesProxier } from '../src/sync/proxier.js';
 import { IptablesRenderer } from '../src/render/iptables/ruleset.js';
 import { resolveConfig } from '../src/config/config.js';
-import { execRunner, type CommandRunner } from '../src/apply/exec.js';
+import { execRunner, type CommandInput, type CommandRunner } from '../src/apply/exec.js';
 import { silentLogger } from '../src/util/log.js';
 import { podIP, serviceIP, syntheticService, syntheticSlice, syntheticChanges } from './synthetic.js';
 
@@ -56,9 +56,24 @@ const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}x`;
 /** Records the restore inputs (since the last reset) while running the real binaries. */
 class Recorder implements CommandRunner {
   inputs: string[] = [];
-  async run(command: string, args: readonly string[], opts?: { input?: string; timeoutMs?: number }) {
-    if (command.endsWith('-restore') && opts?.input) this.inputs.push(opts.input);
-    return execRunner.run(command, args, opts);
+  async run(command: string, args: readonly string[], opts?: { input?: CommandInput; timeoutMs?: number }) {
+    if (!command.endsWith('-restore') || opts?.input === undefined) return execRunner.run(command, args, opts);
+    if (typeof opts.input === 'string') {
+      this.inputs.push(opts.input);
+      return execRunner.run(command, args, opts);
+    }
+    // record a streamed input as it goes, so kpx's sync streams as it does in production
+    const chunks: string[] = [];
+    const source = opts.input;
+    const tee = function* () {
+      for (const c of source) {
+        chunks.push(c);
+        yield c;
+      }
+    };
+    const r = await execRunner.run(command, args, { ...opts, input: tee() });
+    this.inputs.push(chunks.join(''));
+    return r;
   }
 }
 

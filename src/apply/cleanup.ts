@@ -58,8 +58,8 @@ export async function cleanupIptables(
         continue;
       }
       const plan = planCleanup(parseSave(saved.stdout), owns, backend === 'nft' ? FULL_SYNC_BATCH_LINES : Infinity);
-      if (!plan.text) continue;
-      const r = await runner.run(bins.restore, ['-w', '5', '--noflush'], { input: plan.text, timeoutMs: 600_000 });
+      if (plan.empty) continue;
+      const r = await runner.run(bins.restore, ['-w', '5', '--noflush'], { input: plan.batches(), timeoutMs: 600_000 });
       if (r.exitCode !== 0) {
         const msg = `${bins.restore}: ${r.stderr.trim().split('\n')[0]}`;
         report.errors.push(msg);

@@ -1,5 +1,15 @@
 // Runs the binaries kpx drives. Always argv arrays (and stdin for payloads), never a shell.
+import { Readable } from 'node:stream';
 import { execa } from 'execa';
+
+/** stdin: a string, or strings written one after another as they are generated */
+export type CommandInput = string | Iterable<string>;
+
+/** The whole input as one string (fakes and recorders). */
+export function inputText(input: CommandInput | undefined): string {
+  if (input === undefined) return '';
+  return typeof input === 'string' ? input : [...input].join('');
+}
 
 export interface CommandResult {
   readonly exitCode: number;
@@ -8,7 +18,7 @@ export interface CommandResult {
 }
 
 export interface CommandRunner {
-  run(command: string, args: readonly string[], opts?: { input?: string; timeoutMs?: number }): Promise<CommandResult>;
+  run(command: string, args: readonly string[], opts?: { input?: CommandInput; timeoutMs?: number }): Promise<CommandResult>;
 }
 
 export class CommandError extends Error {
@@ -25,7 +35,8 @@ export class CommandError extends Error {
 export const execRunner: CommandRunner = {
   async run(command, args, opts = {}) {
     const r = await execa(command, [...args], {
-      input: opts.input ?? '',
+      // a generated input streams: only the part being written exists as text
+      input: typeof opts.input === 'string' || opts.input === undefined ? (opts.input ?? '') : Readable.from(opts.input),
       reject: false,
       stripFinalNewline: false,
       timeout: opts.timeoutMs ?? 120_000,
@@ -42,7 +53,7 @@ export async function mustRun(
   runner: CommandRunner,
   command: string,
   args: readonly string[],
-  opts?: { input?: string; timeoutMs?: number },
+  opts?: { input?: CommandInput; timeoutMs?: number },
 ): Promise<CommandResult> {
   const r = await runner.run(command, args, opts);
   if (r.exitCode !== 0) throw new CommandError(command, args, r);

@@ -100,20 +100,21 @@ export class IptablesApplier {
   async apply(desired: IptablesRuleset, render: RenderResult, full: boolean): Promise<ApplyResult> {
     const result = await this.plan(desired, render, full);
     // one process; the plan's batches are separate COMMITs (transactions) within it
-    if (result.plan.text) await this.restore(result.plan.text);
+    if (!result.plan.empty) await this.restore(result.plan);
     this.trusted = true;
     this.programmedJumps = desired.jumps;
     return result;
   }
 
-  /** Runs one atomic restore; on failure forgets the programmed state (next sync is full). */
-  async restore(text: string): Promise<void> {
-    const r = await this.runner.run(this.bins.restore, ['-w', '5', '--noflush'], { input: text, timeoutMs: 600_000 });
+  /** Runs one restore of the plan's batches; on failure forgets the programmed state (next sync is full). */
+  async restore(plan: RestorePlan): Promise<void> {
+    const r = await this.runner.run(this.bins.restore, ['-w', '5', '--noflush'], { input: plan.batches(), timeoutMs: 600_000 });
     if (r.exitCode === 0) return;
     this.trusted = false;
     const m = /line:? (\d+)/.exec(r.stderr);
     const line = m ? Number(m[1]) : undefined;
-    const lines = text.split('\n');
+    // the input is generated again for the report (it was streamed, not kept)
+    const lines = line === undefined ? [] : plan.text.split('\n');
     // nft reports the COMMIT line for some errors; show the last rule before it then.
     let offending = line !== undefined ? lines[line - 1] : undefined;
     if (offending === 'COMMIT' && line !== undefined && line >= 2) offending = `${lines[line - 2]} (before COMMIT)`;

@@ -2,7 +2,7 @@
 // --version), for unit tests of sync decisions. Restore is atomic and checks what the
 // kernel checks: jumps to missing chains, deleting a chain still referenced, deleting a
 // rule that is not there.
-import type { CommandResult, CommandRunner } from '../../src/apply/exec.js';
+import { inputText, type CommandInput, type CommandResult, type CommandRunner } from '../../src/apply/exec.js';
 import { ruleTarget } from '../../src/render/iptables/restore.js';
 
 type Table = Map<string, string[]>;
@@ -30,8 +30,10 @@ export class FakeIptables implements CommandRunner {
   /** make the next restore fail with this message */
   failNextRestore: string | null = null;
 
-  async run(command: string, args: readonly string[], opts: { input?: string } = {}): Promise<CommandResult> {
-    this.calls.push({ command, args, ...(opts.input !== undefined ? { input: opts.input } : {}) });
+  async run(command: string, args: readonly string[], options: { input?: CommandInput } = {}): Promise<CommandResult> {
+    // a generated input can be read once: read it here
+    const opts = options.input === undefined ? {} : { input: inputText(options.input) };
+    this.calls.push({ command, args, ...opts });
     const family = command.startsWith('ip6tables') ? 'IPv6' : 'IPv4';
     const ok = (stdout = ''): CommandResult => ({ exitCode: 0, stdout, stderr: '' });
     if (args.includes('--version')) return ok('iptables v1.8.9 (nf_tables)\n');

@@ -3,7 +3,7 @@
 // the diff and the applier. iptables commands go to a FakeIptables. Like the kernel, it
 // refuses duplicates (-A of an existing service, -a of an existing real server), edits
 // and deletes of what is not there, and set members of the wrong shape.
-import type { CommandResult, CommandRunner } from '../../src/apply/exec.js';
+import { inputText, type CommandInput, type CommandResult, type CommandRunner } from '../../src/apply/exec.js';
 import { FakeIptables } from './fake-iptables.js';
 
 interface Real {
@@ -29,21 +29,23 @@ export class FakeIpvs implements CommandRunner {
   readonly calls: Array<{ command: string; args: readonly string[]; input?: string }> = [];
   timeouts: string[] = [];
 
-  async run(command: string, args: readonly string[], opts: { input?: string } = {}): Promise<CommandResult> {
+  async run(command: string, args: readonly string[], options: { input?: CommandInput } = {}): Promise<CommandResult> {
+    // a generated input can be read once: read it here
+    const opts = options.input === undefined ? {} : { input: inputText(options.input) };
     if (command === 'ipvsadm') {
-      this.calls.push({ command, args, ...(opts.input !== undefined ? { input: opts.input } : {}) });
+      this.calls.push({ command, args, ...opts });
       if (args[0] === '-Sn') return ok(this.saveIpvs());
       if (args[0] === '-Ln') return ok(this.listIpvs());
       if (args[0] === '--set') return (this.timeouts = args.slice(1)), ok();
       if (args[0] === '-R') return this.restoreIpvs(opts.input ?? '');
     }
     if (command === 'ipset') {
-      this.calls.push({ command, args, ...(opts.input !== undefined ? { input: opts.input } : {}) });
+      this.calls.push({ command, args, ...opts });
       if (args[0] === 'save') return ok(this.saveSets());
       if (args[0] === 'restore') return this.restoreSets(opts.input ?? '');
     }
     if (command === 'ip') {
-      this.calls.push({ command, args, ...(opts.input !== undefined ? { input: opts.input } : {}) });
+      this.calls.push({ command, args, ...opts });
       const a = args.join(' ');
       if (/^-o -[46] addr show dev kpx-ipvs0$/.test(a)) {
         if (!this.device) return err('Device "kpx-ipvs0" does not exist.');

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ClusterState, type Change } from '../../src/model/state.js';
 import { renderIptables, IptablesRenderer, type TableName } from '../../src/render/iptables/ruleset.js';
-import { planFull, planPartial } from '../../src/render/iptables/restore.js';
+import { planFull, planPartial, ruleTarget } from '../../src/render/iptables/restore.js';
 import { rulesOf } from '../../src/render/iptables/dispatch.js';
 import type { IptablesRenderConfig } from '../../src/render/iptables/config.js';
 import { probability } from '../../src/render/iptables/service.js';
@@ -133,6 +133,58 @@ describe('iptables renderer', () => {
       for (const n of res.delta.remove[t]) applied.delete(n);
       expect(applied).toEqual(fresh.table(t));
       expect(r.table(t)).toEqual(fresh.table(t));
+    }
+  });
+
+  it('lists every chain after the chains it jumps to, also after incremental renders', () => {
+    // small leaves so the dispatch trees have several levels; NodePorts, LB IPs with
+    // source ranges and Local policies so every kind of chain exists
+    const cfg = { ...baseConfig, leafSize: 2 };
+    const svc = (i: number) =>
+      service({
+        name: `s${i}`,
+        clusterIP: `198.19.${i >> 4}.${(i * 37) % 250}`,
+        type: i % 3 === 0 ? 'LoadBalancer' : i % 3 === 1 ? 'NodePort' : 'ClusterIP',
+        ports: [{ name: 'p', port: 80 + (i % 4), ...(i % 3 !== 2 ? { nodePort: 30000 + i } : {}) }],
+        spec: {
+          ...(i % 3 === 0 ? { loadBalancerSourceRanges: ['198.18.0.0/16'] } : {}),
+          ...(i % 5 === 0 ? { externalTrafficPolicy: 'Local' } : {}),
+        },
+        ...(i % 3 === 0 ? { status: { loadBalancer: { ingress: [{ ip: `198.19.200.${i}` }] } } } : {}),
+      });
+    const slice = (i: number, n: number) =>
+      endpointSlice({ service: `s${i}`, ports: [{ name: 'p', port: 8080 }], endpoints: Array.from({ length: n }, (_, j) => ({ ip: `198.18.${1 + (i % 3)}.${10 + j}`, node: j % 2 ? 'node-a' : 'node-b' })) });
+    const objs: Array<{ kind: Change['kind']; obj: object }> = [];
+    for (let i = 0; i < 40; i++) objs.push({ kind: 'Service', obj: svc(i) }, { kind: 'EndpointSlice', obj: slice(i, (i % 4) + 1) });
+    const s = stateOf(objs);
+    const tracker = s.tracker();
+    const r = new IptablesRenderer();
+    r.render(s.view('IPv4'), cfg, 'all');
+    const check = () => {
+      for (const t of ['filter', 'nat'] as const) {
+        const seen = new Set<string>();
+        const names = new Set([...r.chains(t)].map(([n]) => n));
+        for (const [name, b] of r.chains(t)) {
+          for (const rule of rulesOf(name, b)) {
+            const target = ruleTarget(rule);
+            if (target && names.has(target)) expect(seen.has(target), `${t} ${name} jumps to ${target} listed after it`).toBe(true);
+          }
+          seen.add(name);
+        }
+        expect(names).toEqual(new Set(renderIptables(s.view('IPv4'), cfg).table(t).keys()));
+      }
+    };
+    check();
+    // churn: endpoints come and go, services are deleted and re-created with other addresses
+    let seed = 7;
+    const rnd = (n: number) => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % n;
+    for (let round = 0; round < 30; round++) {
+      const i = rnd(40);
+      if (round % 3 === 0) s.apply({ kind: 'Service', previous: svc(i), current: undefined } as Change);
+      else if (round % 3 === 1) s.apply({ kind: 'Service', current: svc(i + 40) } as Change);
+      else s.apply({ kind: 'EndpointSlice', current: slice(i, rnd(5)) } as Change);
+      r.render(s.view('IPv4'), cfg, tracker.take().services);
+      check();
     }
   });
 });

@@ -80,13 +80,15 @@ describe('iptables-save parsing and restore planning', () => {
     const stale = new Set(['KPX-SVC-GONE', 'KPX-SEP-GONE']);
     const kernel = { nat: { chains: stale, jumps: new Map() }, filter: { chains: new Set<string>(), jumps: new Map() } };
     const plan = planFull(desired, kernel, 50);
-    expect(plan.batches.length).toBeGreaterThan(5);
-    expect(plan.batches.join('')).toBe(plan.text);
+    const batches = [...plan.batches()];
+    expect(batches.length).toBeGreaterThan(5);
+    expect(plan.batchCount).toBe(batches.length);
+    expect(batches.join('')).toBe(plan.text);
     // replay the batches in order: every jump target is written (or exists) before the jump
     const written = new Set<string>();
     const deleted = new Set<string>();
     let jumpsAt = -1;
-    plan.batches.forEach((batch, b) => {
+    batches.forEach((batch, b) => {
       const lines = batch.split('\n').filter((l) => l.startsWith('-'));
       // chains declared in a batch exist for all of its rules (one transaction)
       for (const l of batch.split('\n')) if (l.startsWith(':') && !stale.has(l.slice(1).split(' ')[0]!)) written.add(l.slice(1).split(' ')[0]!);

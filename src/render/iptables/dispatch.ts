@@ -99,6 +99,28 @@ export class DispatchTree {
     return this.chains;
   }
 
+  /** The tree's chains, each after the chains it jumps to (a walk from the root). */
+  *chainsLeavesFirst(): Generator<readonly [string, string]> {
+    if (!this.entries.length) return;
+    const root = this.rootRef();
+    if (this.isLeaf(root)) return;
+    // iterative post-order: [node, its children, next child index]
+    const stack: Array<{ children: Array<{ name: string; ref: NodeRef }>; i: number }> = [{ children: this.children(root), i: 0 }];
+    while (stack.length) {
+      const top = stack[stack.length - 1]!;
+      if (top.i > 0) {
+        const done = top.children[top.i - 1]!;
+        yield [done.name, this.chains.get(done.name)!];
+      }
+      if (top.i === top.children.length) {
+        stack.pop();
+        continue;
+      }
+      const next = top.children[top.i++]!;
+      stack.push({ children: this.isLeaf(next.ref) ? [] : this.children(next.ref), i: 0 });
+    }
+  }
+
   /** Replaces all entries and rebuilds every chain. */
   reset(input: readonly DispatchEntry[]): ChainChanges {
     const before = new Map(this.chains);

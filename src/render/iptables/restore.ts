@@ -72,24 +72,74 @@ export function kernelView(saved: SavedTables | undefined, table: string): Kerne
   return { chains, jumps };
 }
 
-export interface RestorePlan {
-  /** iptables-restore --noflush input; empty when nothing changes (all batches, in order) */
-  readonly text: string;
+/** One table's transaction (or a part of one): "*table", declarations, rules, "COMMIT". */
+interface Section {
+  readonly table: string;
+  /** chains flushed (declared) */
+  readonly declare: readonly string[];
+  readonly jumpOps: readonly string[];
+  /** chain blocks, referenced (the renderer's strings), joined only when written */
+  readonly blocks: readonly string[];
+  readonly deletes: readonly string[];
+}
+
+function sectionText(s: Section): string {
+  // plain loops: a 10k-service table has ~10^5 entries (too many to spread into push)
+  const out: string[] = [`*${s.table}`];
+  for (const c of s.declare) out.push(`:${c} - [0:0]`);
+  for (const l of s.jumpOps) out.push(l);
+  for (const b of s.blocks) out.push(b);
+  for (const c of s.deletes) out.push(`-X ${c}`);
+  out.push('COMMIT\n');
+  return out.join('\n');
+}
+
+/**
+ * iptables-restore --noflush input, kept as references to the rendered blocks: the text of
+ * one batch exists only while it is written, so a full sync at 10k services does not hold
+ * a second (and third) copy of its 30 MB payload.
+ */
+export class RestorePlan {
+  constructor(
+    private readonly parts: readonly (readonly Section[])[],
+    readonly chainsWritten: number,
+    readonly rulesWritten: number,
+    readonly rulesWrittenByTable: Readonly<Record<TableName, number>>,
+    readonly chainsDeleted: number,
+    readonly jumpsChanged: number,
+  ) {}
+
+  /** nothing to write */
+  get empty(): boolean {
+    return this.parts.length === 0;
+  }
+
   /**
-   * The same input as its transactions (COMMIT sections; one per table unless batched).
-   * Each is atomic; their order keeps every jump pointing at a chain that exists.
+   * The input as its transactions (COMMIT sections; one per table unless batched), in
+   * order, generated anew on each call. Each is atomic; their order keeps every jump
+   * pointing at a chain that exists.
    */
-  readonly batches: readonly string[];
-  readonly chainsWritten: number;
-  readonly rulesWritten: number;
-  readonly rulesWrittenByTable: Readonly<Record<TableName, number>>;
-  readonly chainsDeleted: number;
-  readonly jumpsChanged: number;
+  *batches(): Generator<string> {
+    for (const part of this.parts) {
+      let text = '';
+      for (const s of part) text += sectionText(s);
+      yield text;
+    }
+  }
+
+  get batchCount(): number {
+    return this.parts.length;
+  }
+
+  /** The whole input as one string (dry runs, error reports, tests); "" when empty. */
+  get text(): string {
+    return [...this.batches()].join('');
+  }
 }
 
 class PlanWriter {
-  private out: string[] = [];
-  private readonly batches: string[] = [];
+  private current: Section[] = [];
+  private readonly parts: Section[][] = [];
   chainsWritten = 0;
   rulesWritten = 0;
   readonly byTable: Record<TableName, number> = { filter: 0, nat: 0 };
@@ -98,10 +148,10 @@ class PlanWriter {
 
   /** One table's section: flush/create `write` chains with their blocks, delete `deletes`. */
   table(name: string, write: Iterable<readonly [string, string]>, deletes: readonly string[], jumpOps: readonly string[]): void {
-    const decl: string[] = [];
+    const declare: string[] = [];
     const blocks: string[] = [];
     for (const [chain, b] of write) {
-      decl.push(`:${chain} - [0:0]`);
+      declare.push(chain);
       this.chainsWritten++;
       if (b) {
         blocks.push(b);
@@ -110,53 +160,34 @@ class PlanWriter {
         if (name === 'filter' || name === 'nat') this.byTable[name] += n;
       }
     }
-    for (const chain of deletes) decl.push(`:${chain} - [0:0]`);
-    if (decl.length === 0 && jumpOps.length === 0) return;
+    if (declare.length === 0 && deletes.length === 0 && jumpOps.length === 0) return;
     this.chainsDeleted += deletes.length;
     this.jumpsChanged += jumpOps.length;
-    // plain loops: a 10k-service table has ~10^5 entries (too many to spread into push)
-    this.out.push(`*${name}`);
-    for (const l of decl) this.out.push(l);
-    for (const l of jumpOps) this.out.push(l);
-    for (const b of blocks) this.out.push(b);
-    for (const c of deletes) this.out.push(`-X ${c}`);
-    this.out.push('COMMIT');
+    // a deleted chain is flushed (declared) in the same transaction first
+    this.current.push({ table: name, declare: deletes.length ? [...declare, ...deletes] : declare, jumpOps, blocks, deletes });
   }
 
   /** Flushing (declaring) stale chains without deleting them: first step of a batched delete. */
   flushOnly(name: string, chains: readonly string[]): void {
-    if (chains.length === 0) return;
-    this.out.push(`*${name}`);
-    for (const c of chains) this.out.push(`:${c} - [0:0]`);
-    this.out.push('COMMIT');
+    if (chains.length) this.current.push({ table: name, declare: chains, jumpOps: [], blocks: [], deletes: [] });
   }
 
   /** Deleting chains already flushed by an earlier batch. */
   deleteOnly(name: string, chains: readonly string[]): void {
     if (chains.length === 0) return;
     this.chainsDeleted += chains.length;
-    this.out.push(`*${name}`);
-    for (const c of chains) this.out.push(`-X ${c}`);
-    this.out.push('COMMIT');
+    this.current.push({ table: name, declare: [], jumpOps: [], blocks: [], deletes: chains });
   }
 
   /** Ends the current batch: what follows goes to a separate restore. */
   cut(): void {
-    if (this.out.length) this.batches.push(`${this.out.join('\n')}\n`);
-    this.out = [];
+    if (this.current.length) this.parts.push(this.current);
+    this.current = [];
   }
 
   plan(): RestorePlan {
     this.cut();
-    return {
-      text: this.batches.join(''),
-      batches: this.batches,
-      chainsWritten: this.chainsWritten,
-      rulesWritten: this.rulesWritten,
-      rulesWrittenByTable: { ...this.byTable },
-      chainsDeleted: this.chainsDeleted,
-      jumpsChanged: this.jumpsChanged,
-    };
+    return new RestorePlan(this.parts, this.chainsWritten, this.rulesWritten, { ...this.byTable }, this.chainsDeleted, this.jumpsChanged);
   }
 }
 
@@ -181,15 +212,20 @@ export function planFull(
   // Small enough: one transaction per table, so a failure rolls everything back.
   if (maxLines !== Infinity && batchAbove > 0) {
     let total = 0;
-    for (const table of TABLES) for (const [, b] of desired.chains(table)) total += countLines(b) + 1;
+    count: for (const table of TABLES) {
+      for (const [, b] of desired.chains(table)) if ((total += countLines(b) + 1) > batchAbove) break count;
+    }
     if (total <= batchAbove) maxLines = Infinity;
   }
   const stale = {} as Record<TableName, string[]>;
   const jumpOps = {} as Record<TableName, string[]>;
   for (const table of TABLES) {
-    const want = [...desired.chains(table)];
-    const names = new Set(want.map(([n]) => n));
-    stale[table] = [...kernel[table].chains].filter((c) => !names.has(c)).sort();
+    stale[table] = [];
+    if (kernel[table].chains.size) {
+      const names = new Set<string>();
+      for (const [n] of desired.chains(table)) names.add(n);
+      stale[table] = [...kernel[table].chains].filter((c) => !names.has(c)).sort();
+    }
     jumpOps[table] = builtinJumpOps(desired, kernel[table], table);
   }
   if (maxLines === Infinity) {
@@ -203,7 +239,7 @@ export function planFull(
       if (group.length) w.table(table, group, [], []);
       group = [];
     };
-    for (const entry of leavesFirst(desired.chains(table))) {
+    for (const entry of desired.leavesFirst ? desired.chains(table) : leavesFirst(desired.chains(table))) {
       const n = entry[1] ? countLines(entry[1]) + 1 : 1;
       if (lines > 0 && lines + n > maxLines) {
         flush();

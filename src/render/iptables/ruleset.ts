@@ -29,6 +29,8 @@ export interface IptablesRuleset {
   readonly family: IPFamily;
   /** every chain of a table, in a deterministic order */
   chains(table: TableName): Iterable<readonly [string, string]>;
+  /** chains() lists every chain after the chains its rules jump to (saves planFull a scan) */
+  readonly leavesFirst?: boolean;
   /** jumps from built-in chains, top of chain, in this order */
   readonly jumps: readonly BuiltinJump[];
 }
@@ -162,12 +164,13 @@ const TREES: Record<TreeId, TreeInfo> = {
 
 /** Fixed chains that host tree roots, and which trees' roots they hold, in order. */
 function rootChains(cfg: IptablesRenderConfig): Array<{ table: TableName; chain: string; trees: TreeId[]; tail: string[] }> {
+  // in this order, a chain comes after the root chains it jumps to (NODEPORTS before SERVICES)
   return [
-    { table: 'nat', chain: CHAIN.services, trees: ['DST'], tail: nodePortJumps(cfg) },
     { table: 'nat', chain: CHAIN.nodePorts, trees: ['NPT', 'NPU', 'NPS'], tail: [] },
+    { table: 'nat', chain: CHAIN.services, trees: ['DST'], tail: nodePortJumps(cfg) },
     { table: 'filter', chain: CHAIN.services, trees: ['SVC'], tail: [] },
-    { table: 'filter', chain: CHAIN.externalServices, trees: ['EXT'], tail: [`-m addrtype --dst-type LOCAL -j ${CHAIN.externalNodePorts}`] },
     { table: 'filter', chain: CHAIN.externalNodePorts, trees: ['XNPT', 'XNPU', 'XNPS'], tail: [] },
+    { table: 'filter', chain: CHAIN.externalServices, trees: ['EXT'], tail: [`-m addrtype --dst-type LOCAL -j ${CHAIN.externalNodePorts}`] },
     { table: 'filter', chain: CHAIN.proxyFirewall, trees: ['FW'], tail: [] },
     { table: 'filter', chain: CHAIN.nodePorts, trees: ['HCT'], tail: [] },
   ];
@@ -180,8 +183,11 @@ export class IptablesRenderer implements IptablesRuleset {
   private cfg: IptablesRenderConfig | null = null;
   private readonly byService = new Map<string, readonly ServiceFragment[]>();
   private trees = new Map<TreeId, DispatchTree>();
-  /** fixed chains and the chains rooting trees (a handful per table) */
-  private readonly statics: Record<TableName, Map<string, string>> = { filter: new Map(), nat: new Map() };
+  /** fixed chains (a handful per table, jumping to no other chain of kpx's but KPX-MARK-MASQ) */
+  private readonly fixed: Record<TableName, Map<string, string>> = { filter: new Map(), nat: new Map() };
+  /** the fixed chains rooting the trees, in rootChains() order */
+  private readonly roots: Record<TableName, Map<string, string>> = { filter: new Map(), nat: new Map() };
+  readonly leavesFirst = true;
   private fragmentRules = 0;
   private delta: RenderDelta = emptyDelta();
 
@@ -196,7 +202,7 @@ export class IptablesRenderer implements IptablesRuleset {
   /** rules per table (metrics) */
   get ruleCounts(): Record<TableName, number> {
     const out: Record<TableName, number> = { filter: 0, nat: this.fragmentRules };
-    for (const t of TABLES) for (const b of this.statics[t].values()) out[t] += countLines(b);
+    for (const t of TABLES) for (const b of [...this.fixed[t].values(), ...this.roots[t].values()]) out[t] += countLines(b);
     for (const [id, tree] of this.trees) out[TREES[id].table] += tree.ruleCount;
     return out;
   }
@@ -227,11 +233,15 @@ export class IptablesRenderer implements IptablesRuleset {
     return this.byService.get(serviceKey) ?? [];
   }
 
-  /** Every chain of a table: fixed and root chains, tree chains, service chains. */
+  /**
+   * Every chain of a table, each after the chains it jumps to: fixed chains, service
+   * chains (endpoint chains first), tree chains from the leaves up, then the root chains.
+   */
   *chains(table: TableName): Iterable<readonly [string, string]> {
-    yield* this.statics[table];
-    for (const [id, tree] of this.trees) if (TREES[id].table === table) yield* tree.ownChains();
+    yield* this.fixed[table];
     if (table === 'nat') for (const list of this.byService.values()) for (const f of list) yield* f.natChains;
+    for (const [id, tree] of this.trees) if (TREES[id].table === table) yield* tree.chainsLeavesFirst();
+    yield* this.roots[table];
   }
 
   /** A materialized table (tools and tests; a sync never needs it). */
@@ -311,7 +321,10 @@ export class IptablesRenderer implements IptablesRuleset {
     this.delta = emptyDelta();
     this.byService.clear();
     this.fragmentRules = 0;
-    for (const t of TABLES) this.statics[t].clear();
+    for (const t of TABLES) {
+      this.fixed[t].clear();
+      this.roots[t].clear();
+    }
     this.trees = new Map((Object.keys(TREES) as TreeId[]).map((t) => [t, new DispatchTree(TREES[t].spec(cfg))]));
     const entries = new Map<TreeId, DispatchEntry[]>();
     let rendered = 0;
@@ -331,7 +344,7 @@ export class IptablesRenderer implements IptablesRuleset {
     }
     for (const [t, tree] of this.trees) tree.reset(entries.get(t) ?? []);
     const fixed = fixedChains(cfg);
-    for (const t of TABLES) for (const [n, rules] of fixed[t]) this.statics[t].set(n, block(n, rules));
+    for (const t of TABLES) for (const [n, rules] of fixed[t]) this.fixed[t].set(n, block(n, rules));
     for (const rc of rootChains(cfg)) this.writeRootChain(rc);
     this.jumps = builtinJumps(cfg);
     this.delta = emptyDelta();
@@ -343,8 +356,8 @@ export class IptablesRenderer implements IptablesRuleset {
     for (const t of rc.trees) rules.push(...this.trees.get(t)!.rootRules);
     rules.push(...rc.tail);
     const b = block(rc.chain, rules);
-    if (this.statics[rc.table].get(rc.chain) === b) return;
-    this.statics[rc.table].set(rc.chain, b);
+    if (this.roots[rc.table].get(rc.chain) === b) return;
+    this.roots[rc.table].set(rc.chain, b);
     this.delta.write[rc.table].set(rc.chain, b);
   }
 }

@@ -30,7 +30,7 @@ export interface ServiceFragment {
   readonly servicePort: ServicePort;
   readonly endpoints: readonly Endpoint[];
   readonly categorized: CategorizedEndpoints;
-  /** the port's own nat chains, in order: [name, block] */
+  /** the port's own nat chains, leaves first (SEP, SVC, SVL, EXT, FW): [name, block] */
   readonly natChains: ReadonlyArray<readonly [string, string]>;
   /** rules in natChains (metrics) */
   readonly natRules: number;
@@ -77,11 +77,14 @@ export function renderServicePort(
           text: `${name} has no endpoints`,
         };
 
-  const natChains: Array<[string, string]> = [];
+  // endpoint chains first, then the chains that jump to them (SVC/SVL <- EXT <- FW): the
+  // fragment lists its chains leaves first, so a full sync can write them in this order
+  const sepChains: Array<[string, string]> = [];
+  const ownChains: Array<[string, string]> = [];
   let natRules = 0;
   const chain = (n: string, rules: string[]) => {
     natRules += rules.length;
-    natChains.push([n, block(n, rules)]);
+    ownChains.push([n, block(n, rules)]);
   };
   const entries: Array<[TreeId, DispatchEntry]> = [];
   const letter = protoLetter(proto);
@@ -191,7 +194,7 @@ export function renderServicePort(
     const sep = sepOf.get(ep)!;
     const recent = sp.affinitySeconds > 0 ? ` -m recent --set --name ${sep} --mask ${recentMask(family)} --rsource` : '';
     natRules += 2;
-    natChains.push([
+    sepChains.push([
       sep,
       // join() yields a flat string; template concatenation would leave a rope to flatten later
       [
@@ -201,11 +204,12 @@ export function renderServicePort(
     ]);
   }
 
+  for (const c of ownChains) sepChains.push(c);
   return {
     servicePort: sp,
     endpoints,
     categorized: cat,
-    natChains,
+    natChains: sepChains,
     natRules,
     entries,
     noLocalEndpoints: {
