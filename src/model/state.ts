@@ -22,6 +22,8 @@ import { servicePortId, type Endpoint, type FamilyModel, type NodeFacts, type Se
 /**
  * A change as every source emits it: add (no previous), update (both), delete (no
  * current). Objects have passed validateObject(); origin (e.g. a file) is for logs.
+ * `previous` names what changed; the model never reads more of it than metadata (name,
+ * namespace, labels), and the file source keeps no more than that of each object.
  */
 export type Change =
   | { readonly kind: 'Service'; readonly previous?: ServiceObject; readonly current?: ServiceObject; readonly origin?: string }

@@ -15,11 +15,27 @@ import type { Source, SourceHandler } from './types.js';
 const EXTENSIONS = /\.(ya?ml|json)$/i;
 const KINDS = new Set<ResourceKind>(['Service', 'EndpointSlice', 'Node']);
 
+/** What kpx keeps of one object: enough to detect a change and to name it in a delete. */
+interface Kept {
+  readonly kind: ResourceKind;
+  readonly digest: string;
+  /** apiVersion, kind and metadata name, namespace and labels: a change's `previous` */
+  readonly identity: KubeObject;
+}
+
 interface FileObjects {
   readonly mtimeMs: number;
   readonly size: number;
-  /** "Kind/key" -> object, in file order */
-  readonly objects: Map<string, { kind: ResourceKind; object: KubeObject }>;
+  /** "Kind/key" -> what is kept of it, in file order (not the object: at 10k services the
+   *  parsed objects would be the largest thing in memory) */
+  readonly objects: Map<string, Kept>;
+}
+
+function keep(kind: ResourceKind, object: KubeObject): Kept {
+  const m = object.metadata as { name: string; namespace?: string; labels?: Record<string, string> };
+  const metadata = { name: m.name, ...(m.namespace !== undefined ? { namespace: m.namespace } : {}), ...(m.labels ? { labels: m.labels } : {}) };
+  // a digest, not the JSON itself: change detection without a second copy of everything
+  return { kind, digest: hash('sha1', JSON.stringify(object), 'hex'), identity: { apiVersion: API_VERSION_FOR[kind], kind, metadata } as KubeObject };
 }
 
 /** Parses one file's text into valid objects; everything wrong is logged and skipped. */
@@ -97,7 +113,7 @@ function addObject(item: unknown, file: string, log: Logger, out: Map<string, { 
 export class FileSource implements Source {
   private files = new Map<string, FileObjects>();
   /** the effective object per "Kind/key" (first file in name order wins on duplicates) */
-  private effective = new Map<string, { kind: ResourceKind; object: KubeObject; file: string; digest: string }>();
+  private effective = new Map<string, Kept & { readonly file: string }>();
   private watcher: FSWatcher | null = null;
   private timer: NodeJS.Timeout | null = null;
   private scanning: Promise<void> = Promise.resolve();
@@ -139,6 +155,8 @@ export class FileSource implements Source {
   async scan(): Promise<void> {
     const names = (await readdir(this.dir)).filter((n) => EXTENSIONS.test(n) && !n.startsWith('.')).sort();
     const next = new Map<string, FileObjects>();
+    /** objects of the files read in this scan, until their changes are emitted */
+    const parsed = new Map<string, Map<string, { kind: ResourceKind; object: KubeObject }>>();
     for (const name of names) {
       const path = join(this.dir, name);
       const st = await stat(path).catch(() => null);
@@ -148,38 +166,52 @@ export class FileSource implements Source {
         next.set(name, prev);
         continue;
       }
-      const text = await readFile(path, 'utf8').catch(() => null);
-      if (text === null) continue;
-      next.set(name, { mtimeMs: st.mtimeMs, size: st.size, objects: parseManifest(text, path, this.log) });
+      const objects = await this.read(name);
+      if (!objects) continue;
+      parsed.set(name, objects);
+      next.set(name, { mtimeMs: st.mtimeMs, size: st.size, objects: new Map([...objects].map(([k, o]) => [k, keep(o.kind, o.object)])) });
     }
     this.files = next;
-    this.reconcile();
+    await this.reconcile(parsed);
   }
 
-  private reconcile(): void {
-    const now = new Map<string, { kind: ResourceKind; object: KubeObject; file: string; digest: string }>();
+  private async read(name: string): Promise<Map<string, { kind: ResourceKind; object: KubeObject }> | null> {
+    const path = join(this.dir, name);
+    const text = await readFile(path, 'utf8').catch(() => null);
+    return text === null ? null : parseManifest(text, path, this.log);
+  }
+
+  private async reconcile(parsed: Map<string, Map<string, { kind: ResourceKind; object: KubeObject }>>): Promise<void> {
+    const now = new Map<string, Kept & { file: string }>();
     for (const [file, fo] of this.files) {
-      for (const [key, { kind, object }] of fo.objects) {
+      for (const [key, kept] of fo.objects) {
         const had = now.get(key);
         if (had) {
-          this.log.warn({ kind, object: key, file, kept: had.file }, 'object defined in two files; the first file wins');
+          this.log.warn({ kind: kept.kind, object: key, file: join(this.dir, file), kept: join(this.dir, had.file) }, 'object defined in two files; the first file wins');
           continue;
         }
-        // a digest, not the JSON itself: change detection without a second copy of everything
-        now.set(key, { kind, object, file: join(this.dir, file), digest: hash('sha1', JSON.stringify(object), 'hex') });
+        now.set(key, { ...kept, file });
       }
     }
     const changes: Change[] = [];
     for (const [key, cur] of now) {
       const prev = this.effective.get(key);
-      if (prev && prev.digest === cur.digest) {
-        now.set(key, prev); // keep the old object: nothing changed
+      if (prev && prev.digest === cur.digest) continue;
+      // The object itself: from this scan's reads or, for a duplicate in an unchanged file
+      // that now wins, read again.
+      let objects = parsed.get(cur.file);
+      if (!objects) parsed.set(cur.file, (objects = (await this.read(cur.file)) ?? new Map()));
+      const object = objects.get(key)?.object;
+      if (!object) {
+        // the file changed under us (the watcher rescans it): keep what was delivered
+        if (prev) now.set(key, prev);
+        else now.delete(key);
         continue;
       }
-      changes.push({ kind: cur.kind, previous: prev?.object, current: cur.object, origin: cur.file } as Change);
+      changes.push({ kind: cur.kind, previous: prev?.identity, current: object, origin: join(this.dir, cur.file) } as Change);
     }
     for (const [key, prev] of this.effective) {
-      if (!now.has(key)) changes.push({ kind: prev.kind, previous: prev.object, origin: prev.file } as Change);
+      if (!now.has(key)) changes.push({ kind: prev.kind, previous: prev.identity, origin: join(this.dir, prev.file) } as Change);
     }
     this.effective = now;
     for (const c of changes) this.handler?.onChange(c);

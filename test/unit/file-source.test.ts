@@ -62,7 +62,9 @@ describe('file source', () => {
     await writeFile(f, yamlDocs(service({ name: 'a', clusterIP: '198.19.0.1', ports: [{ port: 81 }] })));
     await waitFor(() => s.changes.length === 1);
     expect(describeChange(s.changes[0]!)).toBe('Service a update');
-    expect((s.changes[0]!.previous as { spec: { ports: Array<{ port: number }> } }).spec.ports[0]!.port).toBe(80);
+    expect((s.changes[0]!.current as { spec: { ports: Array<{ port: number }> } }).spec.ports[0]!.port).toBe(81);
+    // previous: the object's identity (kpx keeps no copy of every object it read)
+    expect(s.changes[0]!.previous).toEqual({ apiVersion: 'v1', kind: 'Service', metadata: { name: 'a', namespace: 'default' } });
     await unlink(f);
     await waitFor(() => s.changes.length === 2);
     expect(describeChange(s.changes[1]!)).toBe('Service a delete');
@@ -77,6 +79,11 @@ describe('file source', () => {
     expect(s.changes).toHaveLength(1);
     expect((s.changes[0]!.current as { spec: { clusterIP: string } }).spec.clusterIP).toBe('198.19.0.1');
     expect(s.lines.some((l) => String(l.msg).includes('two files'))).toBe(true);
+    // the first file goes: the second file's copy (in a file not read again) takes over
+    await unlink(join(s.dir, '1.yaml'));
+    await waitFor(() => s.changes.length === 2);
+    expect(describeChange(s.changes[1]!)).toBe('Service a update');
+    expect((s.changes[1]!.current as { spec: { clusterIP: string } }).spec.clusterIP).toBe('198.19.0.9');
     await s.src.stop();
   });
 });
