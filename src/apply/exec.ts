@@ -36,7 +36,7 @@ export const execRunner: CommandRunner = {
   async run(command, args, opts = {}) {
     const r = await execa(command, [...args], {
       // a generated input streams: only the part being written exists as text
-      input: typeof opts.input === 'string' || opts.input === undefined ? (opts.input ?? '') : Readable.from(opts.input),
+      input: typeof opts.input === 'string' || opts.input === undefined ? (opts.input ?? '') : Readable.from(opts.input, { highWaterMark: 1 }),
       reject: false,
       stripFinalNewline: false,
       timeout: opts.timeoutMs ?? 120_000,

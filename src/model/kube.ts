@@ -161,7 +161,7 @@ export const TAINT_TO_BE_DELETED = 'ToBeDeletedByClusterAutoscaler';
 /** "namespace/name" for namespaced objects, "name" for Nodes. */
 export function objectKey(kind: ResourceKind, obj: { metadata: { name: string; namespace?: string | undefined } }): string {
   if (kind === 'Node') return obj.metadata.name;
-  return `${obj.metadata.namespace ?? 'default'}/${obj.metadata.name}`;
+  return [obj.metadata.namespace ?? 'default', obj.metadata.name].join('/');
 }
 
 /** One readable line for a zod failure: "spec.ports[1].port: Too big: expected number to be <=65535". */

@@ -77,8 +77,8 @@ export class ClusterState {
   private readonly services = new Map<string, readonly ServicePort[]>();
   private readonly slices = new Map<string, SliceEntry>();
   private readonly slicesByService = new Map<string, Set<string>>();
-  /** serviceKey -> family -> servicePortId -> merged endpoints; dropped when a slice changes */
-  private readonly endpointCache = new Map<string, Map<IPFamily, Map<string, readonly Endpoint[]>>>();
+  /** serviceKey -> merged endpoints per family and slice port, built on first use; dropped when a slice changes */
+  private readonly endpointCache = new Map<string, MergedEndpoints[]>();
   private nodeFacts: NodeFacts | null = null;
   private pending = emptyPending();
   private readonly trackers = new Set<ChangeTracker>();
@@ -225,14 +225,13 @@ export class ClusterState {
 
   /** Merged endpoints of one service port (cached until a slice of the service changes). */
   endpointsOf(sp: ServicePort): readonly Endpoint[] {
-    let byFamily = this.endpointCache.get(sp.serviceKey);
-    if (!byFamily) this.endpointCache.set(sp.serviceKey, (byFamily = new Map()));
-    let byPort = byFamily.get(sp.family);
-    if (!byPort) {
-      byPort = new Map();
-      const sliceKeys = [...(this.slicesByService.get(sp.serviceKey) ?? [])].sort();
+    let cached = this.endpointCache.get(sp.serviceKey);
+    if (!cached) this.endpointCache.set(sp.serviceKey, (cached = []));
+    // a short list (families x ports of one service), not a Map: 10k services, 10k fewer Maps
+    let merged = cached.find((m) => m.family === sp.family);
+    if (!merged) {
       const lists = new Map<string, (readonly Endpoint[])[]>();
-      for (const sk of sliceKeys) {
+      for (const sk of [...(this.slicesByService.get(sp.serviceKey) ?? [])].sort()) {
         const s = this.slices.get(sk)!;
         if (s.family !== sp.family) continue;
         for (const [pk, eps] of s.byPort) {
@@ -241,10 +240,11 @@ export class ClusterState {
           l.push(eps);
         }
       }
-      for (const [pk, l] of lists) byPort.set(pk, mergeEndpoints(l));
-      byFamily.set(sp.family, byPort);
+      merged = { family: sp.family, byPort: [...lists].map(([pk, l]) => [pk, mergeEndpoints(l)] as const) };
+      cached.push(merged);
     }
-    return byPort.get(slicePortKey(sp.portName, sp.protocol)) ?? NO_ENDPOINTS;
+    const pk = slicePortKey(sp.portName, sp.protocol);
+    return merged.byPort.find(([k]) => k === pk)?.[1] ?? NO_ENDPOINTS;
   }
 
   familyModel(family: IPFamily): FamilyModel {
@@ -279,6 +279,12 @@ export class ClusterState {
 }
 
 const NO_ENDPOINTS: readonly Endpoint[] = [];
+
+interface MergedEndpoints {
+  readonly family: IPFamily;
+  /** slice port key ("name/PROTO") -> endpoints */
+  readonly byPort: ReadonlyArray<readonly [string, readonly Endpoint[]]>;
+}
 
 function sliceEndpoints(s: SliceData): number {
   let n = 0;

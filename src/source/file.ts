@@ -79,7 +79,10 @@ function addDocument(value: unknown, index: number, file: string, log: Logger, o
     log.error({ file, document: index, reason: 'List without items array' }, 'manifest skipped');
     return;
   }
-  for (const item of items) addObject(item, file, log, out);
+  for (let i = 0; i < items.length; i++) {
+    addObject(items[i], file, log, out);
+    items[i] = null; // validation made a copy: the raw object can go now (10k-service lists)
+  }
 }
 
 function addObject(item: unknown, file: string, log: Logger, out: Map<string, { kind: ResourceKind; object: KubeObject }>): void {
@@ -193,7 +196,9 @@ export class FileSource implements Source {
         now.set(key, { ...kept, file });
       }
     }
-    const changes: Change[] = [];
+    // each change goes out as soon as it is known, and its object is dropped from `parsed`:
+    // a 10k-service file is never held twice over
+    const emit = (c: Change) => this.handler?.onChange(c);
     for (const [key, cur] of now) {
       const prev = this.effective.get(key);
       if (prev && prev.digest === cur.digest) continue;
@@ -202,18 +207,18 @@ export class FileSource implements Source {
       let objects = parsed.get(cur.file);
       if (!objects) parsed.set(cur.file, (objects = (await this.read(cur.file)) ?? new Map()));
       const object = objects.get(key)?.object;
+      objects.delete(key);
       if (!object) {
         // the file changed under us (the watcher rescans it): keep what was delivered
         if (prev) now.set(key, prev);
         else now.delete(key);
         continue;
       }
-      changes.push({ kind: cur.kind, previous: prev?.identity, current: object, origin: join(this.dir, cur.file) } as Change);
+      emit({ kind: cur.kind, previous: prev?.identity, current: object, origin: join(this.dir, cur.file) } as Change);
     }
     for (const [key, prev] of this.effective) {
-      if (!now.has(key)) changes.push({ kind: prev.kind, previous: prev.identity, origin: join(this.dir, prev.file) } as Change);
+      if (!now.has(key)) emit({ kind: prev.kind, previous: prev.identity, origin: join(this.dir, prev.file) } as Change);
     }
     this.effective = now;
-    for (const c of changes) this.handler?.onChange(c);
   }
 }

@@ -136,7 +136,7 @@ describe('iptables renderer', () => {
     }
   });
 
-  it('lists every chain after the chains it jumps to, also after incremental renders', () => {
+  it('lists every chain after the chains it jumps to and counts its rules, also after incremental renders', () => {
     // small leaves so the dispatch trees have several levels; NodePorts, LB IPs with
     // source ranges and Local policies so every kind of chain exists
     const cfg = { ...baseConfig, leafSize: 2 };
@@ -149,6 +149,8 @@ describe('iptables renderer', () => {
         spec: {
           ...(i % 3 === 0 ? { loadBalancerSourceRanges: ['198.18.0.0/16'] } : {}),
           ...(i % 5 === 0 ? { externalTrafficPolicy: 'Local' } : {}),
+          ...(i % 7 === 0 ? { internalTrafficPolicy: 'Local' } : {}),
+          ...(i % 4 === 0 ? { sessionAffinity: 'ClientIP' } : {}),
         },
         ...(i % 3 === 0 ? { status: { loadBalancer: { ingress: [{ ip: `198.19.200.${i}` }] } } } : {}),
       });
@@ -172,6 +174,10 @@ describe('iptables renderer', () => {
           seen.add(name);
         }
         expect(names).toEqual(new Set(renderIptables(s.view('IPv4'), cfg).table(t).keys()));
+        // the rule counts (metrics) are kept without the text: they must match it
+        let lines = 0;
+        for (const [name, b] of r.chains(t)) lines += rulesOf(name, b).length;
+        expect(r.ruleCounts[t]).toBe(lines);
       }
     };
     check();

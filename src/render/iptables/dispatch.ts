@@ -39,7 +39,10 @@ export const DEFAULT_LEAF_SIZE = 8;
 /** A chain's rules as one restore-format block: "-A NAME rule" lines joined by "\n". */
 export function block(name: string, rules: readonly string[]): string {
   if (rules.length === 0) return '';
-  return `-A ${name} ${rules.join(`\n-A ${name} `)}`;
+  // one join: a flat string (a template around the join would keep a tree of pieces)
+  const parts = rules.slice();
+  parts[0] = `-A ${name} ${parts[0]}`;
+  return parts.join(`\n-A ${name} `);
 }
 
 /** Lines in a block (0 for an empty chain). */

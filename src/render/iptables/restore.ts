@@ -78,41 +78,50 @@ interface Section {
   /** chains flushed (declared) */
   readonly declare: readonly string[];
   readonly jumpOps: readonly string[];
-  /** chain blocks, referenced (the renderer's strings), joined only when written */
+  /** chain blocks (the renderer's strings), joined only when written */
   readonly blocks: readonly string[];
   readonly deletes: readonly string[];
 }
 
-function sectionText(s: Section): string {
-  // plain loops: a 10k-service table has ~10^5 entries (too many to spread into push)
-  const out: string[] = [`*${s.table}`];
-  for (const c of s.declare) out.push(`:${c} - [0:0]`);
-  for (const l of s.jumpOps) out.push(l);
-  for (const b of s.blocks) out.push(b);
-  for (const c of s.deletes) out.push(`-X ${c}`);
-  out.push('COMMIT\n');
-  return out.join('\n');
+function partText(part: readonly Section[]): string {
+  // plain loops: a table can have ~10^5 entries (too many to spread into push)
+  const out: string[] = [];
+  for (const s of part) {
+    out.push(`*${s.table}`);
+    for (const c of s.declare) out.push(`:${c} - [0:0]`);
+    for (const l of s.jumpOps) out.push(l);
+    for (const b of s.blocks) out.push(b);
+    for (const c of s.deletes) out.push(`-X ${c}`);
+    out.push('COMMIT');
+  }
+  return `${out.join('\n')}\n`;
 }
 
+export interface PlanStats {
+  chainsWritten: number;
+  rulesWritten: number;
+  readonly rulesWrittenByTable: Record<TableName, number>;
+  chainsDeleted: number;
+  jumpsChanged: number;
+}
+
+const noStats = (): PlanStats => ({ chainsWritten: 0, rulesWritten: 0, rulesWrittenByTable: { filter: 0, nat: 0 }, chainsDeleted: 0, jumpsChanged: 0 });
+
 /**
- * iptables-restore --noflush input, kept as references to the rendered blocks: the text of
- * one batch exists only while it is written, so a full sync at 10k services does not hold
- * a second (and third) copy of its 30 MB payload.
+ * iptables-restore --noflush input, generated batch by batch while it is written: a full
+ * sync at 10k services never holds its 30 MB payload as one text (nor the endpoint
+ * chains, which the renderer does not keep as text). The figures are counted as the
+ * batches are generated; reading one before that generates the plan once.
  */
 export class RestorePlan {
-  constructor(
-    private readonly parts: readonly (readonly Section[])[],
-    readonly chainsWritten: number,
-    readonly rulesWritten: number,
-    readonly rulesWrittenByTable: Readonly<Record<TableName, number>>,
-    readonly chainsDeleted: number,
-    readonly jumpsChanged: number,
-  ) {}
+  private counted: PlanStats | null = null;
+  private batchTotal = 0;
 
-  /** nothing to write */
-  get empty(): boolean {
-    return this.parts.length === 0;
-  }
+  constructor(
+    private readonly generate: (stats: PlanStats) => Iterable<string>,
+    /** nothing to write */
+    readonly empty: boolean,
+  ) {}
 
   /**
    * The input as its transactions (COMMIT sections; one per table unless batched), in
@@ -120,15 +129,39 @@ export class RestorePlan {
    * pointing at a chain that exists.
    */
   *batches(): Generator<string> {
-    for (const part of this.parts) {
-      let text = '';
-      for (const s of part) text += sectionText(s);
-      yield text;
+    const stats = noStats();
+    let n = 0;
+    for (const b of this.generate(stats)) {
+      n++;
+      yield b;
     }
+    this.counted = stats;
+    this.batchTotal = n;
   }
 
+  private stats(): PlanStats {
+    if (!this.counted) for (const _ of this.batches());
+    return this.counted!;
+  }
+
+  get chainsWritten(): number {
+    return this.stats().chainsWritten;
+  }
+  get rulesWritten(): number {
+    return this.stats().rulesWritten;
+  }
+  get rulesWrittenByTable(): Readonly<Record<TableName, number>> {
+    return this.stats().rulesWrittenByTable;
+  }
+  get chainsDeleted(): number {
+    return this.stats().chainsDeleted;
+  }
+  get jumpsChanged(): number {
+    return this.stats().jumpsChanged;
+  }
   get batchCount(): number {
-    return this.parts.length;
+    this.stats();
+    return this.batchTotal;
   }
 
   /** The whole input as one string (dry runs, error reports, tests); "" when empty. */
@@ -137,14 +170,11 @@ export class RestorePlan {
   }
 }
 
+/** Collects sections into batches; `take()` hands over the finished batches. */
 class PlanWriter {
   private current: Section[] = [];
-  private readonly parts: Section[][] = [];
-  chainsWritten = 0;
-  rulesWritten = 0;
-  readonly byTable: Record<TableName, number> = { filter: 0, nat: 0 };
-  chainsDeleted = 0;
-  jumpsChanged = 0;
+  private parts: Section[][] = [];
+  readonly stats = noStats();
 
   /** One table's section: flush/create `write` chains with their blocks, delete `deletes`. */
   table(name: string, write: Iterable<readonly [string, string]>, deletes: readonly string[], jumpOps: readonly string[]): void {
@@ -152,17 +182,17 @@ class PlanWriter {
     const blocks: string[] = [];
     for (const [chain, b] of write) {
       declare.push(chain);
-      this.chainsWritten++;
+      this.stats.chainsWritten++;
       if (b) {
         blocks.push(b);
         const n = countLines(b);
-        this.rulesWritten += n;
-        if (name === 'filter' || name === 'nat') this.byTable[name] += n;
+        this.stats.rulesWritten += n;
+        if (name === 'filter' || name === 'nat') this.stats.rulesWrittenByTable[name] += n;
       }
     }
     if (declare.length === 0 && deletes.length === 0 && jumpOps.length === 0) return;
-    this.chainsDeleted += deletes.length;
-    this.jumpsChanged += jumpOps.length;
+    this.stats.chainsDeleted += deletes.length;
+    this.stats.jumpsChanged += jumpOps.length;
     // a deleted chain is flushed (declared) in the same transaction first
     this.current.push({ table: name, declare: deletes.length ? [...declare, ...deletes] : declare, jumpOps, blocks, deletes });
   }
@@ -175,7 +205,7 @@ class PlanWriter {
   /** Deleting chains already flushed by an earlier batch. */
   deleteOnly(name: string, chains: readonly string[]): void {
     if (chains.length === 0) return;
-    this.chainsDeleted += chains.length;
+    this.stats.chainsDeleted += chains.length;
     this.current.push({ table: name, declare: [], jumpOps: [], blocks: [], deletes: chains });
   }
 
@@ -185,9 +215,23 @@ class PlanWriter {
     this.current = [];
   }
 
+  /** The finished batches' text, each once. */
+  *take(): Generator<string> {
+    this.cut();
+    const parts = this.parts;
+    this.parts = [];
+    for (const p of parts) yield partText(p);
+  }
+
+  /** A plan of what was written (kept as references; text generated on each read). */
   plan(): RestorePlan {
     this.cut();
-    return new RestorePlan(this.parts, this.chainsWritten, this.rulesWritten, { ...this.byTable }, this.chainsDeleted, this.jumpsChanged);
+    const parts = this.parts;
+    const stats = this.stats;
+    return new RestorePlan(function* (out) {
+      Object.assign(out, { ...stats, rulesWrittenByTable: { ...stats.rulesWrittenByTable } });
+      for (const p of parts) yield partText(p);
+    }, parts.length === 0);
   }
 }
 
@@ -201,6 +245,7 @@ class PlanWriter {
  * built-in chain jumps come last, then stale chains are flushed and deleted. Legacy
  * rewrites the whole table on each commit, so it keeps one transaction per table, and
  * so do full syncs of at most batchAbove lines (atomic, at a cost that is still small).
+ * A batched plan is generated while it is written: only one batch exists as text.
  */
 export function planFull(
   desired: IptablesRuleset,
@@ -208,7 +253,6 @@ export function planFull(
   maxLines = Infinity,
   batchAbove = 0,
 ): RestorePlan {
-  const w = new PlanWriter();
   // Small enough: one transaction per table, so a failure rolls everything back.
   if (maxLines !== Infinity && batchAbove > 0) {
     let total = 0;
@@ -229,32 +273,35 @@ export function planFull(
     jumpOps[table] = builtinJumpOps(desired, kernel[table], table);
   }
   if (maxLines === Infinity) {
+    const w = new PlanWriter();
     for (const table of TABLES) w.table(table, desired.chains(table), stale[table], jumpOps[table]);
     return w.plan();
   }
-  let lines = 0;
-  for (const table of TABLES) {
-    let group: Array<readonly [string, string]> = [];
-    const flush = () => {
-      if (group.length) w.table(table, group, [], []);
-      group = [];
-    };
-    for (const entry of desired.leavesFirst ? desired.chains(table) : leavesFirst(desired.chains(table))) {
-      const n = entry[1] ? countLines(entry[1]) + 1 : 1;
-      if (lines > 0 && lines + n > maxLines) {
-        flush();
-        w.cut();
-        lines = 0;
+  const limit = maxLines;
+  return new RestorePlan(function* (stats) {
+    const w = new PlanWriter();
+    let lines = 0;
+    for (const table of TABLES) {
+      let group: Array<readonly [string, string]> = [];
+      for (const entry of desired.leavesFirst ? desired.chains(table) : leavesFirst(desired.chains(table))) {
+        const n = entry[1] ? countLines(entry[1]) + 1 : 1;
+        if (lines > 0 && lines + n > limit) {
+          w.table(table, group, [], []);
+          group = [];
+          yield* w.take();
+          lines = 0;
+        }
+        group.push(entry);
+        lines += n;
       }
-      group.push(entry);
-      lines += n;
+      w.table(table, group, [], []);
     }
-    flush();
-  }
-  w.cut();
-  for (const table of TABLES) w.table(table, [], [], jumpOps[table]);
-  removeInBatches(w, TABLES.map((t) => [t, stale[t]] as const), maxLines);
-  return w.plan();
+    yield* w.take();
+    for (const table of TABLES) w.table(table, [], [], jumpOps[table]);
+    removeInBatches(w, TABLES.map((t) => [t, stale[t]] as const), limit);
+    yield* w.take();
+    Object.assign(stats, w.stats);
+  }, false);
 }
 
 /** Flushes every chain (so none references another), then deletes them, in batches. */

@@ -239,7 +239,7 @@ export class IptablesRenderer implements IptablesRuleset {
    */
   *chains(table: TableName): Iterable<readonly [string, string]> {
     yield* this.fixed[table];
-    if (table === 'nat') for (const list of this.byService.values()) for (const f of list) yield* f.natChains;
+    if (table === 'nat') for (const list of this.byService.values()) for (const f of list) yield* f.natChains();
     for (const [id, tree] of this.trees) if (TREES[id].table === table) yield* tree.chainsLeavesFirst();
     yield* this.roots[table];
   }
@@ -276,12 +276,12 @@ export class IptablesRenderer implements IptablesRuleset {
       rendered += next.length;
       const oldChains = new Map<string, string>();
       for (const f of old) {
-        for (const [n, b] of f.natChains) oldChains.set(n, b);
+        for (const [n, b] of f.natChains()) oldChains.set(n, b);
         this.fragmentRules -= f.natRules;
       }
       for (const f of next) {
         this.fragmentRules += f.natRules;
-        for (const [n, b] of f.natChains) {
+        for (const [n, b] of f.natChains()) {
           if (oldChains.get(n) !== b) this.delta.write.nat.set(n, b);
           oldChains.delete(n);
         }

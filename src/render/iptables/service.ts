@@ -3,7 +3,7 @@
 // docs/design.md for where kpx differs (the dispatch trees).
 import { categorizeEndpoints, externallyAccessible, type CategorizedEndpoints } from '../../model/topology.js';
 import type { Endpoint, Protocol, ServicePort } from '../../model/types.js';
-import { cidrContains, hostCIDR, ipToBigInt, parseCIDR } from '../../util/ip.js';
+import { cidrContains, hostCIDR, ipToBigInt, parseCIDR, type IPFamily } from '../../util/ip.js';
 import { baseMatch, type IptablesRenderConfig } from './config.js';
 import { block, type DispatchEntry } from './dispatch.js';
 import { CHAIN, endpointChain, servicePortChains } from './names.js';
@@ -30,8 +30,12 @@ export interface ServiceFragment {
   readonly servicePort: ServicePort;
   readonly endpoints: readonly Endpoint[];
   readonly categorized: CategorizedEndpoints;
-  /** the port's own nat chains, leaves first (SEP, SVC, SVL, EXT, FW): [name, block] */
-  readonly natChains: ReadonlyArray<readonly [string, string]>;
+  /**
+   * The port's own nat chains, leaves first (SEP, SVC, SVL, EXT, FW): [name, block].
+   * Endpoint chains (nine in ten chains, two fixed-shape rules each) are written out on
+   * each call rather than kept: a full sync generates them while it streams them.
+   */
+  natChains(): Iterable<readonly [string, string]>;
   /** rules in natChains (metrics) */
   readonly natRules: number;
   /** entries for the dispatch trees */
@@ -79,7 +83,6 @@ export function renderServicePort(
 
   // endpoint chains first, then the chains that jump to them (SVC/SVL <- EXT <- FW): the
   // fragment lists its chains leaves first, so a full sync can write them in this order
-  const sepChains: Array<[string, string]> = [];
   const ownChains: Array<[string, string]> = [];
   let natRules = 0;
   const chain = (n: string, rules: string[]) => {
@@ -132,26 +135,14 @@ export function renderServicePort(
     port('HCT', sp.healthCheckNodePort, `${portMatch('', 'tcp', `${name} health check node port`, sp.healthCheckNodePort)} -j ACCEPT`);
   }
 
-  // The masquerade rule for cluster IP traffic heads the internal chain.
-  const clusterDst = hostCIDR(sp.clusterIP, family);
-  const masqClusterIP = cfg.masqueradeAll
-    ? `${portMatch(dst(sp.clusterIP), proto, clusterText, sp.port)} -j ${CHAIN.markMasq}`
-    : cfg.localDetector
-      ? `${portMatch(baseMatch({ dst: clusterDst, local: cfg.localDetector, negate: true }), proto, clusterText, sp.port)} -j ${CHAIN.markMasq}`
-      : null;
-
-  // Endpoint chain names, hashed once per endpoint.
-  const sepOf = new Map<Endpoint, string>();
-  for (const ep of cat.allReachable) sepOf.set(ep, endpointChain(name, proto, ep.addr));
-
-  if (usesClusterChain) {
-    const head = !sp.internalPolicyLocal && hasInternalEndpoints && masqClusterIP ? [masqClusterIP] : [];
-    chain(chains.svc, [...head, ...endpointRules(sp, cluster, sepOf, !!cfg.reducedComments)]);
-  }
-  if (usesLocalChain) {
-    const head = sp.internalPolicyLocal && hasInternalEndpoints && masqClusterIP ? [masqClusterIP] : [];
-    chain(chains.svl, [...head, ...endpointRules(sp, local, sepOf, !!cfg.reducedComments)]);
-  }
+  // The endpoint chains and the SVC/SVL chains that pick among them are nine in ten of
+  // all chains: natChains() writes them out when asked (a full sync streams them), and
+  // only their rule count is known here.
+  const masqHead = hasInternalEndpoints && masqueradeRule(sp, cfg) !== null;
+  const affinityRules = sp.affinitySeconds > 0 ? 1 : 0;
+  if (usesClusterChain) natRules += (!sp.internalPolicyLocal && masqHead ? 1 : 0) + cluster.length * (1 + affinityRules);
+  if (usesLocalChain) natRules += (sp.internalPolicyLocal && masqHead ? 1 : 0) + local.length * (1 + affinityRules);
+  natRules += 2 * cat.allReachable.length;
 
   if (usesExtChain) {
     const ext: string[] = [];
@@ -186,37 +177,69 @@ export function renderServicePort(
     chain(chains.fw, fw);
   }
 
-  // One SEP chain per endpoint any chain above jumps to.
-  // In large clusters the per-endpoint comments go, as in kube-proxy: they are most of the
-  // payload and nobody reads 100k of them.
-  const sepComment = cfg.reducedComments ? '' : ` ${comment(name)}`;
-  for (const ep of cat.allReachable) {
-    const sep = sepOf.get(ep)!;
-    const recent = sp.affinitySeconds > 0 ? ` -m recent --set --name ${sep} --mask ${recentMask(family)} --rsource` : '';
-    natRules += 2;
-    sepChains.push([
-      sep,
-      // join() yields a flat string; template concatenation would leave a rope to flatten later
-      [
-        `-A ${sep} -s ${hostCIDR(ep.ip, family)}${sepComment} -j ${CHAIN.markMasq}`,
-        `-A ${sep} -p ${proto}${sepComment}${recent} -m ${proto} -j DNAT --to-destination ${ep.addr}`,
-      ].join('\n'),
-    ]);
-  }
+  return new PortFragment(sp, endpoints, cat, chains, cfg, masqHead, ownChains, natRules, entries, {
+    internal: sp.internalPolicyLocal && hasAny && !usesLocalChain,
+    external: sp.externalPolicyLocal && external && hasAny && !usesLocalChain,
+  });
+}
 
-  for (const c of ownChains) sepChains.push(c);
-  return {
-    servicePort: sp,
-    endpoints,
-    categorized: cat,
-    natChains: sepChains,
-    natRules,
-    entries,
-    noLocalEndpoints: {
-      internal: sp.internalPolicyLocal && hasAny && !usesLocalChain,
-      external: sp.externalPolicyLocal && external && hasAny && !usesLocalChain,
-    },
-  };
+/** The masquerade rule that heads the internal chain, for cluster IP traffic from outside the cluster. */
+function masqueradeRule(sp: ServicePort, cfg: IptablesRenderConfig): string | null {
+  const proto = protoName(sp.protocol);
+  const text = `${sp.name} cluster IP`;
+  const clusterDst = hostCIDR(sp.clusterIP, cfg.family);
+  if (cfg.masqueradeAll) return `${portMatch(`-d ${clusterDst}`, proto, text, sp.port)} -j ${CHAIN.markMasq}`;
+  if (cfg.localDetector) {
+    return `${portMatch(baseMatch({ dst: clusterDst, local: cfg.localDetector, negate: true }), proto, text, sp.port)} -j ${CHAIN.markMasq}`;
+  }
+  return null;
+}
+
+class PortFragment implements ServiceFragment {
+  constructor(
+    readonly servicePort: ServicePort,
+    readonly endpoints: readonly Endpoint[],
+    readonly categorized: CategorizedEndpoints,
+    private readonly names: ReturnType<typeof servicePortChains>,
+    private readonly cfg: IptablesRenderConfig,
+    /** the internal chain starts with the masquerade rule */
+    private readonly masqHead: boolean,
+    /** EXT and FW as rendered */
+    private readonly own: ReadonlyArray<readonly [string, string]>,
+    readonly natRules: number,
+    readonly entries: ReadonlyArray<readonly [TreeId, DispatchEntry]>,
+    readonly noLocalEndpoints: { readonly internal: boolean; readonly external: boolean },
+  ) {}
+
+  *natChains(): Generator<readonly [string, string]> {
+    const sp = this.servicePort;
+    const { family, reducedComments } = this.cfg;
+    const proto = protoName(sp.protocol);
+    const { cluster, local, allReachable } = this.categorized;
+    // In large clusters the per-endpoint comments go, as in kube-proxy: they are most of
+    // the payload and nobody reads 100k of them.
+    const note = reducedComments ? '' : ` ${comment(sp.name)}`;
+    const sepOf = new Map<Endpoint, string>();
+    for (const ep of allReachable) {
+      const sep = endpointChain(sp.name, proto, ep.addr);
+      sepOf.set(ep, sep);
+      const recent = sp.affinitySeconds > 0 ? ` -m recent --set --name ${sep} --mask ${recentMask(family)} --rsource` : '';
+      yield [
+        sep,
+        `-A ${sep} -s ${hostCIDR(ep.ip, family)}${note} -j ${CHAIN.markMasq}\n-A ${sep} -p ${proto}${note}${recent} -m ${proto} -j DNAT --to-destination ${ep.addr}`,
+      ];
+    }
+    const head = this.masqHead ? [masqueradeRule(sp, this.cfg)!] : [];
+    if (cluster.length) {
+      const rules = [...(sp.internalPolicyLocal ? [] : head), ...endpointRules(sp, cluster, sepOf, !!reducedComments)];
+      yield [this.names.svc, block(this.names.svc, rules)];
+    }
+    if (local.length) {
+      const rules = [...(sp.internalPolicyLocal ? head : []), ...endpointRules(sp, local, sepOf, !!reducedComments)];
+      yield [this.names.svl, block(this.names.svl, rules)];
+    }
+    yield* this.own;
+  }
 }
 
 /** Affinity checks, then random selection: endpoint i of n with probability 1/(n-i). */
