@@ -5,6 +5,7 @@
 import type { Logger } from '../util/log.js';
 import type { IPFamily } from '../util/ip.js';
 import {
+  jumpsByChain,
   kernelView,
   parseSave,
   planFull,
@@ -124,16 +125,7 @@ export class IptablesApplier {
   /** A full sync while trusted: the kernel has the previous render's chains and our jumps. */
   private viewFromMemory(previous: Record<TableName, Set<string>>): Record<TableName, KernelTableView> {
     const out = {} as Record<TableName, KernelTableView>;
-    for (const t of TABLES) {
-      const jumps = new Map<string, string[]>();
-      for (const j of this.programmedJumps) {
-        if (j.table !== t) continue;
-        let l = jumps.get(j.chain);
-        if (!l) jumps.set(j.chain, (l = []));
-        l.push(j.rule);
-      }
-      out[t] = { chains: previous[t], jumps };
-    }
+    for (const t of TABLES) out[t] = { chains: previous[t], jumps: jumpsByChain(this.programmedJumps, t) };
     return out;
   }
 

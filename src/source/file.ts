@@ -15,6 +15,9 @@ import type { Source, SourceHandler } from './types.js';
 const EXTENSIONS = /\.(ya?ml|json)$/i;
 const KINDS = new Set<ResourceKind>(['Service', 'EndpointSlice', 'Node']);
 
+/** A file's valid objects by "Kind/key", in file order. */
+export type ParsedObjects = Map<string, { kind: ResourceKind; object: KubeObject }>;
+
 /** What kpx keeps of one object: enough to detect a change and to name it in a delete. */
 interface Kept {
   readonly kind: ResourceKind;
@@ -39,8 +42,8 @@ function keep(kind: ResourceKind, object: KubeObject): Kept {
 }
 
 /** Parses one file's text into valid objects; everything wrong is logged and skipped. */
-export function parseManifest(text: string, file: string, log: Logger): Map<string, { kind: ResourceKind; object: KubeObject }> {
-  const out = new Map<string, { kind: ResourceKind; object: KubeObject }>();
+export function parseManifest(text: string, file: string, log: Logger): ParsedObjects {
+  const out: ParsedObjects = new Map();
   if (/\.json$/i.test(file)) {
     // JSON.parse: an order of magnitude less memory than a YAML document model for big lists
     let value: unknown;
@@ -71,7 +74,7 @@ export function parseManifest(text: string, file: string, log: Logger): Map<stri
   return out;
 }
 
-function addDocument(value: unknown, index: number, file: string, log: Logger, out: Map<string, { kind: ResourceKind; object: KubeObject }>): void {
+function addDocument(value: unknown, index: number, file: string, log: Logger, out: ParsedObjects): void {
   if (value == null) return;
   const items =
     typeof value === 'object' && (value as { kind?: unknown }).kind === 'List' ? ((value as { items?: unknown }).items ?? []) : [value];
@@ -85,7 +88,7 @@ function addDocument(value: unknown, index: number, file: string, log: Logger, o
   }
 }
 
-function addObject(item: unknown, file: string, log: Logger, out: Map<string, { kind: ResourceKind; object: KubeObject }>): void {
+function addObject(item: unknown, file: string, log: Logger, out: ParsedObjects): void {
   if (typeof item !== 'object' || item === null) {
     log.error({ file, reason: 'not an object' }, 'manifest item skipped');
     return;
@@ -159,7 +162,7 @@ export class FileSource implements Source {
     const names = (await readdir(this.dir)).filter((n) => EXTENSIONS.test(n) && !n.startsWith('.')).sort();
     const next = new Map<string, FileObjects>();
     /** objects of the files read in this scan, until their changes are emitted */
-    const parsed = new Map<string, Map<string, { kind: ResourceKind; object: KubeObject }>>();
+    const parsed = new Map<string, ParsedObjects>();
     for (const name of names) {
       const path = join(this.dir, name);
       const st = await stat(path).catch(() => null);
@@ -178,13 +181,13 @@ export class FileSource implements Source {
     await this.reconcile(parsed);
   }
 
-  private async read(name: string): Promise<Map<string, { kind: ResourceKind; object: KubeObject }> | null> {
+  private async read(name: string): Promise<ParsedObjects | null> {
     const path = join(this.dir, name);
     const text = await readFile(path, 'utf8').catch(() => null);
     return text === null ? null : parseManifest(text, path, this.log);
   }
 
-  private async reconcile(parsed: Map<string, Map<string, { kind: ResourceKind; object: KubeObject }>>): Promise<void> {
+  private async reconcile(parsed: Map<string, ParsedObjects>): Promise<void> {
     const now = new Map<string, Kept & { file: string }>();
     for (const [file, fo] of this.files) {
       for (const [key, kept] of fo.objects) {

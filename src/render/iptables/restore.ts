@@ -2,7 +2,7 @@
 // restore input that takes it to what kpx wants. Pure text work; src/apply runs binaries.
 import { isKpxChain } from './names.js';
 import { countLines } from './dispatch.js';
-import type { IptablesRuleset, RenderDelta, TableName } from './ruleset.js';
+import type { BuiltinJump, IptablesRuleset, RenderDelta, TableName } from './ruleset.js';
 import { TABLES } from './ruleset.js';
 
 export const BUILTIN_CHAINS = new Set(['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING']);
@@ -319,16 +319,22 @@ function removeInBatches(w: PlanWriter, byTable: Iterable<readonly [string, read
   }
 }
 
-/** -D/-I operations that make kpx's jumps the top rules of each built-in chain, in order. */
-function builtinJumpOps(desired: IptablesRuleset, view: KernelTableView, table: TableName): string[] {
-  const ops: string[] = [];
+/** One table's jumps from built-in chains, grouped by chain, in order. */
+export function jumpsByChain(jumps: readonly BuiltinJump[], table: TableName): Map<string, string[]> {
   const byChain = new Map<string, string[]>();
-  for (const j of desired.jumps) {
+  for (const j of jumps) {
     if (j.table !== table) continue;
     let l = byChain.get(j.chain);
     if (!l) byChain.set(j.chain, (l = []));
     l.push(j.rule);
   }
+  return byChain;
+}
+
+/** -D/-I operations that make kpx's jumps the top rules of each built-in chain, in order. */
+function builtinJumpOps(desired: IptablesRuleset, view: KernelTableView, table: TableName): string[] {
+  const ops: string[] = [];
+  const byChain = jumpsByChain(desired.jumps, table);
   const builtins = new Set([...byChain.keys(), ...view.jumps.keys()]);
   for (const chain of [...builtins].sort()) {
     const wantJumps = byChain.get(chain) ?? [];

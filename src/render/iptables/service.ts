@@ -3,7 +3,7 @@
 // docs/design.md for where kpx differs (the dispatch trees).
 import { categorizeEndpoints, externallyAccessible, type CategorizedEndpoints } from '../../model/topology.js';
 import type { Endpoint, Protocol, ServicePort } from '../../model/types.js';
-import { cidrContains, hostCIDR, ipToBigInt, parseCIDR, type IPFamily } from '../../util/ip.js';
+import { cidrContains, hostCIDR, ipToBigInt, parseCIDR } from '../../util/ip.js';
 import { baseMatch, type IptablesRenderConfig } from './config.js';
 import { block, type DispatchEntry } from './dispatch.js';
 import { CHAIN, endpointChain, servicePortChains } from './names.js';
@@ -32,8 +32,8 @@ export interface ServiceFragment {
   readonly categorized: CategorizedEndpoints;
   /**
    * The port's own nat chains, leaves first (SEP, SVC, SVL, EXT, FW): [name, block].
-   * Endpoint chains (nine in ten chains, two fixed-shape rules each) are written out on
-   * each call rather than kept: a full sync generates them while it streams them.
+   * SEP, SVC and SVL chains (nine in ten of all chains) are written out on each call
+   * rather than kept: a full sync generates them while it streams them.
    */
   natChains(): Iterable<readonly [string, string]>;
   /** rules in natChains (metrics) */
@@ -81,8 +81,7 @@ export function renderServicePort(
           text: `${name} has no endpoints`,
         };
 
-  // endpoint chains first, then the chains that jump to them (SVC/SVL <- EXT <- FW): the
-  // fragment lists its chains leaves first, so a full sync can write them in this order
+  // the EXT and FW chains, kept as text (natChains() lists them after SEP, SVC and SVL)
   const ownChains: Array<[string, string]> = [];
   let natRules = 0;
   const chain = (n: string, rules: string[]) => {
@@ -138,7 +137,8 @@ export function renderServicePort(
   // The endpoint chains and the SVC/SVL chains that pick among them are nine in ten of
   // all chains: natChains() writes them out when asked (a full sync streams them), and
   // only their rule count is known here.
-  const masqHead = hasInternalEndpoints && masqueradeRule(sp, cfg) !== null;
+  // (masqueradeRule() has a rule exactly when one of these is set; no need to build it here)
+  const masqHead = hasInternalEndpoints && (cfg.masqueradeAll || !!cfg.localDetector);
   const affinityRules = sp.affinitySeconds > 0 ? 1 : 0;
   if (usesClusterChain) natRules += (!sp.internalPolicyLocal && masqHead ? 1 : 0) + cluster.length * (1 + affinityRules);
   if (usesLocalChain) natRules += (sp.internalPolicyLocal && masqHead ? 1 : 0) + local.length * (1 + affinityRules);
