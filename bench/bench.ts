@@ -11,6 +11,8 @@
 //                 (median of 3: the first in the process, then two fresh proxiers)
 //   full floor    a bare iptables-restore of exactly the payload kpx applied (median of
 //                 3, alternating with the full syncs)
+//   restart       a new kpx's full sync into a kernel that holds the same rules: it writes
+//                 the other name set, switches, and deletes the old chains
 //   one transaction  the same rules as ONE transaction per table, the way kube-proxy
 //                 applies a full sync; superlinear on iptables-nft 1.8.9, so only run up
 //                 to 2k services (for context)
@@ -32,7 +34,7 @@ import { IptablesRenderer } from '../src/render/iptables/ruleset.js';
 import { resolveConfig } from '../src/config/config.js';
 import { execRunner, type CommandInput, type CommandRunner } from '../src/apply/exec.js';
 import { silentLogger } from '../src/util/log.js';
-import { podIP, serviceIP, syntheticService, syntheticSlice, syntheticChanges } from './synthetic.js';
+import { podIP, syntheticCluster, type SyntheticCluster } from './synthetic.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const REPO = resolve(HERE, HERE.includes('.bench-dist') ? '../..' : '..');
@@ -49,6 +51,7 @@ interface Result {
   fullFloorRuns: number[];
   batches: number;
   oneRestoreMs: number | null;
+  restartMs: number;
   payloadMB: number;
   rules: number;
   partialSyncMs: number[];
@@ -133,9 +136,10 @@ function oneTransactionPerTable(text: string): string {
   return [...tables].map(([t, { decl, rules }]) => [t, ...decl, ...rules, 'COMMIT'].join('\n')).join('\n') + '\n';
 }
 
-async function inner(services: number): Promise<Result> {
+async function inner(cluster: SyntheticCluster): Promise<Result> {
+  const services = cluster.size;
   const state = new ClusterState('node-a', silentLogger);
-  for (const c of syntheticChanges(services, ENDPOINTS)) state.apply(c);
+  for (const c of cluster.changes()) state.apply(c);
   const config = resolveConfig({ hostnameOverride: 'node-a', clusterCidr: '198.18.0.0/16', iptablesBackend: 'nft', iptablesLocalhostNodeports: 'false' }, 'node-a');
   const rec = new Recorder();
   const proxier = new IptablesProxier({ config, state, runner: rec, log: silentLogger, hostFacts: () => ({ addresses: { IPv4: ['198.18.0.10'], IPv6: [] } }) });
@@ -169,12 +173,18 @@ async function inner(services: number): Promise<Result> {
     oneRestoreMs = await restore(oneTransactionPerTable(payload));
   }
 
+  // a restart: a new process's full sync into a kernel that holds the same rules (it
+  // writes the other name set, switches, and deletes the old one)
+  const restarted = new IptablesProxier({ config, state, runner: execRunner, log: silentLogger, hostFacts: () => ({ addresses: { IPv4: ['198.18.0.10'], IPv6: [] } }) });
+  await restarted.init();
+  const [rr, restartMs] = await timed(() => restarted.sync());
+  if (!rr.ok) throw new Error(`restart sync failed: ${rr.families[0]?.error?.message}`);
   const warm: number[] = [];
   const withText: number[] = [];
   for (let i = 0; i < 3; i++) {
     const r = new IptablesRenderer();
     const t = performance.now();
-    r.render(state.view('IPv4'), f.config, 'all');
+    r.render(state.view('IPv4'), f.config!, 'all');
     warm.push(performance.now() - t);
     let chars = 0;
     for (const table of ['filter', 'nat'] as const) for (const [n, b] of r.chains(table)) chars += n.length + b.length;
@@ -185,8 +195,8 @@ async function inner(services: number): Promise<Result> {
   const partialSyncMs: number[] = [];
   for (let k = 0; k < 5; k++) {
     const i = (k * 7919) % services;
-    state.apply({ kind: 'EndpointSlice', previous: syntheticSlice(i, ENDPOINTS), current: syntheticSlice(i, ENDPOINTS, 700_000 + k) } as Change);
-    const [r, t] = await timed(() => proxier.sync());
+    state.apply({ kind: 'EndpointSlice', previous: cluster.slice(i), current: cluster.slice(i, 700_000 + k) } as Change);
+    const [r, t] = await timed(() => restarted.sync());
     const rf = r.families.find((x) => x.family === 'IPv4')!;
     if (rf.error || rf.full) throw new Error(`partial sync expected: ${rf.error?.message ?? 'it was full'}`);
     partialSyncMs.push(t);
@@ -197,13 +207,13 @@ async function inner(services: number): Promise<Result> {
   // kube-proxy's partial sync also rewrites its KUBE-SERVICES chain (one rule per service)
   const dispatch = Array.from(
     { length: services },
-    (_, i) => `-A KUBE-SERVICES-BENCH -d ${serviceIP(i)}/32 -p tcp -m comment --comment "ns/svc-${i}:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-BENCHMARK0000`,
+    (_, i) => `-A KUBE-SERVICES-BENCH -d ${cluster.serviceIP(i)}/32 -p tcp -m comment --comment "ns/svc-${i}:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-BENCHMARK0000`,
   ).join('\n');
   await restore(kubeProxyService(9, dispatch));
   const kubeProxyPartialMs: number[] = [];
   for (let k = 0; k < 3; k++) kubeProxyPartialMs.push(await restore(kubeProxyService(k, dispatch)));
 
-  const [, canaryMs] = await timed(() => proxier.checkCanaries());
+  const [, canaryMs] = await timed(() => restarted.checkCanaries());
   return {
     services,
     renderColdMs: f.renderMs,
@@ -215,6 +225,7 @@ async function inner(services: number): Promise<Result> {
     fullFloorRuns: fullFloors,
     batches,
     oneRestoreMs,
+    restartMs,
     payloadMB: payload.length / 1048576,
     rules: f.ruleCounts.filter + f.ruleCounts.nat,
     partialSyncMs,
@@ -235,11 +246,10 @@ async function withNetns<T>(name: string, fn: () => Promise<T>): Promise<T> {
 }
 
 /** RSS of a real `kpx run` on a manifests directory of this scale, after its first sync. */
-async function measureRss(services: number): Promise<{ rssMiB: number; settledMiB: number; peakMiB: number }> {
+async function measureRss(cluster: SyntheticCluster): Promise<{ rssMiB: number; settledMiB: number; peakMiB: number }> {
   const dir = await mkdtemp(join(tmpdir(), 'kpx-bench-'));
   try {
-    const items: object[] = [];
-    for (let i = 0; i < services; i++) items.push(syntheticService(i), syntheticSlice(i, ENDPOINTS));
+    const items = [...cluster.objects()];
     await writeFile(join(dir, 'all.json'), JSON.stringify({ apiVersion: 'v1', kind: 'List', items }));
     return await withNetns(`kpxb-${process.pid}-rss`, async () => {
       const p = execa(
@@ -281,14 +291,14 @@ async function measureRss(services: number): Promise<{ rssMiB: number; settledMi
 
 function table(results: Result[]): string {
   const rows = [
-    '| services x endpoints | rules | payload | render cold | render warm | render+text warm | full sync | full floor (bare restore) | full ratio | same rules as one transaction per table | partial sync (median) | partial floor (median) | partial ratio | kube-proxy-shaped partial | canary check | RSS 2 s / 30 s after first sync (peak) |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    '| services x endpoints | rules | payload | render cold | render warm | render+text warm | full sync | full floor (bare restore) | full ratio | same rules as one transaction per table | restart full sync | partial sync (median) | partial floor (median) | partial ratio | kube-proxy-shaped partial | canary check | RSS 2 s / 30 s after first sync (peak) |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ];
   for (const r of results) {
     const ps = median(r.partialSyncMs);
     const pf = median(r.partialFloorMs);
     rows.push(
-      `| ${r.services.toLocaleString('en')} x ${ENDPOINTS} | ${r.rules.toLocaleString('en')} | ${r.payloadMB.toFixed(1)} MB | ${ms(r.renderColdMs)} | ${ms(r.renderWarmMs)} | ${ms(r.renderTextMs)} | ${ms(r.fullSyncMs)} (${r.batches} transactions) | ${ms(r.fullFloorMs)} | ${ratio(r.fullSyncMs, r.fullFloorMs)} | ${r.oneRestoreMs === null ? 'not run' : ms(r.oneRestoreMs)} | ${ms(ps)} | ${ms(pf)} | ${ratio(ps, pf)} | ${ms(median(r.kubeProxyPartialMs))} | ${ms(r.canaryMs)} | ${r.rssMiB?.toFixed(0) ?? '-'} / ${r.settledMiB?.toFixed(0) ?? '-'} MiB (${r.peakMiB?.toFixed(0) ?? '-'} MiB) |`,
+      `| ${r.services.toLocaleString('en')} x ${ENDPOINTS} | ${r.rules.toLocaleString('en')} | ${r.payloadMB.toFixed(1)} MB | ${ms(r.renderColdMs)} | ${ms(r.renderWarmMs)} | ${ms(r.renderTextMs)} | ${ms(r.fullSyncMs)} (${r.batches} transactions) | ${ms(r.fullFloorMs)} | ${ratio(r.fullSyncMs, r.fullFloorMs)} | ${r.oneRestoreMs === null ? 'not run' : ms(r.oneRestoreMs)} | ${ms(r.restartMs)} | ${ms(ps)} | ${ms(pf)} | ${ratio(ps, pf)} | ${ms(median(r.kubeProxyPartialMs))} | ${ms(r.canaryMs)} | ${r.rssMiB?.toFixed(0) ?? '-'} / ${r.settledMiB?.toFixed(0) ?? '-'} MiB (${r.peakMiB?.toFixed(0) ?? '-'} MiB) |`,
     );
   }
   return rows.join('\n');
@@ -296,8 +306,11 @@ function table(results: Result[]): string {
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
+  const layout = args.find((a) => a.startsWith('--layout='))?.slice(9) ?? 'apiserver';
+  if (layout !== 'apiserver' && layout !== 'sequential') throw new Error(`--layout: apiserver or sequential, not ${layout}`);
+  const cluster = (n: number) => syntheticCluster(n, ENDPOINTS, { layout });
   if (args[0] === '--inner') {
-    process.stdout.write(`${JSON.stringify(await inner(Number(args[1])))}\n`);
+    process.stdout.write(`${JSON.stringify(await inner(cluster(Number(args[1]))))}\n`);
     return;
   }
   if (process.getuid?.() !== 0) {
@@ -310,15 +323,16 @@ async function main(): Promise<void> {
     console.error(`bench: ${n} services x ${ENDPOINTS} endpoints ...`);
     const ns = `kpxb-${process.pid}-${n}`;
     const r = await withNetns(ns, async () => {
-      const out = await execa('ip', ['netns', 'exec', ns, process.execPath, fileURLToPath(import.meta.url), '--inner', String(n)], { stderr: 'inherit' });
+      const out = await execa('ip', ['netns', 'exec', ns, process.execPath, fileURLToPath(import.meta.url), '--inner', String(n), `--layout=${layout}`], { stderr: 'inherit' });
       return JSON.parse(out.stdout.trim().split('\n').at(-1)!) as Result;
     });
-    Object.assign(r, await measureRss(n));
+    Object.assign(r, await measureRss(cluster(n)));
     results.push(r);
   }
   const iptables = (await execa('iptables', ['--version'])).stdout.trim();
   const kernel = (await execa('uname', ['-r'])).stdout.trim();
-  console.log(`\nMachine: ${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} cores, ${(totalmem() / 2 ** 30).toFixed(0)} GiB; Linux ${kernel}; ${iptables}; Node ${process.version}\n`);
+  console.log(`\nMachine: ${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} cores, ${(totalmem() / 2 ** 30).toFixed(0)} GiB; Linux ${kernel}; ${iptables}; Node ${process.version}`);
+  console.log(`ClusterIPs and NodePorts: ${layout === 'apiserver' ? 'allocated as the apiserver does (random in 198.19.0.0/16 and 30000-32767)' : 'sequential'}\n`);
   console.log(table(results));
   for (const r of results) {
     const pr = median(r.partialSyncMs) / median(r.partialFloorMs);

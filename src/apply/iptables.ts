@@ -8,6 +8,7 @@ import {
   jumpsByChain,
   kernelView,
   parseSave,
+  compareWithKernel,
   planFull,
   planPartial,
   type KernelTableView,
@@ -15,7 +16,7 @@ import {
   type SavedChain,
 } from '../render/iptables/restore.js';
 import { TABLES, type BuiltinJump, type IptablesRuleset, type RenderResult, type TableName } from '../render/iptables/ruleset.js';
-import { CHAIN } from '../render/iptables/names.js';
+import { CHAIN, type Generation } from '../render/iptables/names.js';
 import { binaries, type IptablesBackend } from './backend.js';
 import type { CommandRunner } from './exec.js';
 
@@ -31,18 +32,47 @@ export class RestoreError extends Error {
     readonly offending: string | undefined,
   ) {
     super(
-      `iptables-restore (${family}) failed: ${firstLine(stderr)}${line !== undefined ? ` at line ${line}: ${offending ?? '?'}` : ''}`,
+      `iptables-restore (${family}) failed: ${restoreReason(stderr)}${line !== undefined ? ` at line ${line}: ${offending ?? '?'}` : ''}`,
     );
   }
 }
 
-function firstLine(s: string): string {
-  return s.split('\n').find((l) => l.trim() && !l.startsWith('Try `'))?.trim() ?? 'unknown error';
+/**
+ * What iptables-restore said went wrong, without its banner and usage hints:
+ * "iptables-nft-restore v1.8.9 (nf_tables): \nline 38: RULE_INSERT failed (Too many
+ * links): rule in chain OUTPUT" gives "line 38: RULE_INSERT failed (Too many links): ...".
+ */
+export function restoreReason(stderr: string): string {
+  const lines = stderr
+    .split('\n')
+    .map((l) => l.replace(/^\S*tables\S*(?:-restore|-save)? v[\d.]+ \([^)]*\):\s*/, '').trim())
+    .filter((l) => l && !l.startsWith('Try `') && !/^Error occurred at line: \d+$/.test(l));
+  return lines.length ? lines.join('; ') : 'unknown error';
 }
+
 
 export interface ApplyResult {
   readonly full: boolean;
   readonly plan: RestorePlan;
+}
+
+/** What plan() decided: a plan, or that the other name set must be rendered first. */
+export type Planned = ApplyResult | { readonly full: true; readonly switchNeeded: number };
+
+/**
+ * A full sync rewrites changed serving chains in place, in one transaction, up to this many
+ * lines; beyond, it writes the other name set and switches (see planFull).
+ */
+export const IN_PLACE_LINES = 4000;
+
+/** A plan of rules without a second name set (plan() never asks them to switch). */
+export function fixedPlan(p: Planned): ApplyResult {
+  if ('switchNeeded' in p) throw new Error('rules with a single name set cannot switch to another');
+  return p;
+}
+
+export function otherGeneration(g: Record<TableName, Generation>): Record<TableName, Generation> {
+  return { nat: g.nat === 0 ? 1 : 0, filter: g.filter === 0 ? 1 : 0 };
 }
 
 export class IptablesApplier {
@@ -56,6 +86,10 @@ export class IptablesApplier {
   private programmedJumps: readonly BuiltinJump[] = [];
   /** the nat table as last read from the kernel (until taken), for conntrack cleanup */
   private kernelNat: Map<string, SavedChain> | null = null;
+  /** the name set each table serves from, as last programmed */
+  private programmedGeneration: Record<TableName, Generation> | null = null;
+  /** the kernel as read by fullSyncGeneration(), for the plans of the same sync */
+  private kernelRead: Record<TableName, KernelTableView> | null = null;
 
   constructor(
     readonly family: IPFamily,
@@ -84,12 +118,36 @@ export class IptablesApplier {
 
   /**
    * Plans without touching anything (also for --dry-run): partial (the render's delta)
-   * unless `full` or the programmed state is unknown.
+   * unless `full` or the programmed state is unknown. A full plan that would rewrite the
+   * serving chains in place and finds more of them changed than one transaction should
+   * carry asks for the other name set instead (`switchNeeded`).
    */
-  async plan(desired: IptablesRuleset, render: RenderResult, full: boolean): Promise<{ full: boolean; plan: RestorePlan }> {
+  async plan(desired: IptablesRuleset, render: RenderResult, full: boolean): Promise<Planned> {
     if (!full && !render.full && this.trusted) return { full: false, plan: planPartial(render.delta) };
-    const kernel = this.trusted && render.previous ? this.viewFromMemory(render.previous) : await this.readKernel();
-    return { full: true, plan: planFull(desired, kernel, this.batchLines, BATCH_ABOVE_LINES) };
+    if (this.trusted && render.previous) {
+      return { full: true, plan: planFull(desired, this.viewFromMemory(render.previous), this.batchLines, BATCH_ABOVE_LINES) };
+    }
+    const kernel = (this.kernelRead ??= await this.readKernel());
+    const { unchanged, changedLines, totalLines } = compareWithKernel(desired, kernel);
+    const inPlace = TABLES.some((t) => kernel[t].chains.size > 0 && desired.generation?.[t] === (kernel[t].generation ?? 0));
+    // a plan that is cut into transactions must not rewrite more serving chains than one carries
+    const batched = this.batchLines !== Infinity && totalLines > BATCH_ABOVE_LINES;
+    if (inPlace && batched && changedLines > IN_PLACE_LINES) return { full: true, switchNeeded: changedLines };
+    return { full: true, plan: planFull(desired, kernel, this.batchLines, BATCH_ABOVE_LINES, unchanged) };
+  }
+
+  /**
+   * The name set a full sync starts from in each table. Trusted: the one not serving
+   * (the kernel's chains are known by name only, so nothing serving may be rewritten).
+   * Otherwise the kernel is read (the plans of the same sync reuse it) and the serving
+   * set is tried first: only the chains that changed are written, in one transaction;
+   * plan() asks for the other set when too many changed.
+   */
+  async fullSyncGeneration(): Promise<Record<TableName, Generation>> {
+    this.kernelRead = null;
+    if (this.trusted && this.programmedGeneration) return otherGeneration(this.programmedGeneration);
+    const kernel = (this.kernelRead = await this.readKernel());
+    return { nat: kernel.nat.generation ?? 0, filter: kernel.filter.generation ?? 0 };
   }
 
   /** A full plan as if the kernel had nothing of kpx's (dry runs where the kernel cannot be read). */
@@ -98,12 +156,21 @@ export class IptablesApplier {
     return { full: true, plan: planFull(desired, { filter: empty, nat: empty }, this.batchLines, BATCH_ABOVE_LINES) };
   }
 
-  async apply(desired: IptablesRuleset, render: RenderResult, full: boolean): Promise<ApplyResult> {
-    const result = await this.plan(desired, render, full);
-    // one process; the plan's batches are separate COMMITs (transactions) within it
+  /**
+   * Plans and applies rules of a single name set (the IPVS mode's fixed chains), which
+   * are rewritten in place: there is no other set to switch to.
+   */
+  async planAndApply(desired: IptablesRuleset, render: RenderResult, full: boolean): Promise<ApplyResult> {
+    return this.apply(desired, fixedPlan(await this.plan(desired, render, full)));
+  }
+
+  /** Applies a plan from plan() (one process; the plan's batches are separate COMMITs within it). */
+  async apply(desired: IptablesRuleset, result: ApplyResult): Promise<ApplyResult> {
+    this.kernelRead = null;
     if (!result.plan.empty) await this.restore(result.plan);
     this.trusted = true;
     this.programmedJumps = desired.jumps;
+    this.programmedGeneration = desired.generation ?? null;
     return result;
   }
 
@@ -125,13 +192,13 @@ export class IptablesApplier {
   /** A full sync while trusted: the kernel has the previous render's chains and our jumps. */
   private viewFromMemory(previous: Record<TableName, Set<string>>): Record<TableName, KernelTableView> {
     const out = {} as Record<TableName, KernelTableView>;
-    for (const t of TABLES) out[t] = { chains: previous[t], jumps: jumpsByChain(this.programmedJumps, t) };
+    for (const t of TABLES) out[t] = { chains: previous[t], jumps: jumpsByChain(this.programmedJumps, t), generation: this.programmedGeneration?.[t] ?? 0 };
     return out;
   }
 
   async save(table: TableName): Promise<string> {
     const r = await this.runner.run(this.bins.save, ['-t', table], { timeoutMs: 600_000 });
-    if (r.exitCode !== 0) throw new Error(`${this.bins.save} -t ${table} failed: ${firstLine(r.stderr)}`);
+    if (r.exitCode !== 0) throw new Error(`${this.bins.save} -t ${table} failed: ${restoreReason(r.stderr)}`);
     return r.stdout;
   }
 
@@ -160,7 +227,7 @@ export class IptablesApplier {
     for (const t of TABLES) {
       const r = await this.runner.run(this.bins.iptables, ['-w', '5', '-t', t, '-S', CHAIN.canary]);
       if (r.exitCode !== 0) {
-        this.log.debug({ family: this.family, table: t, stderr: firstLine(r.stderr) }, 'canary chain missing');
+        this.log.debug({ family: this.family, table: t, stderr: restoreReason(r.stderr) }, 'canary chain missing');
         return false;
       }
     }

@@ -106,7 +106,7 @@ export class IpvsApplier {
     const text = (['filter', 'nat'] as const).map((t) => [...rules.chains(t)].map(([n, b]) => `${n}\n${b}`).join('\n')).join('\n') + JSON.stringify(rules.jumps);
     if (text === this.appliedRules && this.iptables.isTrusted) return { rulesWritten: false, chainsWritten: 0, chainsDeleted: 0 };
     const previous = this.iptables.isTrusted ? this.appliedChains : null;
-    const r = await this.iptables.apply(rules, fullRender(previous), true);
+    const r = await this.iptables.planAndApply(rules, fullRender(previous), true);
     this.appliedRules = text;
     this.appliedChains = { filter: new Set([...rules.chains('filter')].map(([n]) => n)), nat: new Set([...rules.chains('nat')].map(([n]) => n)) };
     return { rulesWritten: true, chainsWritten: r.plan.chainsWritten, chainsDeleted: r.plan.chainsDeleted };

@@ -175,9 +175,9 @@ export async function main(argv: string[]): Promise<void> {
       exitCode = await runCommand(flags);
     },
   );
-  addProxyFlags(program.command('render').description('print what kpx would apply and exit (run --once --dry-run)')).action(
+  addProxyFlags(program.command('render').description('print the whole ruleset kpx wants, as restore input for an empty kernel, and exit (reads no rules; run --once --dry-run prints what it would apply here)')).action(
     async (flags) => {
-      exitCode = await runCommand({ ...flags, once: true, dryRun: true });
+      exitCode = await runCommand({ ...flags, once: true, dryRun: true, renderOnly: true });
     },
   );
   addTraceFlags(addProxyFlags(program.command('trace').description('walk a packet through the rules kpx renders (or the live ones) and print the outcomes'))).action(

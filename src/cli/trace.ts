@@ -62,8 +62,9 @@ export async function traceCommand(flags: TraceFlags): Promise<number> {
     if (!('ruleset' in found)) throw new ConfigError('kpx trace walks iptables-mode rules; in IPVS mode use ipvsadm -Ln');
     const report = found as IptablesFamilySyncReport;
     tables = tablesFromRuleset(report.ruleset);
-    for (const a of report.config.nodeIPs) local.add(a);
-    if (report.config.nodePortAddresses !== 'all') for (const a of report.config.nodePortAddresses) local.add(a);
+    const cfg = report.config;
+    for (const a of cfg?.nodeIPs ?? []) local.add(a);
+    if (cfg && cfg.nodePortAddresses !== 'all') for (const a of cfg.nodePortAddresses) local.add(a);
   }
   const tracer = new Tracer(tables, { localAddresses: [...local] });
   const outcomes = tracer.trace({

@@ -150,6 +150,8 @@ export interface KpxConfig {
   iptablesBackend: 'auto' | 'nft' | 'legacy';
   once: boolean;
   dryRun: boolean;
+  /** `kpx render`: the full ruleset as for an empty kernel; the kernel is not read */
+  renderOnly: boolean;
 }
 
 /** Flags as parsed from the command line; undefined = not given. */
@@ -169,6 +171,7 @@ export interface CliFlags {
   manifests?: string;
   once?: boolean;
   dryRun?: boolean;
+  renderOnly?: boolean;
   bindAddress?: string;
   detectLocalMode?: string;
   podBridgeInterface?: string;
@@ -314,6 +317,7 @@ export function resolveConfig(flags: CliFlags, hostname: string): KpxConfig {
     iptablesBackend: backend,
     once: flags.once ?? false,
     dryRun: flags.dryRun ?? false,
+    renderOnly: flags.renderOnly ?? false,
   };
 }
 

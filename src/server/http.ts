@@ -72,7 +72,14 @@ export function healthServer(health: ProxyHealth, node: () => NodeFacts | null, 
       ...(Object.keys(st.families).length
         ? {
             status: Object.fromEntries(
-              Object.entries(st.families).map(([f, v]) => [f, { lastUpdated: iso(v!.lastUpdated), healthy: v!.healthy }]),
+              Object.entries(st.families).map(([f, v]) => [
+                f,
+                {
+                  lastUpdated: iso(v!.lastUpdated),
+                  healthy: v!.healthy,
+                  ...(v!.error ? { lastError: { reason: v!.error.reason, since: iso(v!.error.since), failures: v!.error.failures } } : {}),
+                },
+              ]),
             ),
           }
         : {}),

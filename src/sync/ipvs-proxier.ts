@@ -7,7 +7,7 @@ import { planIpvs } from '../render/ipvs/plan.js';
 import { ipvsIptablesRuleset } from '../render/ipvs/rules.js';
 import { masqueradeMark } from '../render/iptables/config.js';
 import { fullRender } from '../render/iptables/ruleset.js';
-import { IptablesApplier } from '../apply/iptables.js';
+import { fixedPlan, IptablesApplier } from '../apply/iptables.js';
 import { IpvsApplier } from '../apply/ipvs.js';
 import type { IptablesBackend } from '../apply/backend.js';
 import { mustRun } from '../apply/exec.js';
@@ -139,7 +139,7 @@ export class IpvsProxier implements Proxier {
             return planIpvs(desired, { services: new Map(), sets: new Map(), addresses: new Set() }, cfg, { now: Date.now(), since: new Map(), boundMs: 0 });
           });
           const ipt = this.iptables.get(family)!;
-          const iptPlan = (await ipt.plan(rules, fullRender(null), true).catch(() => ipt.planAgainstEmpty(rules))).plan;
+          const iptPlan = fixedPlan(await ipt.plan(rules, fullRender(null), true).catch(() => ipt.planAgainstEmpty(rules))).plan;
           this.opts.print?.(
             `# kpx ${family} IPVS mode (${this.backend} backend)
 # ip address add ... dev ${IPVS_DEVICE}: ${plan.addressesToAdd.join(' ')}

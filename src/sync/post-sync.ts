@@ -49,8 +49,12 @@ export class PostSync implements SyncObserver {
 
   async onSync(report: SyncReport, pending: { services: ReadonlySet<string>; endpoints: ReadonlySet<string> }): Promise<void> {
     const changed = pending.services.size > 0 || pending.endpoints.size > 0;
+    if (report.error) for (const fam of this.families().length ? this.families() : (['IPv4'] as const)) this.health.failed(fam, report.error.message);
     for (const f of report.families) {
-      if (f.error) continue;
+      if (f.error) {
+        this.health.failed(f.family, f.error.message);
+        continue;
+      }
       this.health.updated(f.family);
       if (this.conntrack && f.kernelNatBefore) {
         this.conntrack.seed(f.family, frontendsFromRules(f.kernelNatBefore));

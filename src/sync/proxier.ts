@@ -6,9 +6,9 @@ import type { ChangeTracker, ClusterState } from '../model/state.js';
 import type { ServicePortState } from '../model/types.js';
 import type { Logger } from '../util/log.js';
 import { isLoopback, type IPFamily } from '../util/ip.js';
-import { IptablesRenderer } from '../render/iptables/ruleset.js';
+import { IptablesRenderer, type RenderResult } from '../render/iptables/ruleset.js';
 import type { IptablesRenderConfig } from '../render/iptables/config.js';
-import { IptablesApplier } from '../apply/iptables.js';
+import { fixedPlan, IptablesApplier, otherGeneration, type Planned } from '../apply/iptables.js';
 import { removeIpvsState } from '../apply/ipvs.js';
 import type { SavedChain } from '../render/iptables/restore.js';
 import { detectBackend, supportsRandomFully, type IptablesBackend } from '../apply/backend.js';
@@ -41,7 +41,8 @@ export interface FamilySyncReport {
 export interface IptablesFamilySyncReport extends FamilySyncReport {
   /** the family's renderer: its tables, jumps and fragments after this sync */
   readonly ruleset: IptablesRenderer;
-  readonly config: IptablesRenderConfig;
+  /** null when the sync failed before it had a config */
+  readonly config: IptablesRenderConfig | null;
 }
 
 /** What the controller drives: one proxier per mode (iptables, ipvs). */
@@ -61,6 +62,8 @@ export interface Proxier {
 export interface SyncReport<F extends FamilySyncReport = FamilySyncReport> {
   readonly families: readonly F[];
   readonly ok: boolean;
+  /** a failure before any family was synced */
+  readonly error?: Error;
 }
 
 /** IPv4 always; IPv6 once the node, the host or a service uses it (and from then on). */
@@ -108,7 +111,10 @@ export class IptablesProxier implements Proxier {
   private readonly renderers = new Map<IPFamily, IptablesRenderer>();
   private readonly trackers = new Map<IPFamily, ChangeTracker>();
   private readonly reduced = new Map<IPFamily, boolean>();
+  /** what the renderer was last given (with the generation of the last full sync) */
   private readonly configs = new Map<IPFamily, IptablesRenderConfig>();
+  /** the node-derived part of it, to notice a change of the node's facts */
+  private readonly bases = new Map<IPFamily, IptablesRenderConfig>();
   private readonly needFull = new Set<IPFamily>();
   private readonly programmed = new Set<IPFamily>();
   private sysctlsDone = false;
@@ -178,88 +184,148 @@ export class IptablesProxier implements Proxier {
   }
 
   async sync(): Promise<SyncReport<IptablesFamilySyncReport>> {
-    const { config, state, log } = this.opts;
-    const host = (this.opts.hostFacts ?? readHostFacts)();
+    const { config, log } = this.opts;
     const reports: IptablesFamilySyncReport[] = [];
-    for (const family of this.families(host)) {
-      // Large clusters drop per-endpoint comments (hysteresis so the mode does not flap).
-      const endpoints = state.endpointCount(family);
-      const wasReduced = this.reduced.get(family) ?? false;
-      const reduced = wasReduced ? endpoints > LARGE_CLUSTER_ENDPOINTS * 0.8 : endpoints > LARGE_CLUSTER_ENDPOINTS;
-      this.reduced.set(family, reduced);
-      const prevCfg = this.configs.get(family);
-      const cfg = keepIfSame(prevCfg, { ...buildIptablesConfig(config, family, state.node, host, this.caps), reducedComments: reduced });
-      this.configs.set(family, cfg);
-      const applier = this.applier(family);
-      let renderer = this.renderers.get(family);
-      let tracker = this.trackers.get(family);
-      const first = !renderer || !tracker;
-      if (!renderer) this.renderers.set(family, (renderer = new IptablesRenderer()));
-      if (!tracker) this.trackers.set(family, (tracker = state.tracker()));
-      const changes = tracker.take();
-
-      const t0 = performance.now();
-      const result = renderer.render(state.view(family), cfg, first ? 'all' : changes.services);
-      const t1 = performance.now();
-      // a full apply after a re-render from scratch, a failure, or an external flush
-      const full = result.full || this.needFull.has(family);
-      const base = {
-        family,
-        servicePorts: renderer.servicePortCount,
-        servicePortsRendered: result.servicePortsRendered,
-        ruleCounts: renderer.ruleCounts,
-        noLocalEndpoints: renderer.noLocalEndpoints(),
-        ruleset: renderer,
-        config: cfg,
-        ports: () => renderer.fragments(),
-        renderMs: t1 - t0,
-      };
-      try {
-        let applied;
-        if (config.dryRun) {
-          applied = await applier.plan(renderer, result, full).catch(async (err: Error) => {
-            log.warn({ family, err: err.message }, 'cannot read the kernel rules; planning against an empty table');
-            return applier.planAgainstEmpty(renderer);
-          });
-          this.opts.print?.(`# kpx ${family} (${this.backend} backend): ${applier.bins.restore} -w 5 --noflush\n${applied.plan.text}`);
-        } else {
-          await this.ensureSysctls(cfg);
-          applied = await applier.apply(renderer, result, full);
-          this.programmed.add(family);
-        }
-        this.needFull.delete(family);
-        const kernelNat = applier.takeKernelNat();
-        reports.push({
-          ...base,
-          ...(kernelNat ? { kernelNatBefore: kernelNat } : {}),
-          full: applied.full,
-          applyMs: performance.now() - t1,
-          chainsWritten: applied.plan.chainsWritten,
-          rulesWritten: applied.plan.rulesWritten,
-          rulesWrittenByTable: applied.plan.rulesWrittenByTable,
-          chainsDeleted: applied.plan.chainsDeleted,
-        });
-      } catch (err) {
-        this.needFull.add(family);
-        applier.invalidate();
-        log.error({ family, err: (err as Error).message }, 'sync failed; the previous rules stay in place');
-        reports.push({
-          ...base,
-          full,
-          applyMs: performance.now() - t1,
-          chainsWritten: 0,
-          rulesWritten: 0,
-          rulesWrittenByTable: { filter: 0, nat: 0 },
-          chainsDeleted: 0,
-          error: err as Error,
-        });
-      }
+    let host: HostFacts;
+    try {
+      host = (this.opts.hostFacts ?? readHostFacts)();
+    } catch (err) {
+      // nothing was taken from the trackers: the next sync sees every change
+      for (const f of this.appliers.keys()) this.needFull.add(f);
+      log.error({ err: (err as Error).message, stage: 'host facts' }, 'sync failed; the previous rules stay in place');
+      return { families: [], ok: false, error: err as Error };
     }
+    for (const family of this.families(host)) reports.push(await this.syncFamily(family, host));
     if (this.ipvsSetsLeft && reports.every((r) => !r.error) && !config.dryRun) {
       this.ipvsSetsLeft = false;
       await removeIpvsState(this.opts.runner, log, { sets: true });
     }
     return { families: reports, ok: reports.every((r) => !r.error) };
+  }
+
+  /**
+   * One family. Any failure, at any stage, is logged once with its cause and forces the
+   * next sync of the family to be full (re-rendered from the model, so no change taken
+   * from the tracker is lost), as kube-proxy's deferred needFullSync does.
+   */
+  private async syncFamily(family: IPFamily, host: HostFacts): Promise<IptablesFamilySyncReport> {
+    const { config, state, log } = this.opts;
+    const applier = this.applier(family);
+    let renderer = this.renderers.get(family);
+    if (!renderer) this.renderers.set(family, (renderer = new IptablesRenderer()));
+    const r = renderer;
+    let stage = 'config';
+    let cfg = this.configs.get(family) ?? null;
+    let full = true;
+    let renderMs = 0;
+    let rendered = 0;
+    const t0 = performance.now();
+    let t1 = t0;
+    try {
+      let tracker = this.trackers.get(family);
+      const first = !tracker;
+      if (!tracker) this.trackers.set(family, (tracker = state.tracker()));
+      // Large clusters drop per-endpoint comments (hysteresis so the mode does not flap).
+      const endpoints = state.endpointCount(family);
+      const wasReduced = this.reduced.get(family) ?? false;
+      const reduced = wasReduced ? endpoints > LARGE_CLUSTER_ENDPOINTS * 0.8 : endpoints > LARGE_CLUSTER_ENDPOINTS;
+      const prevBase = this.bases.get(family);
+      const base = keepIfSame(prevBase, { ...buildIptablesConfig(config, family, state.node, host, this.caps), reducedComments: reduced });
+      full = first || this.needFull.has(family) || base !== prevBase || !applier.isTrusted;
+      if (full) {
+        stage = 'reading the kernel';
+        const generation = config.renderOnly
+          ? { nat: 0 as const, filter: 0 as const }
+          : config.dryRun
+            ? await applier.fullSyncGeneration().catch(() => ({ nat: 0 as const, filter: 0 as const }))
+            : await applier.fullSyncGeneration();
+        cfg = { ...base, generation };
+      } else cfg = this.configs.get(family)!;
+      this.bases.set(family, base);
+      this.reduced.set(family, reduced);
+      stage = 'render';
+      const changes = tracker.take();
+      let result = r.render(state.view(family), cfg, full ? 'all' : changes.services);
+      this.configs.set(family, cfg);
+      rendered = result.servicePortsRendered;
+      t1 = performance.now();
+      renderMs = t1 - t0;
+      stage = 'plan';
+      let planned = await this.plan(applier, r, result, full);
+      if ('switchNeeded' in planned) {
+        // too many serving chains changed to rewrite them in one transaction: write the
+        // other name set and switch over (see planFull)
+        log.info({ family, changedLines: planned.switchNeeded }, 'full sync writes the other name set');
+        stage = 'render';
+        cfg = { ...base, generation: otherGeneration(cfg.generation ?? { nat: 0, filter: 0 }) };
+        result = r.render(state.view(family), cfg, 'all');
+        this.configs.set(family, cfg);
+        rendered = result.servicePortsRendered;
+        t1 = performance.now();
+        renderMs = t1 - t0;
+        stage = 'plan';
+        planned = await this.plan(applier, r, result, full);
+      }
+      const applied = fixedPlan(planned);
+      stage = 'apply';
+      if (config.dryRun) {
+        this.opts.print?.(`# kpx ${family} (${this.backend} backend): ${applier.bins.restore} -w 5 --noflush\n${applied.plan.text}`);
+      } else {
+        await this.ensureSysctls(cfg);
+        await applier.apply(r, applied);
+        this.programmed.add(family);
+      }
+      this.needFull.delete(family);
+      const kernelNat = applier.takeKernelNat();
+      return {
+        ...this.baseReport(family, r, cfg, renderMs, rendered),
+        ...(kernelNat ? { kernelNatBefore: kernelNat } : {}),
+        full: applied.full,
+        applyMs: performance.now() - t1,
+        chainsWritten: applied.plan.chainsWritten,
+        rulesWritten: applied.plan.rulesWritten,
+        rulesWrittenByTable: applied.plan.rulesWrittenByTable,
+        chainsDeleted: applied.plan.chainsDeleted,
+      };
+    } catch (err) {
+      this.needFull.add(family);
+      applier.invalidate();
+      log.error({ family, stage, full, err: (err as Error).message }, 'sync failed; the previous rules stay in place');
+      return {
+        ...this.baseReport(family, r, cfg, renderMs, rendered),
+        full,
+        applyMs: performance.now() - t1,
+        chainsWritten: 0,
+        rulesWritten: 0,
+        rulesWrittenByTable: { filter: 0, nat: 0 },
+        chainsDeleted: 0,
+        error: err as Error,
+      };
+    }
+  }
+
+  /** The applier's plan; a dry run that cannot read the kernel plans against an empty one. */
+  private async plan(applier: IptablesApplier, r: IptablesRenderer, result: RenderResult, full: boolean): Promise<Planned> {
+    if (this.opts.config.renderOnly) return applier.planAgainstEmpty(r);
+    if (!this.opts.config.dryRun) return applier.plan(r, result, full);
+    return applier.plan(r, result, full).catch((err: Error) => {
+      this.opts.log.warn({ family: applier.family, err: err.message }, 'cannot read the kernel rules; planning against an empty table');
+      return applier.planAgainstEmpty(r);
+    });
+  }
+
+  private baseReport(family: IPFamily, r: IptablesRenderer, cfg: IptablesRenderConfig | null, renderMs: number, rendered: number) {
+    return {
+      family,
+      servicePorts: r.servicePortCount,
+      servicePortsRendered: rendered,
+      ruleCounts: r.ruleCounts,
+      noLocalEndpoints: r.noLocalEndpoints(),
+      ruleset: r,
+      config: cfg ?? r.config,
+      ports: () => r.fragments(),
+      renderMs,
+    };
   }
 
   private async ensureSysctls(cfg: IptablesRenderConfig): Promise<void> {

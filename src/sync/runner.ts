@@ -1,6 +1,8 @@
 // A bounded-frequency runner, like kube-proxy's: requests are coalesced; the function runs
 // at most once per minInterval, at least once per maxInterval, never concurrently; a failed
-// run is retried with exponential backoff (from minInterval up to maxInterval).
+// run is retried with exponential backoff (from minInterval up to maxInterval). While it
+// backs off, new requests wait for the retry: a sync that keeps failing (a large ruleset
+// the kernel refuses) is not re-rendered and re-applied on every change.
 export interface Clock {
   now(): number;
   setTimeout(fn: () => void, ms: number): unknown;
@@ -23,6 +25,11 @@ export class BoundedFrequencyRunner {
   private stopped = true;
   /** runs done (for tests and metrics) */
   runs = 0;
+
+  /** consecutive failed runs */
+  get consecutiveFailures(): number {
+    return this.failures;
+  }
 
   constructor(
     private readonly fn: () => Promise<boolean>,
@@ -58,8 +65,8 @@ export class BoundedFrequencyRunner {
     if (this.stopped || this.running) return;
     const now = this.clock.now();
     let next = this.lastRun + this.maxIntervalMs;
-    if (this.pending) next = Math.min(next, this.lastRun + this.minIntervalMs);
     if (this.retryAt !== null) next = Math.min(next, Math.max(this.retryAt, this.lastRun + this.minIntervalMs));
+    else if (this.pending) next = Math.min(next, this.lastRun + this.minIntervalMs);
     if (this.timer !== null) this.clock.clearTimeout(this.timer);
     this.timer = this.clock.setTimeout(() => {
       this.timer = null;

@@ -7,10 +7,19 @@ export interface AddrMatch {
   readonly negate: boolean;
 }
 
+export interface RangeMatch {
+  readonly lo: string;
+  readonly hi: string;
+  readonly negate: boolean;
+}
+
 export interface ParsedRule {
   readonly text: string;
   src?: AddrMatch;
   dst?: AddrMatch;
+  /** -m iprange: inclusive address ranges */
+  srcRange?: RangeMatch;
+  dstRange?: RangeMatch;
   inIface?: { name: string; negate: boolean };
   outIface?: { name: string; negate: boolean };
   proto?: { name: string; negate: boolean };
@@ -91,6 +100,13 @@ export function parseRule(text: string): ParsedRule {
       case '-m':
         next(); // module names carry no meaning of their own here
         break;
+      case '--dst-range':
+      case '--src-range': {
+        const [lo, hi] = next().split('-');
+        if (!lo || !hi) throw new Error(`bad range in: ${text}`);
+        r[tok === '--dst-range' ? 'dstRange' : 'srcRange'] = { lo, hi, negate: neg };
+        break;
+      }
       case '--dport':
       case '--destination-port':
         r.dport = { ...ports(next()), negate: neg };

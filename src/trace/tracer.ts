@@ -1,11 +1,11 @@
 // The packet tracer: walks a packet through nat and filter rules (kpx's rendered rules or
 // iptables-save output) the way netfilter would for the first packet of a connection, and
 // returns every possible outcome with its probability: DNAT target, masquerade, verdict.
-import { cidrContains, parseIP, type IPFamily } from '../util/ip.js';
+import { cidrContains, ipToBigInt, parseIP, type IPFamily } from '../util/ip.js';
 import { parseSave } from '../render/iptables/restore.js';
 import type { IptablesRuleset } from '../render/iptables/ruleset.js';
-import { rulesOf } from '../render/iptables/dispatch.js';
-import { parseRule, type AddrMatch, type ParsedRule } from './rules.js';
+import { rulesOf } from '../iptables/format.js';
+import { parseRule, type AddrMatch, type ParsedRule, type RangeMatch } from './rules.js';
 
 export type Tables = Map<string, Map<string, readonly string[]>>;
 
@@ -258,6 +258,8 @@ export class Tracer {
     const dport = s.dnatPort ?? pkt.dport;
     const addr = (m: AddrMatch | undefined, ip: string) => !m || cidrContains(m.cidr, ip) !== m.negate;
     if (!addr(r.src, pkt.src) || !addr(r.dst, dst)) return 0;
+    if (r.srcRange && inRange(r.srcRange, pkt.src) === r.srcRange.negate) return 0;
+    if (r.dstRange && inRange(r.dstRange, dst) === r.dstRange.negate) return 0;
     if (r.proto && (r.proto.name === pkt.proto) === r.proto.negate) return 0;
     if (r.dport && (dport >= r.dport.lo && dport <= r.dport.hi) === r.dport.negate) return 0;
     if (r.sport && pkt.sport !== undefined && (pkt.sport >= r.sport.lo && pkt.sport <= r.sport.hi) === r.sport.negate) return 0;
@@ -309,6 +311,14 @@ export class Tracer {
     }
     return set.members.has(key);
   }
+}
+
+function inRange(r: RangeMatch, ip: string): boolean {
+  const a = parseIP(ip);
+  const lo = parseIP(r.lo);
+  if (!a || !lo || a.family !== lo.family) return false;
+  const v = ipToBigInt(a.text);
+  return v >= ipToBigInt(r.lo) && v <= ipToBigInt(r.hi);
 }
 
 function cidrContainsText(cidr: string, ip: string): boolean {

@@ -1,7 +1,7 @@
 // An in-memory iptables with the command surface kpx uses (restore --noflush, save, -S,
-// --version), for unit tests of sync decisions. Restore is atomic and checks what the
-// kernel checks: jumps to missing chains, deleting a chain still referenced, deleting a
-// rule that is not there.
+// --version), for unit tests of sync decisions. Restore commits each table section on its
+// own, as the real tool does, and checks what the kernel checks: jumps to missing chains,
+// deleting a chain still referenced, deleting a rule that is not there.
 import { inputText, type CommandInput, type CommandResult, type CommandRunner } from '../../src/apply/exec.js';
 import { ruleTarget } from '../../src/render/iptables/restore.js';
 
@@ -17,10 +17,6 @@ const TARGETS = new Set(['ACCEPT', 'DROP', 'REJECT', 'RETURN', 'DNAT', 'SNAT', '
 
 function newKernel(): Kernel {
   return new Map(Object.entries(BUILTIN).map(([t, chains]) => [t, new Map(chains.map((c) => [c, [] as string[]]))]));
-}
-
-function clone(k: Kernel): Kernel {
-  return new Map([...k].map(([t, chains]) => [t, new Map([...chains].map(([c, r]) => [c, [...r]]))]));
 }
 
 export class FakeIptables implements CommandRunner {
@@ -74,63 +70,131 @@ export class FakeIptables implements CommandRunner {
   /** Empties a table, as `iptables -t T -F; -X` (an external flush) would. */
   flush(family: 'IPv4' | 'IPv6', table: string): void {
     this.kernels[family].set(table, new Map((BUILTIN[table] ?? []).map((c) => [c, [] as string[]])));
+    this.refs[family].delete(table);
   }
 
+  /**
+   * Like iptables-restore: each "*table ... COMMIT" section is one transaction, committed
+   * on its own; the first section that fails stops the restore and leaves the sections
+   * before it committed.
+   */
   private restore(family: 'IPv4' | 'IPv6', input: string): CommandResult {
     if (this.failNextRestore) {
       const msg = this.failNextRestore;
       this.failNextRestore = null;
       return { exitCode: 2, stdout: '', stderr: `${msg}\nError occurred at line: 2\n` };
     }
-    const work = clone(this.kernels[family]);
-    let table: Table | null = null;
-    let tableName = '';
-    const lines = input.split('\n');
+    const kernel = this.kernels[family];
     const fail = (i: number, why: string): CommandResult => ({ exitCode: 2, stdout: '', stderr: `fake iptables-restore: ${why}\nError occurred at line: ${i + 1}\n` });
-    const pendingChecks: Array<[number, string]> = [];
+    let section: Section | null = null;
+    const lines = input.split('\n');
     for (const [i, raw] of lines.entries()) {
       const line = raw.trim();
       if (!line || line.startsWith('#')) continue;
       if (line.startsWith('*')) {
-        tableName = line.slice(1);
-        table = work.get(tableName) ?? new Map();
-        work.set(tableName, table);
+        section = new Section(line.slice(1), kernel.get(line.slice(1)) ?? new Map(), this.refsOf(family, line.slice(1)));
         continue;
       }
-      if (!table) return fail(i, 'no table');
+      if (!section) return fail(i, 'no table');
       if (line === 'COMMIT') {
-        for (const [li, target] of pendingChecks) if (!table.has(target) && !TARGETS.has(target)) return fail(li, `Chain '${target}' does not exist`);
-        pendingChecks.length = 0;
-        table = null;
+        const err = section.missingTarget();
+        if (err) return fail(err[0], `Chain '${err[1]}' does not exist`);
+        kernel.set(section.name, section.chains);
+        this.refs[family].set(section.name, section.refs);
+        section = null;
         continue;
       }
-      if (line.startsWith(':')) {
-        table.set(line.slice(1).split(' ')[0]!, []);
-        continue;
-      }
-      const m = /^-([AIDX]) (\S+)(?: 1)?(?: (.*))?$/.exec(line);
-      if (!m) return fail(i, `cannot parse ${line}`);
-      const [, op, chain, rest = ''] = m;
-      const rules = table.get(chain!);
-      if (op === 'X') {
-        if (!rules) return fail(i, `no chain ${chain}`);
-        for (const [c, rs] of table) if (c !== chain && rs.some((r) => ruleTarget(r) === chain)) return fail(i, `chain ${chain} is referenced by ${c}`);
-        table.delete(chain!);
-        continue;
-      }
-      if (!rules) return fail(i, `no chain ${chain}`);
-      const rule = op === 'I' ? rest.replace(/^1 /, '') : rest;
-      const target = ruleTarget(rule);
-      if (target) pendingChecks.push([i, target]);
-      if (op === 'A') rules.push(rule);
-      else if (op === 'I') rules.unshift(rule);
-      else {
-        const at = rules.indexOf(rule);
-        if (at === -1) return fail(i, `rule not found in ${chain}: ${rule}`);
-        rules.splice(at, 1);
-      }
+      const why = section.apply(i, line);
+      if (why) return fail(i, why);
     }
-    this.kernels[family] = work;
     return { exitCode: 0, stdout: '', stderr: '' };
+  }
+
+  /** table -> chain -> rules jumping to it */
+  private readonly refs: Record<'IPv4' | 'IPv6', Map<string, Map<string, number>>> = { IPv4: new Map(), IPv6: new Map() };
+
+  private refsOf(family: 'IPv4' | 'IPv6', table: string): Map<string, number> {
+    let r = this.refs[family].get(table);
+    if (!r) {
+      r = new Map();
+      for (const rules of this.kernels[family].get(table)?.values() ?? []) for (const rule of rules) bump(r, ruleTarget(rule), 1);
+      this.refs[family].set(table, r);
+    }
+    return r;
+  }
+}
+
+function bump(refs: Map<string, number>, target: string | undefined, by: number): void {
+  if (target && !TARGETS.has(target)) refs.set(target, (refs.get(target) ?? 0) + by);
+}
+
+/** One transaction: a copy of the table's chain map whose rule lists are copied on write. */
+class Section {
+  readonly chains: Table;
+  readonly refs: Map<string, number>;
+  private readonly copied = new Set<string>();
+  private readonly pendingChecks: Array<[number, string]> = [];
+
+  constructor(
+    readonly name: string,
+    committed: Table,
+    refs: Map<string, number>,
+  ) {
+    this.chains = new Map(committed);
+    this.refs = new Map(refs);
+  }
+
+  private setRules(chain: string, rules: string[]): void {
+    for (const r of this.chains.get(chain) ?? []) bump(this.refs, ruleTarget(r), -1);
+    this.chains.set(chain, rules);
+    this.copied.add(chain);
+  }
+
+  private mutable(chain: string): string[] | undefined {
+    const rules = this.chains.get(chain);
+    if (!rules || this.copied.has(chain)) return rules;
+    const own = [...rules];
+    this.chains.set(chain, own);
+    this.copied.add(chain);
+    return own;
+  }
+
+  /** Applies one line; returns why it fails, if it does. */
+  apply(i: number, line: string): string | null {
+    if (line.startsWith(':')) {
+      this.setRules(line.slice(1).split(' ')[0]!, []);
+      return null;
+    }
+    const m = /^-([AIDX]) (\S+)(?: 1)?(?: (.*))?$/.exec(line);
+    if (!m) return `cannot parse ${line}`;
+    const [, op, chain, rest = ''] = m;
+    if (op === 'X') {
+      if (!this.chains.has(chain!)) return `no chain ${chain}`;
+      if ((this.refs.get(chain!) ?? 0) > 0) return `chain ${chain} is still referenced`;
+      this.chains.delete(chain!);
+      return null;
+    }
+    const rules = this.mutable(chain!);
+    if (!rules) return `no chain ${chain}`;
+    const rule = op === 'I' ? rest.replace(/^1 /, '') : rest;
+    const target = ruleTarget(rule);
+    if (op === 'D') {
+      const at = rules.indexOf(rule);
+      if (at === -1) return `rule not found in ${chain}: ${rule}`;
+      rules.splice(at, 1);
+      bump(this.refs, target, -1);
+      return null;
+    }
+    if (target) this.pendingChecks.push([i, target]);
+    if (op === 'A') rules.push(rule);
+    else rules.unshift(rule);
+    bump(this.refs, target, 1);
+    return null;
+  }
+
+  /** A jump written in this transaction to a chain that does not exist at its end. */
+  missingTarget(): [number, string] | null {
+    for (const [li, target] of this.pendingChecks) if (!this.chains.has(target) && !TARGETS.has(target)) return [li, target];
+    return null;
   }
 }

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { ClusterState, type Change } from '../../src/model/state.js';
 import { renderIptables, IptablesRenderer, type TableName } from '../../src/render/iptables/ruleset.js';
 import { planFull, planPartial, ruleTarget } from '../../src/render/iptables/restore.js';
-import { rulesOf } from '../../src/render/iptables/dispatch.js';
+import { rulesOf } from '../../src/iptables/format.js';
 import type { IptablesRenderConfig } from '../../src/render/iptables/config.js';
 import { probability } from '../../src/render/iptables/service.js';
 import { silentLogger } from '../../src/util/log.js';
@@ -139,7 +139,7 @@ describe('iptables renderer', () => {
   it('lists every chain after the chains it jumps to and counts its rules, also after incremental renders', () => {
     // small leaves so the dispatch trees have several levels; NodePorts, LB IPs with
     // source ranges and Local policies so every kind of chain exists
-    const cfg = { ...baseConfig, leafSize: 2 };
+    const cfg = { ...baseConfig, treeShape: { min: 2, max: 4 } };
     const svc = (i: number) =>
       service({
         name: `s${i}`,

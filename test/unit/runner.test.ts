@@ -51,4 +51,18 @@ describe('bounded-frequency runner', () => {
     expect(times.slice(0, 3)).toEqual([0, 1000, 3000]);
     await r.stop();
   });
+
+  it('keeps backing off while a run keeps failing, even with requests arriving, up to maxInterval', async () => {
+    const { r, times } = make(() => false);
+    r.start();
+    r.run();
+    // a change every 100 ms does not make a failing sync run more often
+    for (let t = 0; t < 120_000; t += 100) {
+      r.run();
+      await vi.advanceTimersByTimeAsync(100);
+    }
+    expect(times.slice(0, 7)).toEqual([0, 1000, 3000, 7000, 15_000, 31_000, 61_000]);
+    expect(r.consecutiveFailures).toBe(times.length);
+    await r.stop();
+  });
 });

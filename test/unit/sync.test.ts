@@ -5,6 +5,8 @@ import { ClusterState, type Change } from '../../src/model/state.js';
 import { IptablesProxier } from '../../src/sync/proxier.js';
 import { resolveConfig } from '../../src/config/config.js';
 import { parseSave } from '../../src/render/iptables/restore.js';
+import { Tracer, tablesFromSave } from '../../src/trace/tracer.js';
+import { isFixedChain } from '../../src/render/iptables/names.js';
 import { silentLogger } from '../../src/util/log.js';
 import { FakeIptables } from '../substrate/fake-iptables.js';
 import { endpointSlice, node, service } from '../substrate/manifests.js';
@@ -31,7 +33,7 @@ function setup() {
       expect(have).toEqual(want);
     }
   };
-  return { fake, state, proxier, add, web, consistent };
+  return { fake, state, proxier, add, web, consistent, config };
 }
 
 describe('sync decisions', () => {
@@ -132,24 +134,62 @@ describe('sync decisions', () => {
     await s.consistent(r);
   });
 
-  it('a restart with the same input writes every chain once and deletes nothing', async () => {
+  it('a restart with the same input writes nothing', async () => {
     const s = setup();
     await s.proxier.init();
     for (let i = 0; i < 30; i++) s.web(`svc-${i}`, `198.19.0.${i + 1}`, ['198.18.1.11']);
     await s.proxier.sync();
-    // a new process: fresh proxier and state, same kernel
-    const config = resolveConfig({ hostnameOverride: 'node-a', clusterCidr: '198.18.1.0/24', iptablesBackend: 'nft' }, 'node-a');
-    const state2 = new ClusterState('node-a', silentLogger);
-    for (let i = 0; i < 30; i++) {
-      state2.apply({ kind: 'Service', current: service({ name: `svc-${i}`, clusterIP: `198.19.0.${i + 1}`, ports: [{ name: 'http', port: 80, targetPort: 8080 }] }) } as Change);
-      state2.apply({ kind: 'EndpointSlice', current: endpointSlice({ service: `svc-${i}`, ports: [{ name: 'http', port: 8080 }], endpoints: [{ ip: '198.18.1.11' }] }) } as Change);
-    }
-    const p2 = new IptablesProxier({ config, state: state2, runner: s.fake, log: silentLogger, hostFacts: host });
+    const p2 = new IptablesProxier({ config: s.config, state: s.state, runner: s.fake, log: silentLogger, hostFacts: host });
     await p2.init();
     const before = s.fake.save('IPv4');
+    const restores = s.fake.restores().length;
     const r = await p2.sync();
-    expect(r.families[0]!.chainsDeleted).toBe(0);
-    expect(s.fake.restores().at(-1)).not.toMatch(/^-[DIX] /m); // no jump or chain churn
+    const f = r.families[0]!;
+    expect(f.full).toBe(true);
+    expect(f.chainsWritten).toBe(0);
+    expect(f.chainsDeleted).toBe(0);
+    expect(s.fake.restores().length).toBe(restores); // not even an empty restore
     expect(s.fake.save('IPv4')).toBe(before);
+    // and a restart after one change writes that change only, in one transaction
+    s.web('svc-3', '198.19.0.4', ['198.18.1.12']);
+    const p3 = new IptablesProxier({ config: s.config, state: s.state, runner: s.fake, log: silentLogger, hostFacts: host });
+    await p3.init();
+    const r3 = (await p3.sync()).families[0]!;
+    expect(r3.chainsWritten).toBeLessThanOrEqual(3);
+    expect(r3.ruleset.generation).toEqual({ nat: 0, filter: 0 });
+    await s.consistent(await p3.sync());
   });
+
+  it('a restart after many changes writes the other name set, switches to it, removes the old one; packets go where the model says', async () => {
+    const s = setup();
+    await s.proxier.init();
+    const N = 3000;
+    for (let i = 0; i < N; i++) s.web(`svc-${i}`, `198.19.${i >> 8}.${(i & 255) + 1}`, ['198.18.1.11', '198.18.1.12']);
+    await s.proxier.sync();
+    const before = s.fake.save('IPv4');
+    // while kpx was away every service moved to other pods: too much to rewrite in place
+    for (let i = 0; i < N; i++) s.web(`svc-${i}`, `198.19.${i >> 8}.${(i & 255) + 1}`, ['198.18.1.13', '198.18.1.14']);
+    const p2 = new IptablesProxier({ config: s.config, state: s.state, runner: s.fake, log: silentLogger, hostFacts: host });
+    await p2.init();
+    const r = await p2.sync();
+    const f = r.families[0]!;
+    expect(f.error).toBeUndefined();
+    expect(f.ruleset.generation).toEqual({ nat: 1, filter: 1 });
+    const owned = (save: string) => [...parseSave(save).get('nat')!.keys()].filter((n) => n.startsWith('KPX-'));
+    const fixed = owned(before).filter((n) => isFixedChain(n));
+    expect(f.chainsDeleted).toBe(owned(before).length - fixed.length); // the old name set, all of it
+    expect(owned(s.fake.save('IPv4')).filter((n) => fixed.includes(n))).toEqual(fixed);
+    await s.consistent(r);
+    const tracer = new Tracer(tablesFromSave(s.fake.save('IPv4')), { localAddresses: ['198.18.0.10', '127.0.0.1'] });
+    for (let i = 0; i < N; i += 97) {
+      const outs = tracer.trace({ family: 'IPv4', proto: 'tcp', src: '198.18.1.50', dst: `198.19.${i >> 8}.${(i & 255) + 1}`, dport: 80, from: { inIface: 'cbr0' } });
+      expect(outs.map((o) => o.dnat).sort()).toEqual(['198.18.1.13:8080', '198.18.1.14:8080']);
+    }
+    // the next restart with the same input writes nothing, in the new name set
+    const p3 = new IptablesProxier({ config: s.config, state: s.state, runner: s.fake, log: silentLogger, hostFacts: host });
+    await p3.init();
+    const f3 = (await p3.sync()).families[0]!;
+    expect(f3.ruleset.generation).toEqual({ nat: 1, filter: 1 });
+    expect(f3.chainsWritten).toBe(0);
+  }, 60_000);
 });

@@ -1,5 +1,7 @@
 // What the iptables renderer needs to know about this node, for one IP family.
 import type { IPFamily } from '../../util/ip.js';
+import type { TreeShape } from './dispatch.js';
+import type { Generation } from './names.js';
 
 /**
  * How "traffic from a local pod" is recognised (kube-proxy's detectLocalMode): by source
@@ -39,8 +41,10 @@ export interface IptablesRenderConfig {
   readonly conntrackTCPLiberal: boolean;
   /** large cluster (> 1000 endpoints): no comments on per-endpoint rules, like kube-proxy */
   readonly reducedComments?: boolean;
-  /** dispatch tree leaf size (tests and benchmarks vary it) */
-  readonly leafSize?: number;
+  /** which name set each table's non-fixed chains use (0 when absent; see names.ts) */
+  readonly generation?: { readonly nat: Generation; readonly filter: Generation };
+  /** how dispatch trees cut their chains (tests vary it to get deep trees from few entries) */
+  readonly treeShape?: TreeShape;
 }
 
 export function masqueradeMark(bit: number): string {

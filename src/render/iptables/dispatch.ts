@@ -1,20 +1,31 @@
-// Dispatch trees: how kpx avoids kube-proxy's one-rule-per-service KUBE-SERVICES chain.
+// Dispatch trees: how kpx avoids kube-proxy's one-rule-per-service KUBE-SERVICES chain
+// while keeping every path from a built-in chain within a hard depth bound.
 //
 // Entries (one rule each, e.g. "-d 198.19.3.7/32 -p tcp --dport 80 -j KPX-SVC-...") are
-// keyed by a number (destination address, or NodePort). The tree is a binary trie over
-// the key bits with path compression: a node whose entries fit in a leaf (<= leafSize)
-// is a leaf chain holding those rules; otherwise it is an interior chain with at most
-// two rules, one per non-empty half, each matching the half's prefix ("-d a.b.c.d/len"
-// or "--dport lo:hi"). An interior node is named after the longest common prefix of
-// its entries, so chains with a single child do not exist.
+// keyed by a number (destination address, or NodePort) and kept sorted. The sorted list is
+// cut into chunks of consecutive entries; each chunk is a leaf chain holding its entries'
+// rules. The chunks are cut again into groups, each an interior chain with one rule per
+// child ("-m iprange --dst-range lo-hi -j child", or "--dport lo:hi"), and so on up, until
+// a level has few enough chains to be the rules of the fixed chain that roots the tree.
 //
-// The shape is a pure function of the entry set (never of history), so the same input
-// renders the same text. A changed entry affects only the nodes whose prefix contains its
-// key, one root-to-leaf path, and update() recomputes only that path: O(depth * log N).
-// A packet walks O(log N) short chains instead of N rules. See docs/design.md.
+// Where chunks end is decided by a hash of each unit's key (a unit is a distinct key at the
+// lowest level, a child chain above): a unit ends a chunk when its hash is the largest
+// within `min - 1` units on either side (a local maximum), and it is at least `min` units
+// from either end of the level. Two such units are more than `min - 1` apart, so every
+// chunk has at least `min` units, and each level divides the count by `min` or more: the
+// depth is at most log_min(N / max) levels, whatever the keys (depthBound() below). A
+// chunk of more than `max` rules is split evenly into parts of at most `max` (and at least
+// max / 2 >= min), so no chain has more than `max` rules, a bound on what a packet walks.
+// Hashes, not key bits, decide, so clustered, sequential and random addresses all give
+// the same shape statistically; and the shape is a pure function of the entry set: the
+// same model renders the same text whether it was built at once or by updates. Whether a
+// unit ends a chunk depends only on its neighbours within `min - 1`, so a changed entry
+// rewrites the chains on its root-to-leaf path and, now and then, a neighbour.
+// See docs/design.md ("Dispatch trees") for the bound and the measurements behind it.
 import type { IPFamily } from '../../util/ip.js';
 import { bigIntToIP } from '../../util/ip.js';
-import { dispatchChain } from './names.js';
+import { block } from '../../iptables/format.js';
+import { dispatchChain, type Generation } from './names.js';
 
 export interface DispatchEntry {
   /** destination address (as integer) or port number */
@@ -25,39 +36,46 @@ export interface DispatchEntry {
   readonly rule: string;
 }
 
+/** How chunks are cut; see the file comment. max >= 2 * min. */
+export interface TreeShape {
+  readonly min: number;
+  readonly max: number;
+}
+
+/**
+ * About 15 rules a chain (2 * min - 1 for random hashes), at least 8 and never more than
+ * 32: depth <= 5 up to 1M entries.
+ */
+export const DEFAULT_SHAPE: TreeShape = { min: 8, max: 32 };
+
 export interface DispatchSpec {
   /** distinguishes trees in chain names, e.g. "DST", "NPT" */
   readonly tag: string;
   readonly keyBits: number;
-  /** the match for "key within prefix/len" */
-  prefixMatch(prefix: bigint, len: number): string;
-  readonly leafSize: number;
+  /** the match for "key within [lo, hi]" */
+  rangeMatch(lo: bigint, hi: bigint): string;
+  readonly shape: TreeShape;
+  /** the name set of the tree's chains */
+  readonly generation?: Generation;
 }
 
-export const DEFAULT_LEAF_SIZE = 8;
-
-/** A chain's rules as one restore-format block: "-A NAME rule" lines joined by "\n". */
-export function block(name: string, rules: readonly string[]): string {
-  if (rules.length === 0) return '';
-  // one join: a flat string (a template around the join would keep a tree of pieces)
-  const parts = rules.slice();
-  parts[0] = `-A ${name} ${parts[0]}`;
-  return parts.join(`\n-A ${name} `);
+/**
+ * The most chain levels below the root chain a tree of `entries` entries can have with
+ * this shape, for any keys: each level has at most ceil(count / min) chains.
+ */
+export function depthBound(entries: number, shape: TreeShape = DEFAULT_SHAPE): number {
+  let count = entries;
+  let depth = 0;
+  while (count > shape.max) {
+    count = Math.ceil(count / shape.min);
+    depth++;
+  }
+  return depth;
 }
 
-/** Lines in a block (0 for an empty chain). */
-export function countLines(b: string | undefined): number {
-  if (!b) return 0;
-  let n = 1;
-  for (let i = b.indexOf('\n'); i !== -1; i = b.indexOf('\n', i + 1)) n++;
-  return n;
-}
-
-/** The rules of a block (inverse of block()). */
-export function rulesOf(name: string, text: string | undefined): string[] {
-  if (!text) return [];
-  const prefix = `-A ${name} `;
-  return text.split('\n').map((l) => (l.startsWith(prefix) ? l.slice(prefix.length) : l));
+/** Entries a tree can hold within `depth` levels below its root chain, for any keys. */
+export function capacityAt(depth: number, shape: TreeShape = DEFAULT_SHAPE): number {
+  return shape.max * shape.min ** depth;
 }
 
 function compare(a: DispatchEntry, b: DispatchEntry): number {
@@ -66,10 +84,49 @@ function compare(a: DispatchEntry, b: DispatchEntry): number {
   return a.rule < b.rule ? -1 : a.rule > b.rule ? 1 : 0;
 }
 
-interface NodeRef {
-  lo: number;
-  hi: number;
-  len: number;
+/** murmur3's 32-bit finalizer: a fixed, well-mixed hash (the same on every machine). */
+function mix32(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+function keyHash(key: bigint): number {
+  let h = 0x9747b28c;
+  let k = key;
+  do {
+    h = mix32(h ^ Number(k & 0xffffffffn));
+    k >>= 32n;
+  } while (k > 0n);
+  return h;
+}
+
+/** The hash that decides whether a unit with this (last) key ends a chunk at `level` (tests build worst cases with it). */
+export function unitHash(key: bigint, level: number): number {
+  return levelHash(keyHash(key), level);
+}
+
+/** Level 0 uses the key's hash as it is; each level above re-mixes it with its own salt. */
+function levelHash(h: number, level: number): number {
+  return level === 0 ? h : mix32(h ^ Math.imul(level, 0x9e3779b9));
+}
+
+/** One chain of the tree: a run of units of the level below (entries at level 0). */
+interface Chunk {
+  readonly name: string;
+  /** [lo, hi) indices into the level below */
+  readonly lo: number;
+  readonly hi: number;
+  /** the smallest and largest key under it (the parent's rule matches [low, high]) */
+  readonly low: bigint;
+  readonly high: bigint;
+  /** identity of the first unit: the entry (level 0) or the child chain's name */
+  readonly first: DispatchEntry | string;
+  /** index (in entries) of the last entry under it */
+  readonly end: number;
 }
 
 /** What an update did to the tree's own chains (name -> block, or null when deleted). */
@@ -78,14 +135,20 @@ export type ChainChanges = Map<string, string | null>;
 export class DispatchTree {
   /** entries, sorted by key then order */
   private entries: DispatchEntry[] = [];
+  /** keyHash of each entry's key, parallel to entries */
+  private hashes: number[] = [];
+  /** chunk levels, leaves (level 0) first; the last level's chunks are the root's targets */
+  private levels: Chunk[][] = [];
   private readonly chains = new Map<string, string>();
   private root: string[] = [];
+  /** chain names by (boundary entry, level): hashing names is most of a rebuild's cost */
+  private names = new WeakMap<DispatchEntry, string[]>();
   /** rules in the tree's own chains (metrics) */
   ruleCount = 0;
-  private readonly bits: bigint;
+  private readonly shape: TreeShape;
 
   constructor(readonly spec: DispatchSpec) {
-    this.bits = BigInt(spec.keyBits);
+    this.shape = spec.shape;
   }
 
   /** Rules for the fixed chain that roots the tree (e.g. KPX-SERVICES). */
@@ -97,133 +160,222 @@ export class DispatchTree {
     return this.entries.length;
   }
 
+  /** Chain levels below the root chain on the longest path (0: the entries are root rules). */
+  get depth(): number {
+    return this.levels.length;
+  }
+
   /** The tree's chains (name -> block). */
   ownChains(): ReadonlyMap<string, string> {
     return this.chains;
   }
 
-  /** The tree's chains, each after the chains it jumps to (a walk from the root). */
-  *chainsLeavesFirst(): Generator<readonly [string, string]> {
-    if (!this.entries.length) return;
-    const root = this.rootRef();
-    if (this.isLeaf(root)) return;
-    // iterative post-order: [node, its children, next child index]
-    const stack: Array<{ children: Array<{ name: string; ref: NodeRef }>; i: number }> = [{ children: this.children(root), i: 0 }];
-    while (stack.length) {
-      const top = stack[stack.length - 1]!;
-      if (top.i > 0) {
-        const done = top.children[top.i - 1]!;
-        yield [done.name, this.chains.get(done.name)!];
-      }
-      if (top.i === top.children.length) {
-        stack.pop();
-        continue;
-      }
-      const next = top.children[top.i++]!;
-      stack.push({ children: this.isLeaf(next.ref) ? [] : this.children(next.ref), i: 0 });
+  /** Children of a chain, as data (tools and tests): names of the chains its rules jump to. */
+  childrenOf(name: string): string[] | undefined {
+    for (let l = 0; l < this.levels.length; l++) {
+      const c = this.levels[l]!.find((x) => x.name === name);
+      if (c) return l === 0 ? [] : this.levels[l - 1]!.slice(c.lo, c.hi).map((x) => x.name);
     }
+    return undefined;
+  }
+
+  /** The tree's chains, each after the chains it jumps to (leaves, then each level up). */
+  *chainsLeavesFirst(): Generator<readonly [string, string]> {
+    for (const level of this.levels) for (const c of level) yield [c.name, this.chains.get(c.name)!];
   }
 
   /** Replaces all entries and rebuilds every chain. */
   reset(input: readonly DispatchEntry[]): ChainChanges {
     const before = new Map(this.chains);
     this.entries = [...input].sort(compare);
-    this.chains.clear();
-    this.root = this.entries.length ? this.renderNode(this.rootRef(), this.chains) : [];
+    this.hashes = this.entries.map((e) => keyHash(e.key));
+    this.names = new WeakMap();
+    this.rebuild(null, null);
     const changes: ChainChanges = new Map();
     for (const [n, b] of this.chains) if (before.get(n) !== b) changes.set(n, b);
     for (const n of before.keys()) if (!this.chains.has(n)) changes.set(n, null);
-    this.recount();
     return changes;
   }
 
-  private recount(): void {
-    let n = 0;
-    for (const b of this.chains.values()) n += countLines(b);
-    this.ruleCount = n;
+  /** Removes and adds entries; rewrites only the chains whose rules changed. */
+  update(removed: readonly DispatchEntry[], added: readonly DispatchEntry[]): ChainChanges {
+    const keys = new Set<bigint>();
+    for (const e of removed) {
+      keys.add(e.key);
+      const i = this.lowerBound(e);
+      if (i < this.entries.length && compare(this.entries[i]!, e) === 0) {
+        this.entries.splice(i, 1);
+        this.hashes.splice(i, 1);
+      }
+    }
+    for (const e of added) {
+      keys.add(e.key);
+      const i = this.lowerBound(e);
+      this.entries.splice(i, 0, e);
+      this.hashes.splice(i, 0, keyHash(e.key));
+    }
+    const changes: ChainChanges = new Map();
+    if (keys.size) this.rebuild([...keys].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)), changes);
+    return changes;
   }
 
-  /** Removes and adds entries, recomputing only the paths of the keys involved. */
-  update(removed: readonly DispatchEntry[], added: readonly DispatchEntry[]): ChainChanges {
-    const changes: ChainChanges = new Map();
-    const keys = new Set<bigint>();
-    for (const e of removed) keys.add(e.key);
-    for (const e of added) keys.add(e.key);
-    // Everything that can change hangs off the old and new paths of the changed keys.
-    const candidates = new Set<string>(this.targets(this.root));
-    for (const k of keys) {
-      for (const n of this.pathNames(k)) {
-        candidates.add(n);
-        for (const c of this.targets(this.chains.get(n))) candidates.add(c);
-      }
+  /**
+   * Cuts every level anew (integer work, O(N)) and writes the text of the chains that may
+   * have changed: new chains, and chains whose units may differ from last time. With
+   * `changedKeys` null, everything is written.
+   */
+  private rebuild(changedKeys: readonly bigint[] | null, changes: ChainChanges | null): void {
+    const old = new Map<string, Chunk>();
+    for (const level of this.levels) for (const c of level) old.set(c.name, c);
+    const levels: Chunk[][] = [];
+    const { max } = this.shape;
+    let units = this.entries.length;
+    let prev: Chunk[] | null = null;
+    while (units > max) {
+      const level = levels.length;
+      const cut: Chunk[] = prev ? this.cutChunks(prev, level) : this.cutEntries();
+      levels.push(cut);
+      prev = cut;
+      units = cut.length;
     }
-    for (const e of removed) {
-      const i = this.lowerBound(e);
-      if (i < this.entries.length && compare(this.entries[i]!, e) === 0) this.entries.splice(i, 1);
-    }
-    for (const e of added) this.entries.splice(this.lowerBound(e), 0, e);
-
-    const kept = new Set<string>();
-    const set = (name: string, rules: string[]) => {
-      const b = block(name, rules);
-      kept.add(name);
-      if (this.chains.get(name) !== b) {
-        this.chains.set(name, b);
-        changes.set(name, b);
-      }
-    };
-    // Children referenced by re-rendered nodes; new ones (from a split) are built whole.
-    const referenced: Array<{ name: string; ref: NodeRef }> = [];
-    this.root = [];
-    if (this.entries.length) {
-      const rootRef = this.rootRef();
-      this.root = this.renderNode(rootRef);
-      if (!this.isLeaf(rootRef)) referenced.push(...this.children(rootRef));
-      for (const k of keys) {
-        for (const [name, ref] of this.path(k)) {
-          set(name, this.renderNode(ref));
-          if (!this.isLeaf(ref)) referenced.push(...this.children(ref));
+    // which chunks need their text written, level by level
+    const boundsMoved = new Set<string>();
+    levels.forEach((level, l) => {
+      for (const c of level) {
+        const was = old.get(c.name);
+        const dirty =
+          !changedKeys ||
+          !was ||
+          was.first !== c.first ||
+          was.hi - was.lo !== c.hi - c.lo ||
+          anyKeyIn(changedKeys, c.low, c.high) ||
+          (l > 0 && this.childMoved(levels[l - 1]!, c, old, boundsMoved));
+        if (was && (was.low !== c.low || was.high !== c.high)) boundsMoved.add(c.name);
+        if (!dirty) continue;
+        const text = block(c.name, l === 0 ? this.leafRules(c) : this.interiorRules(levels[l - 1]!, c));
+        if (this.chains.get(c.name) !== text) {
+          this.chains.set(c.name, text);
+          changes?.set(c.name, text);
         }
       }
+    });
+    const kept = new Set<string>();
+    for (const level of levels) for (const c of level) kept.add(c.name);
+    for (const n of old.keys()) {
+      if (kept.has(n)) continue;
+      this.chains.delete(n);
+      changes?.set(n, null);
     }
-    for (const c of referenced) {
-      kept.add(c.name);
-      if (!this.chains.has(c.name)) this.buildSubtree(c.name, c.ref, kept, changes);
-    }
-    for (const n of candidates) if (!kept.has(n)) this.dropSubtree(n, kept, changes);
-    if (changes.size) this.recount();
-    return changes;
+    this.levels = levels;
+    const top = levels.at(-1);
+    this.root = top ? this.interiorRules(top, { lo: 0, hi: top.length }) : this.entries.map((e) => e.rule);
+    // leaves hold every entry; an interior chain holds a rule per child
+    let rules = levels.length ? this.entries.length : 0;
+    for (let l = 0; l + 1 < levels.length; l++) rules += levels[l]!.length;
+    this.ruleCount = rules;
   }
 
-  /** Tree chains a block (or root rules) jumps to. */
-  private targets(text: string | readonly string[] | undefined): string[] {
-    if (!text) return [];
-    const src = typeof text === 'string' ? text : text.join('\n');
-    const prefix = `KPX-${this.spec.tag}-`;
-    const out: string[] = [];
-    for (const m of src.matchAll(/ -j (KPX-\S+)/g)) if (m[1]!.startsWith(prefix)) out.push(m[1]!);
+  private childMoved(below: readonly Chunk[], c: Chunk, old: ReadonlyMap<string, Chunk>, moved: ReadonlySet<string>): boolean {
+    for (let i = c.lo; i < c.hi; i++) {
+      const child = below[i]!;
+      if (!old.has(child.name) || moved.has(child.name)) return true;
+    }
+    return false;
+  }
+
+  private leafRules(c: Pick<Chunk, 'lo' | 'hi'>): string[] {
+    const out: string[] = new Array(c.hi - c.lo);
+    for (let i = c.lo; i < c.hi; i++) out[i - c.lo] = this.entries[i]!.rule;
     return out;
   }
 
-  /** Builds a node and everything below it (a new child after a split, or a root moved down). */
-  private buildSubtree(name: string, ref: NodeRef, kept: Set<string>, changes: ChainChanges): void {
-    const built = new Map<string, string>([[name, '']]);
-    built.set(name, block(name, this.renderNode(ref, built)));
-    for (const [n, b] of built) {
-      kept.add(n);
-      if (this.chains.get(n) !== b) {
-        this.chains.set(n, b);
-        changes.set(n, b);
-      }
+  private interiorRules(below: readonly Chunk[], c: Pick<Chunk, 'lo' | 'hi'>): string[] {
+    const out: string[] = new Array(c.hi - c.lo);
+    for (let i = c.lo; i < c.hi; i++) {
+      const child = below[i]!;
+      out[i - c.lo] = `${this.spec.rangeMatch(child.low, child.high)} -j ${child.name}`;
     }
+    return out;
   }
 
-  private dropSubtree(name: string, kept: ReadonlySet<string>, changes: ChainChanges): void {
-    const b = this.chains.get(name);
-    if (b === undefined) return;
-    this.chains.delete(name);
-    changes.set(name, null);
-    for (const c of this.targets(b)) if (!kept.has(c)) this.dropSubtree(c, kept, changes);
+  /** Level 0: units are the distinct keys (all entries of a key stay together unless a chunk is split). */
+  private cutEntries(): Chunk[] {
+    const e = this.entries;
+    // the first entry index of each distinct key, and that key's hash
+    const starts: number[] = [];
+    const hashes: number[] = [];
+    for (let i = 0; i < e.length; i++) {
+      if (i === 0 || e[i]!.key !== e[i - 1]!.key) {
+        starts.push(i);
+        hashes.push(this.hashes[i]!);
+      }
+    }
+    starts.push(e.length);
+    const out: Chunk[] = [];
+    for (const [a, b] of this.runs(hashes)) {
+      this.split(starts[a]!, starts[b]!, (lo, hi) =>
+        out.push({ name: this.nameOf(e[hi - 1]!, 0, hi - 1), lo, hi, low: e[lo]!.key, high: e[hi - 1]!.key, first: e[lo]!, end: hi - 1 }),
+      );
+    }
+    return out;
+  }
+
+  /** Level >= 1: units are the chains of the level below, hashed by their last key and the level. */
+  private cutChunks(below: readonly Chunk[], level: number): Chunk[] {
+    const hashes = below.map((c) => levelHash(this.hashes[c.end]!, level));
+    const out: Chunk[] = [];
+    for (const [a, b] of this.runs(hashes)) {
+      this.split(a, b, (lo, hi) => {
+        const first = below[lo]!;
+        const last = below[hi - 1]!;
+        out.push({ name: this.nameOf(this.entries[last.end]!, level, last.end), lo, hi, low: first.low, high: last.high, first: first.name, end: last.end });
+      });
+    }
+    return out;
+  }
+
+  /**
+   * Natural chunks of a level: [start, end) unit ranges ending at local maxima of the
+   * hashes (ties go to the leftmost), each at least `min` units from either end.
+   */
+  private *runs(h: readonly number[]): Generator<readonly [number, number]> {
+    const w = this.shape.min - 1;
+    const n = h.length;
+    let start = 0;
+    for (let i = w; i <= n - 1 - this.shape.min; i++) {
+      const v = h[i]!;
+      let peak = true;
+      for (let j = i - w; j <= i + w && peak; j++) {
+        if (j === i) continue;
+        const u = h[j]!;
+        if (u > v || (u === v && j < i)) peak = false;
+      }
+      if (peak) {
+        yield [start, i + 1];
+        start = i + 1;
+      }
+    }
+    yield [start, n];
+  }
+
+  /** Calls `emit` for [lo, hi) itself or, above `max` units, for ceil(n / max) even parts of it. */
+  private split(lo: number, hi: number, emit: (lo: number, hi: number) => void): void {
+    const n = hi - lo;
+    const parts = Math.ceil(n / this.shape.max);
+    for (let k = 0; k < parts; k++) emit(lo + Math.floor((k * n) / parts), lo + Math.floor(((k + 1) * n) / parts));
+  }
+
+  /** A chain's name: the tree, its level and the entry it ends with (and that entry's copy count). */
+  private nameOf(entry: DispatchEntry, level: number, index: number): string {
+    // identical entries (the same rule twice) get distinct names by their position among copies
+    let copy = 0;
+    for (let j = index - 1; j >= 0 && compare(this.entries[j]!, entry) === 0; j--) copy++;
+    if (copy === 0) {
+      let list = this.names.get(entry);
+      if (!list) this.names.set(entry, (list = []));
+      return (list[level] ??= dispatchChain(this.spec.tag, `${level}|${entry.key}|${entry.order}|${entry.rule}`, this.spec.generation));
+    }
+    return dispatchChain(this.spec.tag, `${level}|${entry.key}|${entry.order}|${entry.rule}|${copy}`, this.spec.generation);
   }
 
   private lowerBound(e: DispatchEntry): number {
@@ -236,117 +388,38 @@ export class DispatchTree {
     }
     return lo;
   }
-
-  private bitAt(key: bigint, pos: number): bigint {
-    return (key >> (this.bits - 1n - BigInt(pos))) & 1n;
-  }
-
-  private maskOf(len: number): bigint {
-    return len === 0 ? 0n : ((1n << BigInt(len)) - 1n) << (this.bits - BigInt(len));
-  }
-
-  private commonLen(a: bigint, b: bigint): number {
-    const x = a ^ b;
-    return x === 0n ? this.spec.keyBits : this.spec.keyBits - x.toString(2).length;
-  }
-
-  private rootRef(): NodeRef {
-    const e = this.entries;
-    return { lo: 0, hi: e.length, len: this.commonLen(e[0]!.key, e[e.length - 1]!.key) };
-  }
-
-  private isLeaf(ref: NodeRef): boolean {
-    return ref.hi - ref.lo <= this.spec.leafSize || ref.len >= this.spec.keyBits;
-  }
-
-  /** First index in [lo, hi) whose key has bit `len` set. */
-  private split(ref: NodeRef): number {
-    let lo = ref.lo;
-    let hi = ref.hi;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (this.bitAt(this.entries[mid]!.key, ref.len) === 0n) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  }
-
-  private children(ref: NodeRef): Array<{ name: string; prefix: bigint; ref: NodeRef }> {
-    const mid = this.split(ref);
-    const out: Array<{ name: string; prefix: bigint; ref: NodeRef }> = [];
-    for (const [a, b] of [
-      [ref.lo, mid],
-      [mid, ref.hi],
-    ] as const) {
-      if (a === b) continue;
-      const len = b - a <= this.spec.leafSize ? ref.len + 1 : this.commonLen(this.entries[a]!.key, this.entries[b - 1]!.key);
-      const prefix = this.entries[a]!.key & this.maskOf(len);
-      out.push({ name: dispatchChain(this.spec.tag, `${prefix}/${len}`), prefix, ref: { lo: a, hi: b, len } });
-    }
-    return out;
-  }
-
-  /** A node's rules; with a `sink`, also builds every chain below it into the sink. */
-  private renderNode(ref: NodeRef, sink?: Map<string, string>): string[] {
-    if (this.isLeaf(ref)) {
-      const out: string[] = new Array(ref.hi - ref.lo);
-      for (let i = ref.lo; i < ref.hi; i++) out[i - ref.lo] = this.entries[i]!.rule;
-      return out;
-    }
-    return this.children(ref).map((c) => {
-      if (sink) sink.set(c.name, block(c.name, this.renderNode(c.ref, sink)));
-      return `${this.spec.prefixMatch(c.prefix, c.ref.len)} -j ${c.name}`;
-    });
-  }
-
-  /** The chains (below the root) whose prefix contains `key`, root first. */
-  private path(key: bigint): Array<[string, NodeRef]> {
-    const out: Array<[string, NodeRef]> = [];
-    if (!this.entries.length) return out;
-    let ref = this.rootRef();
-    while (!this.isLeaf(ref)) {
-      const next = this.children(ref).find((c) => (key & this.maskOf(c.ref.len)) === c.prefix);
-      if (!next) break;
-      out.push([next.name, next.ref]);
-      ref = next.ref;
-    }
-    return out;
-  }
-
-  private pathNames(key: bigint): string[] {
-    return this.path(key).map(([n]) => n);
-  }
 }
 
-export function addressDispatch(tag: string, family: IPFamily, leafSize = DEFAULT_LEAF_SIZE): DispatchSpec {
-  const keyBits = family === 'IPv4' ? 32 : 128;
+/** Is any of the sorted keys within [lo, hi]? */
+function anyKeyIn(sorted: readonly bigint[], lo: bigint, hi: bigint): boolean {
+  let a = 0;
+  let b = sorted.length;
+  while (a < b) {
+    const mid = (a + b) >> 1;
+    if (sorted[mid]! < lo) a = mid + 1;
+    else b = mid;
+  }
+  return a < sorted.length && sorted[a]! <= hi;
+}
+
+export function addressDispatch(tag: string, family: IPFamily, shape: TreeShape = DEFAULT_SHAPE, generation: Generation = 0): DispatchSpec {
+  const bits = family === 'IPv4' ? 32 : 128;
   return {
     tag,
-    keyBits,
-    leafSize,
-    prefixMatch: (prefix, len) => `-d ${bigIntToIP(prefix, family)}/${len}`,
+    keyBits: bits,
+    shape,
+    generation,
+    rangeMatch: (lo, hi) =>
+      lo === hi ? `-d ${bigIntToIP(lo, family)}/${bits}` : `-m iprange --dst-range ${bigIntToIP(lo, family)}-${bigIntToIP(hi, family)}`,
   };
 }
 
-export function portDispatch(tag: string, protocol: 'tcp' | 'udp' | 'sctp', leafSize = DEFAULT_LEAF_SIZE): DispatchSpec {
+export function portDispatch(tag: string, protocol: 'tcp' | 'udp' | 'sctp', shape: TreeShape = DEFAULT_SHAPE, generation: Generation = 0): DispatchSpec {
   return {
     tag,
     keyBits: 16,
-    leafSize,
-    prefixMatch: (prefix, len) => {
-      const lo = Number(prefix);
-      const hi = lo + 2 ** (16 - len) - 1;
-      return `-p ${protocol} -m ${protocol} --dport ${lo === hi ? lo : `${lo}:${hi}`}`;
-    },
-  };
-}
-
-/** One-shot build (tests, tools): root rules plus the tree's chains as rule lists. */
-export function buildDispatch(spec: DispatchSpec, entries: readonly DispatchEntry[]): { rootRules: string[]; chains: Map<string, string[]> } {
-  const t = new DispatchTree(spec);
-  t.reset(entries);
-  return {
-    rootRules: [...t.rootRules],
-    chains: new Map([...t.ownChains()].map(([n, b]) => [n, rulesOf(n, b)])),
+    shape,
+    generation,
+    rangeMatch: (lo, hi) => `-p ${protocol} -m ${protocol} --dport ${lo === hi ? lo : `${lo}:${hi}`}`,
   };
 }

@@ -57,16 +57,21 @@ export function hashNames(prefixes: readonly string[], input: string): string[] 
   });
 }
 
-/** The first 16 base32 characters of sha256(input). */
-export function hash16(input: string): string {
-  return hashName('', input);
-}
+/**
+ * Which of two name sets a table's non-fixed chains use. A full sync writes the set the
+ * kernel is not using, switches the fixed chains over in one transaction, then deletes the
+ * old set: a full sync that fails half-way leaves what was serving untouched.
+ */
+export type Generation = 0 | 1;
+
+/** Generation 0 hashes the name's input as it is (the names kpx always had); 1 salts it. */
+const salted = (input: string, generation: Generation): string => (generation === 0 ? input : `${input}\u0000g1`);
 
 /** Per-service-port chains, keyed like kube-proxy's: port name plus protocol. */
 const SERVICE_PREFIXES = ['KPX-SVC-', 'KPX-SVL-', 'KPX-EXT-', 'KPX-FW-'];
 
-export function servicePortChains(portName: string, protocol: string) {
-  const [svc, svl, ext, fw] = hashNames(SERVICE_PREFIXES, `${portName}${protocol}`) as [string, string, string, string];
+export function servicePortChains(portName: string, protocol: string, generation: Generation = 0) {
+  const [svc, svl, ext, fw] = hashNames(SERVICE_PREFIXES, salted(`${portName}${protocol}`, generation)) as [string, string, string, string];
   return {
     /** endpoints for Cluster traffic policy */
     svc,
@@ -79,13 +84,29 @@ export function servicePortChains(portName: string, protocol: string) {
   };
 }
 
-export function endpointChain(portName: string, protocol: string, endpoint: string): string {
-  return hashName('KPX-SEP-', `${portName}${protocol}${endpoint}`);
+export function endpointChain(portName: string, protocol: string, endpoint: string, generation: Generation = 0): string {
+  return hashName('KPX-SEP-', salted(`${portName}${protocol}${endpoint}`, generation));
 }
 
 /** Interior and leaf chains of a dispatch tree. */
-export function dispatchChain(tag: string, prefixId: string): string {
-  return hashName(`KPX-${tag}-`, `${tag}|${prefixId}`);
+export function dispatchChain(tag: string, id: string, generation: Generation = 0): string {
+  return hashName(`KPX-${tag}-`, salted(`${tag}|${id}`, generation));
+}
+
+/** The rule in KPX-CANARY that says a table serves from generation 1 (generation 0 has none). */
+export function generationMarker(g: Generation): string {
+  return `-m comment --comment "kpx generation ${g}"`;
+}
+
+/** The generation a table's KPX-CANARY rules record. */
+export function generationOf(canaryRules: readonly string[]): Generation {
+  return canaryRules.some((r) => r.includes('kpx generation 1')) ? 1 : 0;
+}
+
+/** Fixed chains: written in place by every sync, in both generations. */
+const FIXED: ReadonlySet<string> = new Set(Object.values(CHAIN));
+export function isFixedChain(name: string): boolean {
+  return FIXED.has(name);
 }
 
 export function isKpxChain(name: string): boolean {

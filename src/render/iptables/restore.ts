@@ -1,7 +1,7 @@
 // iptables-save / iptables-restore text: parsing what the kernel has, and planning the
 // restore input that takes it to what kpx wants. Pure text work; src/apply runs binaries.
-import { isKpxChain } from './names.js';
-import { countLines } from './dispatch.js';
+import { CHAIN, generationOf, isKpxChain, type Generation } from './names.js';
+import { countLines, sameChain } from '../../iptables/format.js';
 import type { BuiltinJump, IptablesRuleset, RenderDelta, TableName } from './ruleset.js';
 import { TABLES } from './ruleset.js';
 
@@ -57,19 +57,59 @@ export interface KernelTableView {
   readonly chains: ReadonlySet<string>;
   /** built-in chain -> its rules that jump to KPX- chains, in order */
   readonly jumps: ReadonlyMap<string, readonly string[]>;
+  /** the name set the table serves from (its canary's marker); null without a canary */
+  readonly generation?: Generation | null;
+  /** the rules of kpx's chains, when the kernel was read (not from memory) */
+  readonly rules?: ReadonlyMap<string, readonly string[]>;
 }
 
 export function kernelView(saved: SavedTables | undefined, table: string): KernelTableView {
+  const canary = saved?.get(table)?.get(CHAIN.canary);
+  const generation = canary ? generationOf(canary.rules) : null;
   const chains = new Set<string>();
+  const rules = new Map<string, readonly string[]>();
   const jumps = new Map<string, string[]>();
   for (const [name, chain] of saved?.get(table) ?? []) {
-    if (isKpxChain(name)) chains.add(name);
+    if (isKpxChain(name)) {
+      chains.add(name);
+      rules.set(name, chain.rules);
+    }
     if (BUILTIN_CHAINS.has(name)) {
       const ours = chain.rules.filter((r) => isKpxChain(ruleTarget(r) ?? ''));
       if (ours.length) jumps.set(name, ours);
     }
   }
-  return { chains, jumps };
+  return { chains, jumps, generation, rules };
+}
+
+/** Chains the kernel already holds exactly as desired (a full sync need not write them). */
+export type Unchanged = Record<TableName, ReadonlySet<string>>;
+
+/**
+ * Compares the desired chains with the kernel's, for a full sync that would rewrite the
+ * chains serving now: which are already right, and how many lines the changed ones that
+ * serve now would take to rewrite (they must change in one transaction).
+ */
+export function compareWithKernel(
+  desired: IptablesRuleset,
+  kernel: Record<TableName, KernelTableView>,
+): { unchanged: Unchanged; changedLines: number; totalLines: number } {
+  const unchanged = {} as Record<TableName, Set<string>>;
+  let changedLines = 0;
+  let totalLines = 0;
+  for (const table of TABLES) {
+    const have = kernel[table].rules;
+    const same = (unchanged[table] = new Set<string>());
+    for (const [name, text] of desired.chains(table)) {
+      const lines = countLines(text) + 1;
+      totalLines += lines;
+      const rules = have?.get(name);
+      if (rules === undefined) continue;
+      if (sameChain(name, text, rules)) same.add(name);
+      else changedLines += lines;
+    }
+  }
+  return { unchanged, changedLines, totalLines };
 }
 
 /** One table's transaction (or a part of one): "*table", declarations, rules, "COMMIT". */
@@ -240,19 +280,29 @@ class PlanWriter {
  * size of ONE transaction (a *table ... COMMIT section): 1k services x 10 endpoints take
  * ~6 s, 2k ~34 s, 4k ~300 s, for kube-proxy's layout and kpx's alike. The same rules cut
  * into transactions of a few thousand lines, in one process, take ~1 s for 1k and ~2 s
- * for 2k. So on the nft backend a full sync is cut into transactions of maxLines, chains
- * ordered leaves first so a rule is only written after the chains it jumps to; the
- * built-in chain jumps come last, then stale chains are flushed and deleted. Legacy
- * rewrites the whole table on each commit, so it keeps one transaction per table, and
- * so do full syncs of at most batchAbove lines (atomic, at a cost that is still small).
- * A batched plan is generated while it is written: only one batch exists as text.
+ * for 2k. So on the nft backend a full sync is cut into transactions of maxLines, in
+ * three steps: (1) the chains of the name set the kernel is not serving from (and fixed
+ * chains it lacks), leaves first, so a rule is only written after the chains it jumps to;
+ * (2) one transaction per table that rewrites the fixed chains in place and sets the
+ * jumps from the built-in chains: the switch; (3) the old chains, flushed then deleted.
+ * A failure in (1) or (2) leaves the table serving what it served before; one in (3)
+ * leaves unreachable chains the next full sync deletes. Legacy rewrites the whole table
+ * on each commit, so it keeps one transaction per table, and so do full syncs of at most
+ * batchAbove lines (atomic, at a cost that is still small). A batched plan is generated
+ * while it is written: only one batch exists as text.
  */
 export function planFull(
   desired: IptablesRuleset,
   kernel: Record<TableName, KernelTableView>,
   maxLines = Infinity,
   batchAbove = 0,
+  unchanged?: Unchanged,
 ): RestorePlan {
+  const wanted = (table: TableName): Iterable<readonly [string, string]> => {
+    const skip = unchanged?.[table];
+    const all = desired.leavesFirst ? desired.chains(table) : leavesFirst(desired.chains(table));
+    return skip?.size ? filterChains(all, skip) : all;
+  };
   // Small enough: one transaction per table, so a failure rolls everything back.
   if (maxLines !== Infinity && batchAbove > 0) {
     let total = 0;
@@ -274,16 +324,31 @@ export function planFull(
   }
   if (maxLines === Infinity) {
     const w = new PlanWriter();
-    for (const table of TABLES) w.table(table, desired.chains(table), stale[table], jumpOps[table]);
+    for (const table of TABLES) w.table(table, wanted(table), stale[table], jumpOps[table]);
     return w.plan();
   }
   const limit = maxLines;
+  const inPlace = desired.inPlace ?? (() => true);
+  // Does the table serve from the name set being written? Then every chain it has serves
+  // (a rewrite in place: only the changed ones are written, all in step 2); otherwise
+  // only the fixed chains do.
+  const servingSet = (t: TableName) => !desired.generation || desired.generation[t] === (kernel[t].generation ?? 0);
   return new RestorePlan(function* (stats) {
     const w = new PlanWriter();
+    // 1. In batches: every chain the kernel does not have, and every chain of the name set
+    //    the kernel is not serving from. Nothing serving changes: none of these is
+    //    reachable until step 2.
+    const rewrite = {} as Record<TableName, Array<readonly [string, string]>>;
     let lines = 0;
     for (const table of TABLES) {
+      rewrite[table] = [];
+      const serving = servingSet(table);
       let group: Array<readonly [string, string]> = [];
-      for (const entry of desired.leavesFirst ? desired.chains(table) : leavesFirst(desired.chains(table))) {
+      for (const entry of wanted(table)) {
+        if ((serving || inPlace(entry[0])) && kernel[table].chains.has(entry[0])) {
+          rewrite[table].push(entry);
+          continue;
+        }
         const n = entry[1] ? countLines(entry[1]) + 1 : 1;
         if (lines > 0 && lines + n > limit) {
           w.table(table, group, [], []);
@@ -297,11 +362,21 @@ export function planFull(
       w.table(table, group, [], []);
     }
     yield* w.take();
-    for (const table of TABLES) w.table(table, [], [], jumpOps[table]);
+    // 2. One transaction per table (filter first, nat last): the serving chains that
+    //    change (the fixed chains, roots of the trees; in a rewrite in place, every changed
+    //    chain) and the jumps from the built-in chains. This is the switch; if it fails,
+    //    the table serves what it served before.
+    for (const table of TABLES) w.table(table, rewrite[table], [], jumpOps[table]);
+    yield* w.take();
+    // 3. In batches: what nothing refers to any more (the old name set, stale chains).
     removeInBatches(w, TABLES.map((t) => [t, stale[t]] as const), limit);
     yield* w.take();
     Object.assign(stats, w.stats);
   }, false);
+}
+
+function* filterChains(all: Iterable<readonly [string, string]>, skip: ReadonlySet<string>): Generator<readonly [string, string]> {
+  for (const e of all) if (!skip.has(e[0])) yield e;
 }
 
 /** Flushes every chain (so none references another), then deletes them, in batches. */

@@ -7,8 +7,9 @@ import { servicePortId } from '../../model/types.js';
 import type { IPFamily } from '../../util/ip.js';
 import { hostCIDR, isLoopback } from '../../util/ip.js';
 import type { IptablesRenderConfig } from './config.js';
-import { addressDispatch, block, countLines, DEFAULT_LEAF_SIZE, DispatchTree, portDispatch, type DispatchEntry } from './dispatch.js';
-import { CHAIN } from './names.js';
+import { block, countLines } from '../../iptables/format.js';
+import { addressDispatch, DEFAULT_SHAPE, DispatchTree, portDispatch, type DispatchEntry, type DispatchSpec } from './dispatch.js';
+import { CHAIN, generationMarker, isFixedChain, type Generation } from './names.js';
 import { renderServicePort, type ServiceFragment, type TreeId } from './service.js';
 
 export type TableName = 'filter' | 'nat';
@@ -33,6 +34,13 @@ export interface IptablesRuleset {
   readonly leavesFirst?: boolean;
   /** jumps from built-in chains, top of chain, in this order */
   readonly jumps: readonly BuiltinJump[];
+  /**
+   * Chains whose names stay the same from one full sync to the next, so a full sync must
+   * rewrite them in place (all at once, last). Absent: every chain is such a chain.
+   */
+  readonly inPlace?: (chain: string) => boolean;
+  /** the name set of each table's other chains (absent: there are no other chains) */
+  readonly generation?: Record<TableName, Generation>;
 }
 
 /** What a model looks like to the renderer (ClusterState.view() provides it). */
@@ -111,6 +119,9 @@ function nodePortJumps(cfg: IptablesRenderConfig): string[] {
     .map((ip) => `-d ${hostCIDR(ip, cfg.family)} ${text} -j ${CHAIN.nodePorts}`);
 }
 
+/** The canary (nothing jumps to it) records which name set its table serves from. */
+const canary = (g: Generation): string[] => (g === 0 ? [] : [generationMarker(g)]);
+
 /** Fixed chains whose content depends only on the node config. */
 function fixedChains(cfg: IptablesRenderConfig): Record<TableName, Array<[string, string[]]>> {
   const mark = cfg.masqueradeMark;
@@ -126,7 +137,7 @@ function fixedChains(cfg: IptablesRenderConfig): Record<TableName, Array<[string
         ],
       ],
       [CHAIN.markMasq, [`-j MARK --set-xmark ${mark}/${mark}`]],
-      [CHAIN.canary, []],
+      [CHAIN.canary, canary(gen(cfg, 'nat'))],
     ],
     filter: [
       [
@@ -138,29 +149,69 @@ function fixedChains(cfg: IptablesRenderConfig): Record<TableName, Array<[string
         ],
       ],
       ...(guard ? [[CHAIN.firewall, [guard]] as [string, string[]]] : []),
-      [CHAIN.canary, []],
+      [CHAIN.canary, canary(gen(cfg, 'filter'))],
     ],
   };
 }
 
 interface TreeInfo {
   readonly table: TableName;
-  readonly spec: (cfg: IptablesRenderConfig) => ConstructorParameters<typeof DispatchTree>[0];
+  readonly spec: (cfg: IptablesRenderConfig) => DispatchSpec;
+  /**
+   * Chains on the longest path from a built-in chain to the tree's root chain, both
+   * included (PREROUTING -> KPX-SERVICES is 2), and below the tree's leaves (a DST leaf
+   * entry -> KPX-FW -> KPX-EXT -> KPX-SVC -> KPX-SEP -> KPX-MARK-MASQ is 5). A packet's
+   * deepest path through the tree is above + tree depth + below.
+   */
+  readonly above: number;
+  readonly below: number;
 }
 
+const gen = (c: IptablesRenderConfig, t: TableName): Generation => c.generation?.[t] ?? 0;
+const addr = (tag: string, t: TableName) => (c: IptablesRenderConfig) => addressDispatch(tag, c.family, c.treeShape ?? DEFAULT_SHAPE, gen(c, t));
+const port = (tag: string, p: 'tcp' | 'udp' | 'sctp', t: TableName) => (c: IptablesRenderConfig) =>
+  portDispatch(tag, p, c.treeShape ?? DEFAULT_SHAPE, gen(c, t));
+
 const TREES: Record<TreeId, TreeInfo> = {
-  DST: { table: 'nat', spec: (c) => addressDispatch('DST', c.family, c.leafSize ?? DEFAULT_LEAF_SIZE) },
-  NPT: { table: 'nat', spec: (c) => portDispatch('NPT', 'tcp', c.leafSize ?? DEFAULT_LEAF_SIZE) },
-  NPU: { table: 'nat', spec: (c) => portDispatch('NPU', 'udp', c.leafSize ?? DEFAULT_LEAF_SIZE) },
-  NPS: { table: 'nat', spec: (c) => portDispatch('NPS', 'sctp', c.leafSize ?? DEFAULT_LEAF_SIZE) },
-  SVC: { table: 'filter', spec: (c) => addressDispatch('SVC', c.family, c.leafSize ?? DEFAULT_LEAF_SIZE) },
-  EXT: { table: 'filter', spec: (c) => addressDispatch('EXT', c.family, c.leafSize ?? DEFAULT_LEAF_SIZE) },
-  XNPT: { table: 'filter', spec: (c) => portDispatch('XNPT', 'tcp', c.leafSize ?? DEFAULT_LEAF_SIZE) },
-  XNPU: { table: 'filter', spec: (c) => portDispatch('XNPU', 'udp', c.leafSize ?? DEFAULT_LEAF_SIZE) },
-  XNPS: { table: 'filter', spec: (c) => portDispatch('XNPS', 'sctp', c.leafSize ?? DEFAULT_LEAF_SIZE) },
-  FW: { table: 'filter', spec: (c) => addressDispatch('FW', c.family, c.leafSize ?? DEFAULT_LEAF_SIZE) },
-  HCT: { table: 'filter', spec: (c) => portDispatch('HCT', 'tcp', c.leafSize ?? DEFAULT_LEAF_SIZE) },
+  // nat: PREROUTING/OUTPUT -> KPX-SERVICES [-> KPX-NODEPORTS]; leaves -> [FW ->] EXT -> SVC|SVL -> SEP -> MARK-MASQ
+  DST: { table: 'nat', spec: addr('DST', 'nat'), above: 2, below: 5 },
+  NPT: { table: 'nat', spec: port('NPT', 'tcp', 'nat'), above: 3, below: 4 },
+  NPU: { table: 'nat', spec: port('NPU', 'udp', 'nat'), above: 3, below: 4 },
+  NPS: { table: 'nat', spec: port('NPS', 'sctp', 'nat'), above: 3, below: 4 },
+  // filter: leaves end in a verdict (REJECT, DROP, ACCEPT)
+  SVC: { table: 'filter', spec: addr('SVC', 'filter'), above: 2, below: 0 },
+  EXT: { table: 'filter', spec: addr('EXT', 'filter'), above: 2, below: 0 },
+  XNPT: { table: 'filter', spec: port('XNPT', 'tcp', 'filter'), above: 3, below: 0 },
+  XNPU: { table: 'filter', spec: port('XNPU', 'udp', 'filter'), above: 3, below: 0 },
+  XNPS: { table: 'filter', spec: port('XNPS', 'sctp', 'filter'), above: 3, below: 0 },
+  FW: { table: 'filter', spec: addr('FW', 'filter'), above: 2, below: 0 },
+  HCT: { table: 'filter', spec: port('HCT', 'tcp', 'filter'), above: 2, below: 0 },
 };
+
+/**
+ * nf_tables refuses a ruleset whose path from a base chain passes 16 chains ("Too many
+ * links"). kpx stays 4 below it, for chains of others that jump into kpx's or run before.
+ */
+export const KERNEL_CHAIN_DEPTH = 16;
+export const DEPTH_RESERVE = 4;
+export const MAX_CHAIN_DEPTH = KERNEL_CHAIN_DEPTH - DEPTH_RESERVE;
+
+/** Depth of the fixed chains outside the trees (KPX-SERVICES -> KPX-NODEPORTS, SEP -> MARK-MASQ). */
+const FIXED_DEPTH = 3;
+
+export class DepthError extends Error {
+  constructor(
+    readonly family: IPFamily,
+    readonly tree: TreeId,
+    readonly depth: number,
+    readonly entries: number,
+  ) {
+    super(
+      `${family} dispatch tree ${tree} with ${entries} entries would make a path ${depth} chains deep; ` +
+        `kpx allows ${MAX_CHAIN_DEPTH} (nf_tables refuses more than ${KERNEL_CHAIN_DEPTH}, and kpx keeps ${DEPTH_RESERVE} for other chains)`,
+    );
+  }
+}
 
 /** Fixed chains that host tree roots, and which trees' roots they hold, in order. */
 function rootChains(cfg: IptablesRenderConfig): Array<{ table: TableName; chain: string; trees: TreeId[]; tail: string[] }> {
@@ -188,6 +239,7 @@ export class IptablesRenderer implements IptablesRuleset {
   /** the fixed chains rooting the trees, in rootChains() order */
   private readonly roots: Record<TableName, Map<string, string>> = { filter: new Map(), nat: new Map() };
   readonly leavesFirst = true;
+  readonly inPlace = isFixedChain;
   private fragmentRules = 0;
   private delta: RenderDelta = emptyDelta();
 
@@ -199,12 +251,31 @@ export class IptablesRenderer implements IptablesRuleset {
     return this.cfg;
   }
 
+  get generation(): Record<TableName, Generation> {
+    return { nat: this.cfg?.generation?.nat ?? 0, filter: this.cfg?.generation?.filter ?? 0 };
+  }
+
   /** rules per table (metrics) */
   get ruleCounts(): Record<TableName, number> {
     const out: Record<TableName, number> = { filter: 0, nat: this.fragmentRules };
     for (const t of TABLES) for (const b of [...this.fixed[t].values(), ...this.roots[t].values()]) out[t] += countLines(b);
     for (const [id, tree] of this.trees) out[TREES[id].table] += tree.ruleCount;
     return out;
+  }
+
+  /** The longest path of chains from a built-in chain through kpx's rules, base chain included. */
+  get chainDepth(): number {
+    let d = FIXED_DEPTH;
+    for (const [id, tree] of this.trees) d = Math.max(d, TREES[id].above + tree.depth + TREES[id].below);
+    return d;
+  }
+
+  /** Refuses a ruleset deeper than MAX_CHAIN_DEPTH before the kernel sees it. */
+  private checkDepth(): void {
+    for (const [id, tree] of this.trees) {
+      const d = TREES[id].above + tree.depth + TREES[id].below;
+      if (d > MAX_CHAIN_DEPTH) throw new DepthError(this.family, id, d, tree.size);
+    }
   }
 
   get servicePortCount(): number {
@@ -312,6 +383,7 @@ export class IptablesRenderer implements IptablesRuleset {
       if (tree.rootRules.join('\n') !== before) roots.add(t);
     }
     for (const rc of rootChains(cfg)) if (rc.trees.some((t) => roots.has(t))) this.writeRootChain(rc);
+    this.checkDepth();
     return { full: false, delta: this.delta, previous: null, servicePortsRendered: rendered };
   }
 
@@ -348,6 +420,7 @@ export class IptablesRenderer implements IptablesRuleset {
     for (const rc of rootChains(cfg)) this.writeRootChain(rc);
     this.jumps = builtinJumps(cfg);
     this.delta = emptyDelta();
+    this.checkDepth();
     return { full: true, delta: this.delta, previous, servicePortsRendered: rendered };
   }
 

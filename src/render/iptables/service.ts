@@ -5,8 +5,9 @@ import { categorizeEndpoints, externallyAccessible, type CategorizedEndpoints } 
 import type { Endpoint, Protocol, ServicePort } from '../../model/types.js';
 import { cidrContains, hostCIDR, ipToBigInt, parseCIDR } from '../../util/ip.js';
 import { baseMatch, type IptablesRenderConfig } from './config.js';
-import { block, type DispatchEntry } from './dispatch.js';
-import { CHAIN, endpointChain, servicePortChains } from './names.js';
+import { block } from '../../iptables/format.js';
+import type { DispatchEntry } from './dispatch.js';
+import { CHAIN, endpointChain, servicePortChains, type Generation } from './names.js';
 
 export type ProtoName = 'tcp' | 'udp' | 'sctp';
 export const protoName = (p: Protocol): ProtoName => p.toLowerCase() as ProtoName;
@@ -59,7 +60,7 @@ export function renderServicePort(
   const family = cfg.family;
   const proto = protoName(sp.protocol);
   const name = sp.name;
-  const chains = servicePortChains(name, proto);
+  const chains = servicePortChains(name, proto, cfg.generation?.nat ?? 0);
   const cat = categorizeEndpoints(sp, endpoints, cfg.nodeName, cfg.zone);
   const { cluster, local, hasAny } = cat;
 
@@ -220,10 +221,13 @@ class PortFragment implements ServiceFragment {
     // the payload and nobody reads 100k of them.
     const note = reducedComments ? '' : ` ${comment(sp.name)}`;
     const sepOf = new Map<Endpoint, string>();
+    const generation = this.cfg.generation?.nat ?? 0;
+    const affinity = sp.affinitySeconds > 0;
     for (const ep of allReachable) {
-      const sep = endpointChain(sp.name, proto, ep.addr);
+      const sep = endpointChain(sp.name, proto, ep.addr, generation);
       sepOf.set(ep, sep);
-      const recent = sp.affinitySeconds > 0 ? ` -m recent --set --name ${sep} --mask ${recentMask(family)} --rsource` : '';
+      // the affinity list keeps its name across generations, so clients stick through a full sync
+      const recent = affinity ? ` -m recent --set --name ${recentList(sp, proto, ep, sep, generation)} --mask ${recentMask(family)} --rsource` : '';
       yield [
         sep,
         `-A ${sep} -s ${hostCIDR(ep.ip, family)}${note} -j ${CHAIN.markMasq}\n-A ${sep} -p ${proto}${note}${recent} -m ${proto} -j DNAT --to-destination ${ep.addr}`,
@@ -231,11 +235,11 @@ class PortFragment implements ServiceFragment {
     }
     const head = this.masqHead ? [masqueradeRule(sp, this.cfg)!] : [];
     if (cluster.length) {
-      const rules = [...(sp.internalPolicyLocal ? [] : head), ...endpointRules(sp, cluster, sepOf, !!reducedComments)];
+      const rules = [...(sp.internalPolicyLocal ? [] : head), ...endpointRules(sp, cluster, sepOf, !!reducedComments, generation)];
       yield [this.names.svc, block(this.names.svc, rules)];
     }
     if (local.length) {
-      const rules = [...(sp.internalPolicyLocal ? head : []), ...endpointRules(sp, local, sepOf, !!reducedComments)];
+      const rules = [...(sp.internalPolicyLocal ? head : []), ...endpointRules(sp, local, sepOf, !!reducedComments, generation)];
       yield [this.names.svl, block(this.names.svl, rules)];
     }
     yield* this.own;
@@ -243,7 +247,18 @@ class PortFragment implements ServiceFragment {
 }
 
 /** Affinity checks, then random selection: endpoint i of n with probability 1/(n-i). */
-function endpointRules(sp: ServicePort, eps: readonly Endpoint[], sepOf: ReadonlyMap<Endpoint, string>, reduced: boolean): string[] {
+/** The xt_recent list of an endpoint: its generation-0 endpoint chain's name. */
+function recentList(sp: ServicePort, proto: ProtoName, ep: Endpoint, sep: string, generation: Generation): string {
+  return generation === 0 ? sep : endpointChain(sp.name, proto, ep.addr, 0);
+}
+
+function endpointRules(
+  sp: ServicePort,
+  eps: readonly Endpoint[],
+  sepOf: ReadonlyMap<Endpoint, string>,
+  reduced: boolean,
+  generation: Generation,
+): string[] {
   const out: string[] = [];
   const n = eps.length;
   const note = (ep: Endpoint) => (reduced ? '' : `${comment(`${sp.name} -> ${ep.addr}`)} `);
@@ -251,7 +266,7 @@ function endpointRules(sp: ServicePort, eps: readonly Endpoint[], sepOf: Readonl
     for (const ep of eps) {
       const sep = sepOf.get(ep)!;
       out.push(
-        `${note(ep)}-m recent --rcheck --seconds ${sp.affinitySeconds} --reap --name ${sep} --mask ${recentMask(sp.family)} --rsource -j ${sep}`,
+        `${note(ep)}-m recent --rcheck --seconds ${sp.affinitySeconds} --reap --name ${recentList(sp, protoName(sp.protocol), ep, sep, generation)} --mask ${recentMask(sp.family)} --rsource -j ${sep}`,
       );
     }
   }
