@@ -794,8 +794,8 @@ export class NetnsCluster implements E2ECluster {
       // the pod keeps serving through its grace period, as with a preStop hook that sleeps it out
       if (!p.lost) await sleep(grace * 1000);
     }
-    await this.killPod(p);
     const killedAt = Date.now();
+    await this.killPod(p);
     // the kubelet's final delete once the containers are gone
     await this.core.deleteNamespacedPod({ name: p.name, namespace: p.namespace, gracePeriodSeconds: 0 }).catch((err) => {
       if (!isNotFound(err)) throw err;
@@ -1005,6 +1005,11 @@ export class NetnsCluster implements E2ECluster {
     const r = await this.httpGet({ node }, 'http://127.0.0.1:10249/metrics');
     if (r.status !== 200) throw new Error(`kpx metrics on ${node}: ${r.status} ${r.body}`);
     return r.body;
+  }
+
+  async iptablesSave(node: string): Promise<string> {
+    // kpx picks nft in a fresh namespace (no legacy rules); its log says which backend it detected
+    return (await execa('ip', ['netns', 'exec', this.nsOf({ node }), 'iptables-nft-save'])).stdout;
   }
 
   // ---- status -----------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ export interface ServiceInfo {
 export interface PodDeletion {
   /** the API delete (deletionTimestamp set: the endpoint turns terminating) */
   terminatingAt: number;
-  /** the pod's processes are gone */
+  /** the grace period is over: the pod's processes are killed */
   killedAt: number;
   /** the Pod object is gone */
   goneAt: number;
@@ -80,6 +80,8 @@ export interface E2ECluster {
 
   /** kpx's /metrics on a node */
   proxyMetrics(node: string): Promise<string>;
+  /** iptables-save of the node (the backend kpx uses) */
+  iptablesSave(node: string): Promise<string>;
   /** stops kpx on the node the way a DaemonSet rollout does (SIGTERM) and starts it again; resolves after its first sync */
   restartProxy(node: string): Promise<void>;
   /** the node and its pods vanish at once (no API change) */
