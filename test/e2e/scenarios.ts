@@ -43,7 +43,9 @@ const summary = (r: ProbeResult) => `${r.ok} ok ${JSON.stringify(r.names)}${Obje
 const failures = (s: Stream, from = 0, to = Infinity) => s.lines.filter((l) => l.ts >= from && l.ts < to && l.what.startsWith('!'));
 const count = (lines: Array<{ what: string }>) => lines.reduce<Record<string, number>>((m, l) => ((m[l.what] = (m[l.what] ?? 0) + 1), m), {});
 
-export function e2eSuite(title: string, skip: string, factory: ClusterFactory): void {
+/** timeoutScale: a real cluster starts pods (and pulls images) more slowly than namespaces */
+export function e2eSuite(title: string, skip: string, factory: ClusterFactory, opts: { timeoutScale?: number } = {}): void {
+  const T = (ms: number) => ms * (opts.timeoutScale ?? 1);
   describe.skipIf(!!skip)(`${title}${skip ? ` — skipped: ${skip}` : ''}`, () => {
     let c: E2ECluster;
     let nodes: readonly ClusterNode[];
@@ -84,12 +86,12 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory): 
         clients.push(p.name);
         clientIPs.push(p.ip);
       }
-    }, 180_000);
+    }, T(180_000));
 
     afterAll(async () => {
       if (report.length) console.log(`e2e report (${title}):\n  ${report.join('\n  ')}`);
       await c?.destroy();
-    }, 120_000);
+    }, T(120_000));
 
     it('a pod on node A reaches a ClusterIP served by a pod on node B, TCP and UDP, and the replies come back', async () => {
       const [A, B] = [nodes[0]!, nodes[1]!];
@@ -107,7 +109,7 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory): 
       // no masquerade between pods: the server saw the client pod's own address (asserted above)
       await c.deleteService('cip');
       await c.deletePod('cip-b', { gracePeriodSeconds: 0 });
-    }, 60_000);
+    }, T(60_000));
 
     it('NodePort on node A served by a pod on node B, from the external client: masqueraded to node A\'s address', async () => {
       const [A, B] = [nodes[0]!, nodes[1]!];
@@ -126,7 +128,7 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory): 
       }
       await c.deleteService('np');
       await c.deletePod('np-b', { gracePeriodSeconds: 0 });
-    }, 60_000);
+    }, T(60_000));
 
     it('externalTrafficPolicy Local: only node-local pods answer, the client address is kept, health check node port 200 / 503', async () => {
       const [A, B, C] = [nodes[0]!, nodes[1]!, nodes[2]!];
@@ -162,7 +164,7 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory): 
       expect(JSON.parse(h[1]!.body)).toMatchObject({ localEndpoints: 0 });
       await c.deleteService('lb');
       for (const p of ['lb-1', 'lb-3a', 'lb-3b']) await c.deletePod(p, { gracePeriodSeconds: 0 });
-    }, 90_000);
+    }, T(90_000));
 
     it('internalTrafficPolicy Local: each node\'s pods reach only their own node\'s endpoints', async () => {
       const [A, , C] = [nodes[0]!, nodes[1]!, nodes[2]!];
@@ -185,7 +187,7 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory): 
       expect(u[1]).toMatchObject({ ok: 6, names: { 'itp-3': 6 } });
       await c.deleteService('itp');
       for (const p of ['itp-1', 'itp-3']) await c.deletePod(p, { gracePeriodSeconds: 0 });
-    }, 90_000);
+    }, T(90_000));
 
     it('topology: hints.forZones (trafficDistribution PreferClose) keep traffic in the client\'s zone; forNodes (PreferSameNode) on its node', async () => {
       const [A, B, C] = [nodes[0]!, nodes[1]!, nodes[2]!];
@@ -213,7 +215,7 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory): 
       for (const r of Object.values(res).flat()) expect(r.ok).toBe(N);
       for (const s of ['topo', 'topo-node', 'topo-none']) await c.deleteService(s);
       for (const p of ['topo-1', 'topo-2', 'topo-3']) await c.deletePod(p, { gracePeriodSeconds: 0 });
-    }, 120_000);
+    }, T(120_000));
 
     it('a rolling replacement under steady traffic: no new connection refused or reset, established ones to a terminating pod work until it goes', async () => {
       const GRACE = 3;
@@ -260,7 +262,7 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory): 
       for (const st of holds.values()) await st.stop();
       await c.deleteService('roll');
       for (const i of [1, 2, 3]) await c.deletePod(`roll-b${i}`, { gracePeriodSeconds: 0 });
-    }, 120_000);
+    }, T(120_000));
 
     it('node loss: traffic recovers within one sync once the endpoints go; the node\'s kpx comes back and resyncs; a kpx restart keeps healthy flows', async () => {
       if (c.unsupported.nodeLoss) return void say(`node loss: not run (${c.unsupported.nodeLoss})`);
@@ -345,6 +347,6 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory): 
       expect(after).toEqual(before);
       for (const f of follows) await f.stop();
       for (const h of healthy) await h.stop();
-    }, 150_000);
+    }, T(150_000));
   });
 }
