@@ -65,7 +65,7 @@ async function open(o: Common): Promise<NetnsCluster> {
 
 function printSummary(c: NetnsCluster): void {
   const s = c.summary();
-  out(`cluster "${s.name}" (${s.phase}${s.upSeconds !== undefined ? `, up in ${s.upSeconds} s` : ''}): ${s.nodes.length} nodes, ${s.network} network, kpx ${s.proxyMode} mode`);
+  out(`cluster "${s.name}" (${s.phase}${s.upSeconds !== undefined ? `, up in ${s.upSeconds} s` : ''}): ${s.nodes.length} nodes, ${s.network} network (pod MTU ${plan.podMTU(s.network)}), kpx ${s.proxyMode} mode`);
   out(`  export KUBECONFIG=${s.kubeconfig}`);
   out(`  apiserver ${s.apiserver.alive ? 'running' : 'NOT RUNNING'}: ${s.apiserver.server}`);
   out(`  address plan: pods ${plan.POD_RANGE} (node-i: 198.18.i.0/24), services ${plan.SERVICE_RANGE}, underlay ${plan.UNDERLAY_CIDR}`);
@@ -109,10 +109,7 @@ async function main(argv: string[]): Promise<void> {
     .option('--zones <list>', 'zones assigned to nodes in turn', plan.DEFAULT_ZONES.join(','))
     .action(async (o: { nodes: string; network: plan.Network; proxyMode: plan.ProxyMode; podsPerNode: string; zones: string }) => {
       const t0 = Date.now();
-      if (o.proxyMode === 'ipvs') {
-        const r = spawnSync('sh', ['-c', 'test -e /proc/net/ip_vs || modprobe -q ip_vs 2>/dev/null; test -e /proc/net/ip_vs']);
-        if (r.status !== 0) throw new Error('--proxy-mode ipvs: this kernel has no IP_VS (no /proc/net/ip_vs, no module to load); IPVS runs under qemu (hack/ipvs-vm)');
-      }
+      if (o.proxyMode === 'ipvs' && plan.ipvsUnavailable()) throw new Error(`--proxy-mode ipvs: ${plan.ipvsUnavailable()}`);
       const c = await NetnsCluster.up({
         name: common().name,
         baseDir: common().baseDir,

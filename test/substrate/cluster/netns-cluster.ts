@@ -241,6 +241,17 @@ export class NetnsCluster implements E2ECluster {
       await stopProc(p, { graceMs: p.role === 'apiserver' ? 15_000 : 3000 });
       done.push(`stopped ${p.role} (pid ${p.pid})`);
     }
+    // an apiserver started just before a crash, not yet recorded: its pid file, if the process runs on our data dir
+    const pidFile = await readFile(join(dir, 'apiserver', 'test-apiserver.pid'), 'utf8').catch(() => '');
+    const apiPid = Number(pidFile.trim());
+    if (apiPid && !(s?.procs ?? []).some((p) => p.pid === apiPid)) {
+      const cmd = await readFile(`/proc/${apiPid}/cmdline`, 'utf8').catch(() => '');
+      if (cmd.includes(join(dir, 'apiserver'))) {
+        process.kill(apiPid, 'SIGTERM');
+        for (let i = 0; i < 300 && existsSync(`/proc/${apiPid}`); i++) await sleep(50);
+        done.push(`stopped the unrecorded apiserver (pid ${apiPid})`);
+      }
+    }
     const names = new Set([...(s?.namespaces ?? []), ...(await listNetns()).filter((n) => n.startsWith(`${prefix}-`))]);
     for (const ns of [...names].reverse()) {
       // anything else still running inside our namespaces (e.g. an `ip netns exec` shell)
@@ -434,10 +445,8 @@ export class NetnsCluster implements E2ECluster {
     const rec = spawnDetached('apiserver', TEST_APISERVER_BIN, testApiserverArgs(dataDir, { serviceCIDR: plan.SERVICE_RANGE, advertiseAddress: plan.CONTROL_PLANE_IP }), {
       log: join(this.dir, 'apiserver.log'),
     });
-    await this.serial(async () => {
-      this.s.procs.push(rec);
-      await this.save();
-    });
+    this.s.procs.push(rec);
+    await this.save();
     await waitForLog(rec, /^READY /m, 120_000);
     const ready = await readTestApiserverReady(dataDir);
     this.s.apiserver = { dataDir, port: ready.apiserverPort, kubeconfig: ready.kubeconfig, caFile: ready.caFile };
@@ -723,10 +732,8 @@ export class NetnsCluster implements E2ECluster {
     const proc = spawnDetached(`pod/${key}`, 'ip', ['netns', 'exec', rec.netns, process.execPath, ECHO, rec.name, String(ECHO_PORT), `${HOLD_PORT}/hold`], {
       log: join(this.dir, 'pods', `${rec.namespace}.${rec.name}.log`),
     });
-    await this.serial(async () => {
-      this.s.procs.push(proc);
-      await this.save();
-    });
+    this.s.procs.push(proc);
+    await this.save();
     await waitForLog(proc, /^ready$/m, 20_000);
     await this.ensureNamespace(namespace);
     await this.core.createNamespacedPod({

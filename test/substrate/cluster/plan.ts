@@ -6,6 +6,9 @@
 //                              the `kubernetes` Service)
 //   underlay  198.19.0.0/24    .1 the control plane (the apiserver, relayed), node i at
 //                              .(10+i), the external client at .100 (and .101)
+import { existsSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+
 export const POD_RANGE = '198.18.0.0/17';
 export const SERVICE_RANGE = '198.18.128.0/17';
 export const UNDERLAY_CIDR = '198.19.0.0/24';
@@ -39,3 +42,11 @@ export const podMTU = (network: Network): number => (network === 'vxlan' ? VXLAN
 
 /** zones cycle over the list: with the default, node-1 and node-3 share zone-a */
 export const DEFAULT_ZONES = ['zone-a', 'zone-b'];
+
+/** '' when kpx's IPVS mode can run here: ip_vs loaded (/proc/net/ip_vs) or available as a module (read-only checks) */
+export function ipvsUnavailable(): string {
+  if (existsSync('/proc/net/ip_vs')) return '';
+  const r = spawnSync('modinfo', ['ip_vs'], { stdio: 'ignore' });
+  if (r.status === 0) return '';
+  return 'this kernel has no IP_VS (no /proc/net/ip_vs, no ip_vs module): IPVS mode runs in the qemu VM suite (npm run test:ipvs, hack/ipvs-vm)';
+}
