@@ -14,8 +14,8 @@
 //     Service's own labels, and service.kubernetes.io/headless for headless Services), an
 //     ownerReference to the Service, the endpoints.kubernetes.io/last-change-trigger-time
 //     annotation (when the change that caused the write happened);
-//   - hints from spec.trafficDistribution: PreferClose / PreferSameZone give each endpoint
-//     hints.forZones = its own zone; PreferSameNode also hints.forNodes = its own node.
+//   - hints from spec.trafficDistribution: PreferClose / PreferSameZone give each ready
+//     endpoint hints.forZones = its own zone; PreferSameNode also hints.forNodes = its own node.
 //     (The topology-aware-hints annotation's CPU-proportional allocation is not played.)
 // Slices are updated in place and only written when what they hold changes.
 import type { CoreV1Api, DiscoveryV1Api } from '@kubernetes/client-node';
@@ -113,9 +113,10 @@ export function podToEndpoint(svc: ServiceLike, pod: PodLike, zoneOf: (node: str
     ...(zone ? { zone } : {}),
     targetRef: { kind: 'Pod', namespace: pod.metadata!.namespace!, name: pod.metadata!.name!, uid: pod.metadata!.uid ?? '' },
   };
+  // hints go on ready endpoints only (the controller's trafficdist heuristic)
   const td = svc.spec?.trafficDistribution;
-  if ((td === 'PreferClose' || td === 'PreferSameZone') && zone) ep.hints = { forZones: [{ name: zone }] };
-  if (td === 'PreferSameNode' && nodeName) ep.hints = { ...(zone ? { forZones: [{ name: zone }] } : {}), forNodes: [{ name: nodeName }] };
+  if (ready && (td === 'PreferClose' || td === 'PreferSameZone') && zone) ep.hints = { forZones: [{ name: zone }] };
+  if (ready && td === 'PreferSameNode' && nodeName) ep.hints = { ...(zone ? { forZones: [{ name: zone }] } : {}), forNodes: [{ name: nodeName }] };
   return ep;
 }
 
