@@ -3,7 +3,8 @@
 # engine). Builds the image, creates a 3-node cluster without kube-proxy, deploys kpx
 # from manifests/, runs a workload with a ClusterIP and a NodePort Service, checks both
 # from a pod and from the host, scrapes kpx's metrics, and deletes the cluster (KEEP=1
-# keeps it).
+# keeps it). E2E_SUITE=1 also runs the e2e scenarios of test/e2e (test/e2e/kind.test.ts)
+# against the cluster; that path is unproven (no Docker engine where kpx is developed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -103,4 +104,10 @@ echo "e2e: NodePort ok"
 echo "e2e: metrics"
 docker exec "$CLUSTER-worker" curl -fsS http://127.0.0.1:10249/metrics | grep -q '^kubeproxy_sync_proxy_rules_duration_seconds_count' \
   || die "kpx metrics lack kubeproxy_sync_proxy_rules_duration_seconds"
+if [ "${E2E_SUITE:-0}" = 1 ]; then
+  echo "e2e: the test/e2e scenarios against $CLUSTER"
+  [ -d node_modules ] || npm ci --no-audit --no-fund
+  kind get kubeconfig --name "$CLUSTER" >"$work/kubeconfig"
+  KPX_E2E_KUBECONFIG="$work/kubeconfig" KPX_E2E_KIND_CLUSTER="$CLUSTER" npx vitest run test/e2e/kind.test.ts
+fi
 echo "e2e: all checks passed"

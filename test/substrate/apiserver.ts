@@ -14,11 +14,37 @@ import { KubeConfig } from '@kubernetes/client-node';
 
 export const TEST_APISERVER_BIN = process.env.KPX_TEST_APISERVER_BIN ?? join(process.env.KPX_CACHE ?? join(homedir(), '.cache/kpx'), 'test-apiserver');
 
-interface Ready {
+/** What the test apiserver writes to DATA_DIR/ready.json once it serves (removed on a clean exit). */
+export interface TestApiserverReady {
   server: string;
   kubeconfig: string;
   caFile: string;
   etcdEndpoint: string;
+  apiserverPort: number;
+  pid: number;
+}
+type Ready = TestApiserverReady;
+
+export interface TestApiserverOptions {
+  /** false: watches served from etcd, so a compacted resourceVersion answers 410 */
+  watchCache?: boolean;
+  /** --service-cluster-ip-range (the binary's default: 198.19.0.0/16,2001:2:0:ffff::/112) */
+  serviceCIDR?: string;
+  /** the address the `kubernetes` Service's endpoint names (also in the serving certificate) */
+  advertiseAddress?: string;
+}
+
+/** The command line of `test-apiserver run` for a data directory. */
+export function testApiserverArgs(dataDir: string, opts: TestApiserverOptions = {}): string[] {
+  // privileged pods allowed, as on kubeadm clusters (kpx's DaemonSet is privileged)
+  const args = ['run', '--data-dir', dataDir, `--watch-cache=${opts.watchCache ?? true}`, '--apiserver-arg=--allow-privileged=true'];
+  if (opts.serviceCIDR) args.push('--service-cluster-ip-range', opts.serviceCIDR);
+  if (opts.advertiseAddress) args.push('--advertise-address', opts.advertiseAddress);
+  return args;
+}
+
+export async function readTestApiserverReady(dataDir: string): Promise<TestApiserverReady> {
+  return JSON.parse(await readFile(join(dataDir, 'ready.json'), 'utf8')) as TestApiserverReady;
 }
 
 export interface Apiserver {
@@ -60,9 +86,7 @@ class BuiltApiserver implements Apiserver {
   }
 
   async start(opts: { watchCache?: boolean } = {}): Promise<void> {
-    // privileged pods allowed, as on kubeadm clusters (kpx's DaemonSet is privileged)
-    const args = ['run', '--data-dir', this.dataDir, `--watch-cache=${opts.watchCache ?? true}`, '--apiserver-arg=--allow-privileged=true'];
-    const proc = execa(TEST_APISERVER_BIN, args, {
+    const proc = execa(TEST_APISERVER_BIN, testApiserverArgs(this.dataDir, opts), {
       reject: false,
       buffer: false,
       stdin: 'ignore',
@@ -85,7 +109,7 @@ class BuiltApiserver implements Apiserver {
         reject(new Error(`test apiserver exited ${r.exitCode}: ${err}`));
       });
     });
-    this.ready = JSON.parse(await readFile(join(this.dataDir, 'ready.json'), 'utf8')) as Ready;
+    this.ready = await readTestApiserverReady(this.dataDir);
     this.admin = new KubeConfig();
     this.admin.loadFromFile(this.ready.kubeconfig);
   }

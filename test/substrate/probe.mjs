@@ -5,6 +5,10 @@
 // usage: probe.mjs tcp|udp HOST PORT [--count N] [--timeout MS] [--bind IP] [--interval MS] [--same-port]
 //        probe.mjs tcp HOST PORT --follow [--interval MS]: connects until killed, one line per
 //        attempt: "<epoch ms when it started> <endpoint name>" or "... !<error>" (latency tests)
+//        probe.mjs tcp HOST PORT --hold [--interval MS] [--timeout MS]: one long-lived
+//        connection to an echo server's PORT/hold port: sends a line every interval and
+//        prints "<epoch ms> <endpoint name>" per answer; on a close, an error or an answer
+//        later than the timeout it prints "<epoch ms> !<error>" and exits
 import net from 'node:net';
 import dgram from 'node:dgram';
 
@@ -89,7 +93,42 @@ async function udpRun() {
   shared?.close();
 }
 
-if (proto === 'tcp' && flag('follow')) {
+async function holdRun() {
+  const s = net.connect({ host, port, localAddress: bind });
+  s.setNoDelay(true);
+  let buf = '';
+  let seq = 0;
+  let timer = null;
+  const line = (what) => process.stdout.write(`${Date.now()} ${what}\n`);
+  const end = (code) => {
+    if (timer) clearTimeout(timer);
+    line(`!${code}`);
+    s.destroy();
+    process.exit(0);
+  };
+  const arm = () => {
+    if (timer) clearTimeout(timer);
+    timer = setTimeout(() => end('TIMEOUT'), timeout);
+  };
+  arm();
+  s.on('data', (d) => {
+    buf += d;
+    for (let i = buf.indexOf('\n'); i !== -1; i = buf.indexOf('\n')) {
+      const a = JSON.parse(buf.slice(0, i));
+      buf = buf.slice(i + 1);
+      line(a.name);
+      arm();
+      setTimeout(() => s.write(`${++seq}\n`), interval || 100);
+    }
+  });
+  s.on('end', () => end('CLOSED'));
+  s.on('error', (e) => end(e.code ?? e.message));
+}
+
+if (proto === 'tcp' && flag('hold')) {
+  await holdRun();
+  await new Promise(() => {});
+} else if (proto === 'tcp' && flag('follow')) {
   for (;;) {
     const before = result.sequence.length;
     const startedAt = Date.now();
