@@ -29,7 +29,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ClusterState, type Change } from '../src/model/state.js';
-import { IptablesProxier } from '../src/sync/proxier.js';
+import { IptablesProxier } from '../src/sync/iptables-mode.js';
 import { IptablesRenderer } from '../src/render/iptables/ruleset.js';
 import { resolveConfig } from '../src/config/config.js';
 import { execRunner, type CommandInput, type CommandRunner } from '../src/apply/exec.js';
@@ -145,7 +145,7 @@ async function inner(cluster: SyntheticCluster): Promise<Result> {
   const proxier = new IptablesProxier({ config, state, runner: rec, log: silentLogger, hostFacts: () => ({ addresses: { IPv4: ['198.18.0.10'], IPv6: [] } }) });
   await proxier.init();
 
-  const [first, fullSyncMs] = await timed(() => proxier.sync());
+  const [first, fullSyncMs] = await timed(() => proxier.sync(state.takePending()));
   const f = first.families.find((x) => x.family === 'IPv4')!;
   if (f.error) throw f.error;
   const payload = rec.inputs.join('');
@@ -161,7 +161,7 @@ async function inner(cluster: SyntheticCluster): Promise<Result> {
     await cleanup();
     const again = new IptablesProxier({ config, state, runner: execRunner, log: silentLogger, hostFacts: () => ({ addresses: { IPv4: ['198.18.0.10'], IPv6: [] } }) });
     await again.init();
-    const [r, t] = await timed(() => again.sync());
+    const [r, t] = await timed(() => again.sync(state.takePending()));
     if (!r.ok) throw new Error('full sync failed');
     fullSyncs.push(t);
     await cleanup();
@@ -177,7 +177,7 @@ async function inner(cluster: SyntheticCluster): Promise<Result> {
   // writes the other name set, switches, and deletes the old one)
   const restarted = new IptablesProxier({ config, state, runner: execRunner, log: silentLogger, hostFacts: () => ({ addresses: { IPv4: ['198.18.0.10'], IPv6: [] } }) });
   await restarted.init();
-  const [rr, restartMs] = await timed(() => restarted.sync());
+  const [rr, restartMs] = await timed(() => restarted.sync(state.takePending()));
   if (!rr.ok) throw new Error(`restart sync failed: ${rr.families[0]?.error?.message}`);
   const warm: number[] = [];
   const withText: number[] = [];
@@ -196,7 +196,7 @@ async function inner(cluster: SyntheticCluster): Promise<Result> {
   for (let k = 0; k < 5; k++) {
     const i = (k * 7919) % services;
     state.apply({ kind: 'EndpointSlice', previous: cluster.slice(i), current: cluster.slice(i, 700_000 + k) } as Change);
-    const [r, t] = await timed(() => restarted.sync());
+    const [r, t] = await timed(() => restarted.sync(state.takePending()));
     const rf = r.families.find((x) => x.family === 'IPv4')!;
     if (rf.error || rf.full) throw new Error(`partial sync expected: ${rf.error?.message ?? 'it was full'}`);
     partialSyncMs.push(t);

@@ -4,7 +4,6 @@ import type { IPFamily } from '../util/ip.js';
 import type { CommandRunner } from './exec.js';
 
 export type IptablesBackend = 'nft' | 'legacy';
-export type BackendChoice = IptablesBackend | 'auto';
 
 export interface IptablesBinaries {
   readonly restore: string;

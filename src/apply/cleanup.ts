@@ -3,7 +3,8 @@
 // `kpx cleanup --kube-proxy` removes kube-proxy's leftovers the same way.
 import type { Logger } from '../util/log.js';
 import { FAMILIES } from '../util/ip.js';
-import { parseSave, planCleanup } from '../render/iptables/restore.js';
+import { planCleanup } from '../render/iptables/restore.js';
+import { parseSave } from '../iptables/save.js';
 import { isKpxChain } from '../render/iptables/names.js';
 import { binaries, type IptablesBackend } from './backend.js';
 import type { CommandRunner } from './exec.js';

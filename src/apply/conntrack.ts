@@ -7,9 +7,9 @@
 import type { Logger } from '../util/log.js';
 import type { IPFamily } from '../util/ip.js';
 import type { ServicePortState } from '../model/types.js';
-import type { SavedChain } from '../render/iptables/restore.js';
+import type { SavedChain } from '../iptables/save.js';
 import { isKpxChain } from '../render/iptables/names.js';
-import { parseRule } from '../trace/rules.js';
+import { parseRule } from '../iptables/rule.js';
 import type { CommandRunner } from './exec.js';
 
 export type CtProto = 'udp' | 'sctp';

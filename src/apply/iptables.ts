@@ -7,14 +7,13 @@ import type { IPFamily } from '../util/ip.js';
 import {
   jumpsByChain,
   kernelView,
-  parseSave,
   compareWithKernel,
   planFull,
   planPartial,
   type KernelTableView,
   type RestorePlan,
-  type SavedChain,
 } from '../render/iptables/restore.js';
+import { parseSave, type SavedChain } from '../iptables/save.js';
 import { TABLES, type BuiltinJump, type IptablesRuleset, type RenderResult, type TableName } from '../render/iptables/ruleset.js';
 import { CHAIN, type Generation } from '../render/iptables/names.js';
 import { binaries, type IptablesBackend } from './backend.js';
@@ -103,7 +102,7 @@ export class IptablesApplier {
     return this.backend === 'nft' ? FULL_SYNC_BATCH_LINES : Infinity;
   }
 
-  get bins() {
+  get bins(): ReturnType<typeof binaries> {
     return binaries(this.family, this.backend);
   }
 
@@ -123,8 +122,8 @@ export class IptablesApplier {
    * carry asks for the other name set instead (`switchNeeded`).
    */
   async plan(desired: IptablesRuleset, render: RenderResult, full: boolean): Promise<Planned> {
-    if (!full && !render.full && this.trusted) return { full: false, plan: planPartial(render.delta) };
-    if (this.trusted && render.previous) {
+    if (!full && render.kind === 'delta' && this.trusted) return { full: false, plan: planPartial(render.delta) };
+    if (this.trusted && render.kind === 'full' && render.previous) {
       return { full: true, plan: planFull(desired, this.viewFromMemory(render.previous), this.batchLines, BATCH_ABOVE_LINES) };
     }
     const kernel = (this.kernelRead ??= await this.readKernel());

@@ -4,8 +4,9 @@
 import type { Logger } from '../util/log.js';
 import { parseIP, type IPFamily } from '../util/ip.js';
 import { IPVS_DEVICE, setPrefix, type IpvsDesired, type IpvsRenderConfig } from '../render/ipvs/ipvs.js';
-import { parseIpsetSave, parseIpvsConnections, parseIpvsSave, planIpvs, vsLine, type IpvsKernelState, type IpvsPlan } from '../render/ipvs/plan.js';
-import { fullRender, type IptablesRuleset, type TableName } from '../render/iptables/ruleset.js';
+import { planIpvs, type IpvsKernelState, type IpvsPlan } from '../render/ipvs/plan.js';
+import { parseIpsetSave, parseIpvsConnections, parseIpvsSave, vsLine } from '../ipvs/format.js';
+import type { IptablesRuleset, TableName } from '../render/iptables/ruleset.js';
 import type { IptablesApplier } from './iptables.js';
 import { mustRun, type CommandRunner } from './exec.js';
 import { Teardown } from './teardown.js';
@@ -106,7 +107,7 @@ export class IpvsApplier {
     const text = (['filter', 'nat'] as const).map((t) => [...rules.chains(t)].map(([n, b]) => `${n}\n${b}`).join('\n')).join('\n') + JSON.stringify(rules.jumps);
     if (text === this.appliedRules && this.iptables.isTrusted) return { rulesWritten: false, chainsWritten: 0, chainsDeleted: 0 };
     const previous = this.iptables.isTrusted ? this.appliedChains : null;
-    const r = await this.iptables.planAndApply(rules, fullRender(previous), true);
+    const r = await this.iptables.planAndApply(rules, { kind: 'full', previous, servicePortsRendered: 0 }, true);
     this.appliedRules = text;
     this.appliedChains = { filter: new Set([...rules.chains('filter')].map(([n]) => n)), nat: new Set([...rules.chains('nat')].map(([n]) => n)) };
     return { rulesWritten: true, chainsWritten: r.plan.chainsWritten, chainsDeleted: r.plan.chainsDeleted };

@@ -3,11 +3,11 @@
 import type { Command } from 'commander';
 import { Option } from 'commander';
 import { execRunner } from '../apply/exec.js';
-import { binaries } from '../apply/backend.js';
+import { binaries, detectBackend } from '../apply/backend.js';
 import { readHostFacts } from '../apply/host.js';
 import { ConfigError, type CliFlags } from '../config/config.js';
-import { parseIP } from '../util/ip.js';
-import type { IptablesFamilySyncReport } from '../sync/proxier.js';
+import { parseIP, type IPFamily } from '../util/ip.js';
+import { isIptablesReport } from '../sync/iptables-mode.js';
 import { Tracer, tablesFromRuleset, tablesFromSave, type Outcome, type Tables } from '../trace/tracer.js';
 
 interface TraceFlags extends CliFlags {
@@ -36,6 +36,34 @@ export function addTraceFlags(cmd: Command): Command {
     .option('--json', 'print outcomes as JSON (default: false)');
 }
 
+/** The rules to trace through and the node's addresses (what `-m addrtype LOCAL` matches). */
+interface TraceRules {
+  readonly tables: Tables;
+  readonly local: readonly string[];
+}
+
+/** The live rules: iptables-save from the backend kpx run would use (given, or detected the same way). */
+async function liveRules(flags: TraceFlags, family: IPFamily): Promise<TraceRules> {
+  const backend = flags.iptablesBackend === 'legacy' || flags.iptablesBackend === 'nft' ? flags.iptablesBackend : (await detectBackend(execRunner)).backend;
+  const r = await execRunner.run(binaries(family, backend).save, []);
+  if (r.exitCode !== 0) throw new Error(`cannot read the rules: ${r.stderr.trim()}`);
+  return { tables: tablesFromSave(r.stdout), local: readHostFacts().addresses[family] };
+}
+
+/** The rules kpx renders for the given flags (a dry run of one sync); null if the sync failed. */
+async function renderedRules(flags: TraceFlags, family: IPFamily): Promise<TraceRules | null> {
+  const { build } = await import('./main.js');
+  const built = await build({ ...flags, once: true, dryRun: true, logLevel: flags.logLevel ?? 'warn' }, () => {});
+  await built.proxier.init();
+  if (!(await built.controller.runOnce())) return null;
+  const found = built.controller.lastReport?.families.find((f) => f.family === family);
+  if (!found) throw new Error(`no ${family} rules rendered`);
+  if (!isIptablesReport(found)) throw new ConfigError('kpx trace walks iptables-mode rules; in IPVS mode use ipvsadm -Ln');
+  const cfg = found.config;
+  const local = [...(cfg?.nodeIPs ?? []), ...(cfg && cfg.nodePortAddresses !== 'all' ? cfg.nodePortAddresses : [])];
+  return { tables: tablesFromRuleset(found.ruleset), local };
+}
+
 export async function traceCommand(flags: TraceFlags): Promise<number> {
   const src = parseIP(flags.src);
   const dst = parseIP(flags.dst);
@@ -43,30 +71,10 @@ export async function traceCommand(flags: TraceFlags): Promise<number> {
   if (!src || !dst || src.family !== dst.family) throw new ConfigError('--src/--dst: two addresses of the same family');
   if (!Number.isInteger(dport) || dport < 1 || dport > 65535) throw new ConfigError('--dport: 1-65535');
   const family = src.family;
-  let tables: Tables;
-  const local = new Set<string>(flags.localAddress ?? []);
-  local.add(family === 'IPv4' ? '127.0.0.1' : '::1');
-  if (flags.live) {
-    const backend = flags.iptablesBackend === 'legacy' ? 'legacy' : 'nft';
-    const r = await execRunner.run(binaries(family, backend).save, []);
-    if (r.exitCode !== 0) throw new Error(`cannot read the rules: ${r.stderr.trim()}`);
-    tables = tablesFromSave(r.stdout);
-    for (const a of readHostFacts().addresses[family]) local.add(a);
-  } else {
-    const { build } = await import('./main.js');
-    const built = await build({ ...flags, once: true, dryRun: true, logLevel: flags.logLevel ?? 'warn' }, () => {});
-    await built.proxier.init();
-    if (!(await built.controller.runOnce())) return 1;
-    const found = built.controller.lastReport?.families.find((f) => f.family === family);
-    if (!found) throw new Error(`no ${family} rules rendered`);
-    if (!('ruleset' in found)) throw new ConfigError('kpx trace walks iptables-mode rules; in IPVS mode use ipvsadm -Ln');
-    const report = found as IptablesFamilySyncReport;
-    tables = tablesFromRuleset(report.ruleset);
-    const cfg = report.config;
-    for (const a of cfg?.nodeIPs ?? []) local.add(a);
-    if (cfg && cfg.nodePortAddresses !== 'all') for (const a of cfg.nodePortAddresses) local.add(a);
-  }
-  const tracer = new Tracer(tables, { localAddresses: [...local] });
+  const rules = flags.live ? await liveRules(flags, family) : await renderedRules(flags, family);
+  if (!rules) return 1;
+  const local = new Set<string>([...(flags.localAddress ?? []), family === 'IPv4' ? '127.0.0.1' : '::1', ...rules.local]);
+  const tracer = new Tracer(rules.tables, { localAddresses: [...local] });
   const outcomes = tracer.trace({
     family,
     src: src.text,
@@ -75,8 +83,7 @@ export async function traceCommand(flags: TraceFlags): Promise<number> {
     proto: flags.proto,
     from: flags.fromNode ? 'local' : { inIface: flags.inInterface ?? 'eth0', bridged: false },
   });
-  if (flags.json) process.stdout.write(`${JSON.stringify(outcomes, null, 2)}\n`);
-  else process.stdout.write(formatOutcomes(outcomes));
+  process.stdout.write(flags.json ? `${JSON.stringify(outcomes, null, 2)}\n` : formatOutcomes(outcomes));
   return 0;
 }
 

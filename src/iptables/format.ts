@@ -1,6 +1,21 @@
 // The iptables-restore text format: kpx's one place for writing chain blocks and reading
 // them back. A "block" is a chain's rules as restore lines ("-A NAME rule") joined by "\n".
 
+/** The kernel keeps at most 255 bytes of a comment (XT_MAX_COMMENT_LEN, NUL included). */
+export const MAX_COMMENT = 240;
+
+/**
+ * A comment match. The text is reduced to characters that need no escaping inside
+ * iptables-restore's double quotes and print back the same (object names can carry
+ * anything the apiserver accepts, and a file source anything at all), and bounded below
+ * the kernel's limit, so no name can break a ruleset or be cut silently.
+ */
+export function comment(text: string): string {
+  let safe = text.replace(/[^A-Za-z0-9 ._:;/>=,()[\]@+*-]/g, '?');
+  if (safe.length > MAX_COMMENT) safe = `${safe.slice(0, MAX_COMMENT - 3)}...`;
+  return `-m comment --comment "${safe}"`;
+}
+
 /** A chain's rules as one restore-format block: "-A NAME rule" lines joined by "\n". */
 export function block(name: string, rules: readonly string[]): string {
   if (rules.length === 0) return '';

@@ -14,123 +14,170 @@ import type { Endpoint, NodeFacts, Protocol, ServicePort, ServiceType } from './
 
 export const DEFAULT_AFFINITY_SECONDS = 10800;
 
-/** Why an object is not served: ignored on purpose (like kube-proxy) or invalid. */
-export type Refusal = { ignored: string } | { invalid: string };
+/** Why an object is not served: ignored on purpose (like kube-proxy), or invalid. */
+export interface Refusal {
+  readonly ok: false;
+  readonly refusal: 'ignored' | 'invalid';
+  readonly reason: string;
+}
 
-export type ServiceConversion = { ports: readonly ServicePort[] } | Refusal;
+/** A conversion's result, tagged like validateObject()'s. */
+export type Conversion<T> = { readonly ok: true; readonly value: T } | Refusal;
 
-/** Converts a Service to its service ports in every family it has a cluster IP in. */
-export function convertService(svc: ServiceObject): ServiceConversion {
-  const ns = svc.metadata.namespace ?? 'default';
-  // joined, not concatenated: model strings are kept, and V8 keeps a concatenation as a
-  // tree of pieces (~3x the memory of the flat string)
-  const key = [ns, svc.metadata.name].join('/');
+const converted = <T>(value: T): Conversion<T> => ({ ok: true, value });
+const ignored = (reason: string): Refusal => ({ ok: false, refusal: 'ignored', reason });
+const invalid = (reason: string): Refusal => ({ ok: false, refusal: 'invalid', reason });
+
+export type ServiceConversion = Conversion<readonly ServicePort[]>;
+
+type ServiceSpec = ServiceObject['spec'];
+
+/** Why kube-proxy would not serve this Service at all (not an error), if it would not. */
+function notServed(svc: ServiceObject): Refusal | null {
   const labels = svc.metadata.labels ?? {};
-  if (LABEL_SERVICE_PROXY_NAME in labels) return { ignored: `labelled ${LABEL_SERVICE_PROXY_NAME}` };
-  if (LABEL_HEADLESS in labels) return { ignored: `labelled ${LABEL_HEADLESS}` };
-  const spec = svc.spec;
-  const type = spec.type ?? 'ClusterIP';
-  if (type === 'ExternalName') return { ignored: 'type ExternalName' };
-  const rawIPs = spec.clusterIPs && spec.clusterIPs.length > 0 ? spec.clusterIPs : spec.clusterIP ? [spec.clusterIP] : [];
-  if (rawIPs.length === 0 || rawIPs[0] === 'None' || rawIPs[0] === '') return { ignored: 'headless (no cluster IP)' };
-  if (spec.clusterIP && spec.clusterIPs && spec.clusterIPs.length > 0 && spec.clusterIP !== spec.clusterIPs[0]) {
-    return { invalid: `spec.clusterIP: ${spec.clusterIP} differs from spec.clusterIPs[0] ${spec.clusterIPs[0]}` };
-  }
-  const clusterIPByFamily = new Map<IPFamily, string>();
-  for (const [i, raw] of rawIPs.entries()) {
-    const ip = parseIP(raw);
-    if (!ip) return { invalid: `spec.clusterIPs[${i}]: invalid IP ${JSON.stringify(raw)}` };
-    if (clusterIPByFamily.has(ip.family)) return { invalid: `spec.clusterIPs[${i}]: second ${ip.family} cluster IP` };
-    const declared = spec.ipFamilies?.[i];
-    if (declared && declared !== ip.family) {
-      return { invalid: `spec.ipFamilies[${i}]: ${declared} does not match spec.clusterIPs[${i}] ${raw}` };
-    }
-    clusterIPByFamily.set(ip.family, ip.text);
-  }
+  if (LABEL_SERVICE_PROXY_NAME in labels) return ignored(`labelled ${LABEL_SERVICE_PROXY_NAME}`);
+  if (LABEL_HEADLESS in labels) return ignored(`labelled ${LABEL_HEADLESS}`);
+  if (svc.spec.type === 'ExternalName') return ignored('type ExternalName');
+  const raw = rawClusterIPs(svc.spec);
+  if (raw.length === 0 || raw[0] === 'None' || raw[0] === '') return ignored('headless (no cluster IP)');
+  return null;
+}
 
-  const externalIPs = parseIPList(spec.externalIPs ?? [], 'spec.externalIPs');
-  if ('invalid' in externalIPs) return externalIPs;
-  const lbIPs: string[] = [];
+function rawClusterIPs(spec: ServiceSpec): readonly string[] {
+  return spec.clusterIPs && spec.clusterIPs.length > 0 ? spec.clusterIPs : spec.clusterIP ? [spec.clusterIP] : [];
+}
+
+/** The Service's cluster IP of each family. */
+function clusterIPs(spec: ServiceSpec): Conversion<Map<IPFamily, string>> {
+  if (spec.clusterIP && spec.clusterIPs && spec.clusterIPs.length > 0 && spec.clusterIP !== spec.clusterIPs[0]) {
+    return invalid(`spec.clusterIP: ${spec.clusterIP} differs from spec.clusterIPs[0] ${spec.clusterIPs[0]}`);
+  }
+  const byFamily = new Map<IPFamily, string>();
+  for (const [i, raw] of rawClusterIPs(spec).entries()) {
+    const ip = parseIP(raw);
+    if (!ip) return invalid(`spec.clusterIPs[${i}]: invalid IP ${JSON.stringify(raw)}`);
+    if (byFamily.has(ip.family)) return invalid(`spec.clusterIPs[${i}]: second ${ip.family} cluster IP`);
+    const declared = spec.ipFamilies?.[i];
+    if (declared && declared !== ip.family) return invalid(`spec.ipFamilies[${i}]: ${declared} does not match spec.clusterIPs[${i}] ${raw}`);
+    byFamily.set(ip.family, ip.text);
+  }
+  return converted(byFamily);
+}
+
+/** LoadBalancer ingress IPs the node must capture (ipMode Proxy excluded). */
+function loadBalancerIPs(svc: ServiceObject): Conversion<string[]> {
+  const out: string[] = [];
   for (const [i, ing] of (svc.status?.loadBalancer?.ingress ?? []).entries()) {
     if (!ing.ip) continue; // hostname-only ingress: nothing to capture
     const ip = parseIP(ing.ip);
-    if (!ip) return { invalid: `status.loadBalancer.ingress[${i}].ip: invalid IP ${JSON.stringify(ing.ip)}` };
+    if (!ip) return invalid(`status.loadBalancer.ingress[${i}].ip: invalid IP ${JSON.stringify(ing.ip)}`);
     if (ing.ipMode === 'Proxy') continue; // the LB proxies; traffic arrives for the node, not the VIP
-    if (type === 'LoadBalancer') lbIPs.push(ip.text);
+    if (svc.spec.type === 'LoadBalancer') out.push(ip.text);
   }
-  const sourceRanges: ParsedCIDR[] = [];
+  return converted(out);
+}
+
+function sourceRanges(spec: ServiceSpec): Conversion<ParsedCIDR[]> {
+  const out: ParsedCIDR[] = [];
   for (const [i, raw] of (spec.loadBalancerSourceRanges ?? []).entries()) {
     const cidr = parseCIDR(raw.trim());
-    if (!cidr) return { invalid: `spec.loadBalancerSourceRanges[${i}]: invalid CIDR ${JSON.stringify(raw)}` };
-    sourceRanges.push(cidr);
+    if (!cidr) return invalid(`spec.loadBalancerSourceRanges[${i}]: invalid CIDR ${JSON.stringify(raw)}`);
+    out.push(cidr);
   }
+  return converted(out);
+}
 
-  const ports = spec.ports ?? [];
+/** Port names and numbers are unique; NodePorts and health check ports only where they mean something. */
+function checkPorts(spec: ServiceSpec): Refusal | null {
+  const type = spec.type ?? 'ClusterIP';
   const seenNames = new Set<string>();
   const seenPorts = new Set<string>();
-  for (const [i, p] of ports.entries()) {
+  for (const [i, p] of (spec.ports ?? []).entries()) {
     const pname = p.name ?? '';
-    if (seenNames.has(pname)) return { invalid: `spec.ports[${i}].name: duplicate port name ${JSON.stringify(pname)}` };
+    if (seenNames.has(pname)) return invalid(`spec.ports[${i}].name: duplicate port name ${JSON.stringify(pname)}`);
     seenNames.add(pname);
     const pp = `${p.port}/${p.protocol ?? 'TCP'}`;
-    if (seenPorts.has(pp)) return { invalid: `spec.ports[${i}]: duplicate port ${pp}` };
+    if (seenPorts.has(pp)) return invalid(`spec.ports[${i}]: duplicate port ${pp}`);
     seenPorts.add(pp);
-    if (p.nodePort && type === 'ClusterIP') {
-      return { invalid: `spec.ports[${i}].nodePort: may not be set when spec.type is ClusterIP` };
-    }
+    if (p.nodePort && type === 'ClusterIP') return invalid(`spec.ports[${i}].nodePort: may not be set when spec.type is ClusterIP`);
   }
   if (spec.healthCheckNodePort && !(type === 'LoadBalancer' && spec.externalTrafficPolicy === 'Local')) {
-    return { invalid: 'spec.healthCheckNodePort: only valid for a LoadBalancer with externalTrafficPolicy Local' };
+    return invalid('spec.healthCheckNodePort: only valid for a LoadBalancer with externalTrafficPolicy Local');
   }
+  return null;
+}
 
-  const externallyAccessible = type === 'NodePort' || type === 'LoadBalancer' || externalIPs.ips.length > 0;
-  const externalPolicyLocal = externallyAccessible && spec.externalTrafficPolicy === 'Local';
-  const affinitySeconds =
-    spec.sessionAffinity === 'ClientIP'
-      ? (spec.sessionAffinityConfig?.clientIP?.timeoutSeconds ?? DEFAULT_AFFINITY_SECONDS)
-      : 0;
+/** Converts a Service to its service ports in every family it has a cluster IP in. */
+export function convertService(svc: ServiceObject): ServiceConversion {
+  const refused = notServed(svc) ?? checkPorts(svc.spec);
+  if (refused) return refused;
+  const spec = svc.spec;
+  const ips = clusterIPs(spec);
+  if (!ips.ok) return ips;
+  const externalIPs = parseIPList(spec.externalIPs ?? [], 'spec.externalIPs');
+  if (!externalIPs.ok) return externalIPs;
+  const lbIPs = loadBalancerIPs(svc);
+  if (!lbIPs.ok) return lbIPs;
+  const ranges = sourceRanges(spec);
+  if (!ranges.ok) return ranges;
+  return converted(servicePorts(svc, ips.value, externalIPs.value, lbIPs.value, ranges.value));
+}
 
+/** Traffic policy and affinity, as kube-proxy reads them. */
+function policies(spec: ServiceSpec, type: ServiceType, externalIPs: readonly string[]): { externalPolicyLocal: boolean; affinitySeconds: number } {
+  const externallyAccessible = type === 'NodePort' || type === 'LoadBalancer' || externalIPs.length > 0;
+  return {
+    externalPolicyLocal: externallyAccessible && spec.externalTrafficPolicy === 'Local',
+    affinitySeconds: spec.sessionAffinity === 'ClientIP' ? (spec.sessionAffinityConfig?.clientIP?.timeoutSeconds ?? DEFAULT_AFFINITY_SECONDS) : 0,
+  };
+}
+
+function servicePorts(svc: ServiceObject, clusterIPByFamily: ReadonlyMap<IPFamily, string>, externalIPs: string[], lbIPs: string[], ranges: ParsedCIDR[]): ServicePort[] {
+  const spec = svc.spec;
+  // (ExternalName Services were refused before)
+  const type: ServiceType = !spec.type || spec.type === 'ExternalName' ? 'ClusterIP' : spec.type;
+  // joined, not concatenated: model strings are kept, and V8 keeps a concatenation as a
+  // tree of pieces (~3x the memory of the flat string)
+  const key = [svc.metadata.namespace ?? 'default', svc.metadata.name].join('/');
+  const { externalPolicyLocal, affinitySeconds } = policies(spec, type, externalIPs);
+  const ofFamily = (ip: string, family: IPFamily) => parseIP(ip)!.family === family;
   const out: ServicePort[] = [];
   for (const family of FAMILIES) {
     const clusterIP = clusterIPByFamily.get(family);
     if (!clusterIP) continue;
-    for (const p of ports) {
+    for (const p of spec.ports ?? []) {
       const portName = p.name ?? '';
-      out.push(
-        {
-          name: portName ? [key, portName].join(':') : key,
-          serviceKey: key,
-          portName,
-          protocol: (p.protocol ?? 'TCP') as Protocol,
-          family,
-          type: type as ServiceType,
-          clusterIP,
-          port: p.port,
-          nodePort: type === 'ClusterIP' ? 0 : (p.nodePort ?? 0),
-          externalIPs: externalIPs.ips.filter((ip) => parseIP(ip)!.family === family),
-          loadBalancerVIPs: lbIPs.filter((ip) => parseIP(ip)!.family === family),
-          loadBalancerSourceRanges:
-            type === 'LoadBalancer' ? sourceRanges.filter((c) => c.family === family).map((c) => c.text) : [],
-          externalPolicyLocal,
-          internalPolicyLocal: spec.internalTrafficPolicy === 'Local',
-          affinitySeconds,
-          healthCheckNodePort: externalPolicyLocal ? (spec.healthCheckNodePort ?? 0) : 0,
-          trafficDistribution: spec.trafficDistribution ?? undefined,
-        },
-      );
+      out.push({
+        name: portName ? [key, portName].join(':') : key,
+        serviceKey: key,
+        portName,
+        protocol: p.protocol ?? 'TCP',
+        family,
+        type,
+        clusterIP,
+        port: p.port,
+        nodePort: type === 'ClusterIP' ? 0 : (p.nodePort ?? 0),
+        externalIPs: externalIPs.filter((ip) => ofFamily(ip, family)),
+        loadBalancerVIPs: lbIPs.filter((ip) => ofFamily(ip, family)),
+        loadBalancerSourceRanges: type === 'LoadBalancer' ? ranges.filter((c) => c.family === family).map((c) => c.text) : [],
+        externalPolicyLocal,
+        internalPolicyLocal: spec.internalTrafficPolicy === 'Local',
+        affinitySeconds,
+        healthCheckNodePort: externalPolicyLocal ? (spec.healthCheckNodePort ?? 0) : 0,
+      });
     }
   }
-  return { ports: out };
+  return out;
 }
 
-function parseIPList(raw: readonly string[], field: string): { ips: string[] } | { invalid: string } {
+function parseIPList(raw: readonly string[], field: string): Conversion<string[]> {
   const ips: string[] = [];
   for (const [i, r] of raw.entries()) {
     const ip = parseIP(r);
-    if (!ip) return { invalid: `${field}[${i}]: invalid IP ${JSON.stringify(r)}` };
+    if (!ip) return invalid(`${field}[${i}]: invalid IP ${JSON.stringify(r)}`);
     if (!ips.includes(ip.text)) ips.push(ip.text);
   }
-  return { ips };
+  return converted(ips);
 }
 
 /** An EndpointSlice's endpoints per port ("portName/PROTO"), for one service and family. */
@@ -140,28 +187,22 @@ export interface SliceData {
   readonly byPort: ReadonlyMap<string, readonly Endpoint[]>;
 }
 
-export type SliceConversion = SliceData | Refusal;
+export type SliceConversion = Conversion<SliceData>;
 
 export function slicePortKey(portName: string, protocol: Protocol): string {
   return `${portName}/${protocol}`;
 }
 
-export function convertEndpointSlice(slice: EndpointSliceObject, nodeName: string): SliceConversion {
-  const labels = slice.metadata.labels ?? {};
-  const svcName = labels[LABEL_SERVICE_NAME];
-  if (!svcName) return { ignored: `no ${LABEL_SERVICE_NAME} label` };
-  if (LABEL_SERVICE_PROXY_NAME in labels) return { ignored: `labelled ${LABEL_SERVICE_PROXY_NAME}` };
-  if (slice.addressType === 'FQDN') return { ignored: 'addressType FQDN' };
-  const family = slice.addressType;
-  const endpoints: Omit<Endpoint, 'port' | 'addr'>[] = [];
+type SliceEndpoint = Omit<Endpoint, 'port' | 'addr'>;
+
+/** A slice's endpoints (their first address, like kube-proxy), sorted by address. */
+function sliceEndpoints(slice: EndpointSliceObject, family: IPFamily, nodeName: string): Conversion<SliceEndpoint[]> {
+  const endpoints: SliceEndpoint[] = [];
   for (const [i, ep] of (slice.endpoints ?? []).entries()) {
-    // Like kube-proxy, only the first address counts.
     const raw = ep.addresses[0]!;
     const ip = parseIP(raw);
-    if (!ip) return { invalid: `endpoints[${i}].addresses[0]: invalid IP ${JSON.stringify(raw)}` };
-    if (ip.family !== family) {
-      return { invalid: `endpoints[${i}].addresses[0]: ${raw} is not ${family} (addressType)` };
-    }
+    if (!ip) return invalid(`endpoints[${i}].addresses[0]: invalid IP ${JSON.stringify(raw)}`);
+    if (ip.family !== family) return invalid(`endpoints[${i}].addresses[0]: ${raw} is not ${family} (addressType)`);
     const c = ep.conditions ?? {};
     const ready = c.ready ?? true;
     endpoints.push({
@@ -178,11 +219,24 @@ export function convertEndpointSlice(slice: EndpointSliceObject, nodeName: strin
   }
   // in merge order already, so a service's only slice is used as it is (no copy)
   endpoints.sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : 0));
+  return converted(endpoints);
+}
+
+export function convertEndpointSlice(slice: EndpointSliceObject, nodeName: string): SliceConversion {
+  const labels = slice.metadata.labels ?? {};
+  const svcName = labels[LABEL_SERVICE_NAME];
+  if (!svcName) return ignored(`no ${LABEL_SERVICE_NAME} label`);
+  if (LABEL_SERVICE_PROXY_NAME in labels) return ignored(`labelled ${LABEL_SERVICE_PROXY_NAME}`);
+  if (slice.addressType === 'FQDN') return ignored('addressType FQDN');
+  const family = slice.addressType;
+  const parsed = sliceEndpoints(slice, family, nodeName);
+  if (!parsed.ok) return parsed;
+  const endpoints = parsed.value;
   const byPort = new Map<string, Endpoint[]>();
   for (const [i, p] of (slice.ports ?? []).entries()) {
     if (p.port == null) continue; // a port without a number means "all ports": kube-proxy cannot use it
-    const k = slicePortKey(p.name ?? '', (p.protocol ?? 'TCP') as Protocol);
-    if (byPort.has(k)) return { invalid: `ports[${i}]: duplicate port ${k}` };
+    const k = slicePortKey(p.name ?? '', (p.protocol ?? 'TCP'));
+    if (byPort.has(k)) return invalid(`ports[${i}]: duplicate port ${k}`);
     const portNumber = p.port;
     // an explicit literal (not a spread): every Endpoint gets the same hidden class,
     // which keeps the renderer's property reads monomorphic and fast
@@ -203,7 +257,7 @@ export function convertEndpointSlice(slice: EndpointSliceObject, nodeName: strin
       })),
     );
   }
-  return { serviceKey: [slice.metadata.namespace ?? 'default', svcName].join('/'), family, byPort };
+  return converted({ serviceKey: [slice.metadata.namespace ?? 'default', svcName].join('/'), family, byPort });
 }
 
 const endpointOrder = (a: Endpoint, b: Endpoint): number => (a.ip === b.ip ? a.port - b.port : a.ip < b.ip ? -1 : 1);
@@ -236,7 +290,7 @@ export function mergeEndpoints(lists: readonly (readonly Endpoint[])[]): readonl
   return [...byAddr.values()].sort(endpointOrder);
 }
 
-export type NodeConversion = { node: NodeFacts } | { invalid: string };
+export type NodeConversion = Conversion<NodeFacts>;
 
 export function convertNode(node: NodeObject): NodeConversion {
   const ips: Record<IPFamily, string[]> = { IPv4: [], IPv6: [] };
@@ -253,19 +307,17 @@ export function convertNode(node: NodeObject): NodeConversion {
   const rawCIDRs = node.spec?.podCIDRs?.length ? node.spec.podCIDRs : node.spec?.podCIDR ? [node.spec.podCIDR] : [];
   for (const [i, raw] of rawCIDRs.entries()) {
     const c = parseCIDR(raw);
-    if (!c) return { invalid: `spec.podCIDRs[${i}]: invalid CIDR ${JSON.stringify(raw)}` };
+    if (!c) return invalid(`spec.podCIDRs[${i}]: invalid CIDR ${JSON.stringify(raw)}`);
     podCIDRs.push(c);
   }
   const labels = { ...(node.metadata.labels ?? {}) };
-  return {
-    node: {
-      name: node.metadata.name,
-      ips,
-      podCIDRs,
-      labels,
-      zone: labels[LABEL_ZONE],
-      deleting: !!node.metadata.deletionTimestamp,
-      toBeDeleted: (node.spec?.taints ?? []).some((t) => t.key === TAINT_TO_BE_DELETED),
-    },
-  };
+  return converted({
+    name: node.metadata.name,
+    ips,
+    podCIDRs,
+    labels,
+    zone: labels[LABEL_ZONE],
+    deleting: !!node.metadata.deletionTimestamp,
+    toBeDeleted: (node.spec?.taints ?? []).some((t) => t.key === TAINT_TO_BE_DELETED),
+  });
 }

@@ -1,10 +1,13 @@
-// The change tracker: applies typed changes from any source to the cluster state,
-// remembers what changed since the last sync, and builds per-family models.
+// The cluster state and its change tracker: applies typed changes from any source,
+// remembers what changed since the last sync (each sync checks it out once, with
+// takePending(), like kube-proxy's change trackers' Update()), and gives each family's
+// renderer its view of the model.
 import type { Logger } from '../util/log.js';
 import type { IPFamily } from '../util/ip.js';
 import {
   ANNOTATION_TRIGGER_TIME,
   objectKey,
+  type ResourceKind,
   type EndpointSliceObject,
   type NodeObject,
   type ServiceObject,
@@ -15,9 +18,10 @@ import {
   convertService,
   mergeEndpoints,
   slicePortKey,
+  type Refusal,
   type SliceData,
 } from './convert.js';
-import { servicePortId, type Endpoint, type FamilyModel, type NodeFacts, type ServicePort } from './types.js';
+import type { Endpoint, ModelView, NodeFacts, ServicePort } from './types.js';
 
 /**
  * A change as every source emits it: add (no previous), update (both), delete (no
@@ -35,6 +39,22 @@ export type Change =
     }
   | { readonly kind: 'Node'; readonly previous?: NodeObject; readonly current?: NodeObject; readonly origin?: string };
 
+/** The object type of each kind. */
+export interface ObjectOf {
+  readonly Service: ServiceObject;
+  readonly EndpointSlice: EndpointSliceObject;
+  readonly Node: NodeObject;
+}
+
+/**
+ * A Change of a kind from objects validated as that kind (validateObject). The one place
+ * a kind and its objects are paired; sources build their changes with it.
+ */
+export function changeOf<K extends ResourceKind>(kind: K, previous: ObjectOf[K] | undefined, current: ObjectOf[K] | undefined, origin?: string): Change {
+  const c = { kind, ...(previous ? { previous } : {}), ...(current ? { current } : {}), ...(origin ? { origin } : {}) };
+  return c as Change;
+}
+
 /** What changed since the last sync; the sync engine reads and resets it. */
 export interface PendingChanges {
   /** services whose spec changed (keys "ns/name") */
@@ -47,30 +67,13 @@ export interface PendingChanges {
   readonly triggerTimes: ReadonlyArray<{ readonly family: IPFamily; readonly time: number }>;
 }
 
+/** Services whose rules may differ: their spec or their endpoints changed. */
+export function changedServices(p: PendingChanges): Set<string> {
+  return new Set([...p.services, ...p.endpoints]);
+}
+
 interface SliceEntry extends SliceData {
   readonly name: string;
-}
-
-/** Services changed since a consumer (one family's renderer) last looked. */
-export class ChangeTracker {
-  services = new Set<string>();
-  node = false;
-
-  take(): { services: Set<string>; node: boolean } {
-    const out = { services: this.services, node: this.node };
-    this.services = new Set();
-    this.node = false;
-    return out;
-  }
-}
-
-/** What a renderer needs of the model for one family. */
-export interface FamilyView {
-  readonly family: IPFamily;
-  /** sorted, so full renders are deterministic */
-  serviceKeys(): Iterable<string>;
-  portsOf(serviceKey: string): readonly ServicePort[];
-  endpointsOf(sp: ServicePort): readonly Endpoint[];
 }
 
 export class ClusterState {
@@ -81,11 +84,9 @@ export class ClusterState {
   private readonly endpointCache = new Map<string, MergedEndpoints[]>();
   private nodeFacts: NodeFacts | null = null;
   private pending = emptyPending();
-  private readonly trackers = new Set<ChangeTracker>();
   private readonly endpointTotals: Record<IPFamily, number> = { IPv4: 0, IPv6: 0 };
   /** trigger times before this are not observed (ms) */
   startedAt = Date.now();
-  private sortedPorts: Record<IPFamily, ServicePort[] | null> = { IPv4: null, IPv6: null };
 
   constructor(
     readonly nodeName: string,
@@ -128,10 +129,8 @@ export class ClusterState {
     let ports: readonly ServicePort[] = [];
     if (cur) {
       const conv = convertService(cur);
-      if ('ports' in conv) ports = conv.ports;
-      else if ('invalid' in conv) {
-        this.log.error({ kind: 'Service', object: key, origin: change.origin, reason: conv.invalid }, 'invalid Service skipped');
-      } else this.log.debug({ kind: 'Service', object: key, reason: conv.ignored }, 'Service ignored');
+      if (conv.ok) ports = conv.value;
+      else this.refused('Service', key, change.origin, conv);
     }
     const had = this.services.get(key);
     if (ports.length === 0 && !had) return;
@@ -139,8 +138,6 @@ export class ClusterState {
     if (ports.length > 0) this.services.set(key, ports);
     else this.services.delete(key);
     this.pending.services.add(key);
-    for (const t of this.trackers) t.services.add(key);
-    this.sortedPorts = { IPv4: null, IPv6: null };
   }
 
   private applySlice(change: Extract<Change, { kind: 'EndpointSlice' }>): void {
@@ -152,13 +149,8 @@ export class ClusterState {
     let next: SliceEntry | null = null;
     if (cur) {
       const conv = convertEndpointSlice(cur, this.nodeName);
-      if ('byPort' in conv) next = { ...conv, name: key };
-      else if ('invalid' in conv) {
-        this.log.error(
-          { kind: 'EndpointSlice', object: key, origin: change.origin, reason: conv.invalid },
-          'invalid EndpointSlice skipped',
-        );
-      } else this.log.debug({ kind: 'EndpointSlice', object: key, reason: conv.ignored }, 'EndpointSlice ignored');
+      if (conv.ok) next = { ...conv.value, name: key };
+      else this.refused('EndpointSlice', key, change.origin, conv);
     }
     if (!old && !next) return;
     if (old) {
@@ -182,10 +174,15 @@ export class ClusterState {
     }
   }
 
+  /** An object kpx does not serve: invalid ones are errors, ignored ones (headless, ...) debug lines. */
+  private refused(kind: Change['kind'], key: string, origin: string | undefined, r: Refusal): void {
+    if (r.refusal === 'invalid') this.log.error({ kind, object: key, origin, reason: r.reason }, `invalid ${kind} skipped`);
+    else this.log.debug({ kind, object: key, reason: r.reason }, `${kind} ignored`);
+  }
+
   private invalidateEndpoints(serviceKey: string): void {
     this.endpointCache.delete(serviceKey);
     this.pending.endpoints.add(serviceKey);
-    for (const t of this.trackers) t.services.add(serviceKey);
   }
 
   private applyNode(change: Extract<Change, { kind: 'Node' }>): void {
@@ -195,23 +192,15 @@ export class ClusterState {
     let next: NodeFacts | null = null;
     if (cur) {
       const conv = convertNode(cur);
-      if ('node' in conv) next = conv.node;
-      else this.log.error({ kind: 'Node', object: name, origin: change.origin, reason: conv.invalid }, 'invalid Node skipped');
+      if (conv.ok) next = conv.value;
+      else this.refused('Node', name, change.origin, conv);
     }
     if (JSON.stringify(next) === JSON.stringify(this.nodeFacts)) return;
     this.nodeFacts = next;
     this.pending.node = true;
-    for (const t of this.trackers) t.node = true;
   }
 
-  /** A tracker that collects the keys of services changed from now on. */
-  tracker(): ChangeTracker {
-    const t = new ChangeTracker();
-    this.trackers.add(t);
-    return t;
-  }
-
-  view(family: IPFamily): FamilyView {
+  view(family: IPFamily): ModelView {
     return {
       family,
       serviceKeys: () => [...this.services.keys()].sort(),
@@ -245,19 +234,6 @@ export class ClusterState {
     }
     const pk = slicePortKey(sp.portName, sp.protocol);
     return merged.byPort.find(([k]) => k === pk)?.[1] ?? NO_ENDPOINTS;
-  }
-
-  familyModel(family: IPFamily): FamilyModel {
-    let ports = this.sortedPorts[family];
-    if (!ports) {
-      ports = [];
-      for (const list of this.services.values()) for (const sp of list) if (sp.family === family) ports.push(sp);
-      ports.sort((a, b) => (a.name === b.name ? cmp(a.protocol, b.protocol) : cmp(a.name, b.name)));
-      this.sortedPorts[family] = ports;
-    }
-    const endpoints = new Map<string, readonly Endpoint[]>();
-    for (const sp of ports) endpoints.set(servicePortId(sp), this.endpointsOf(sp));
-    return { family, servicePorts: ports, endpoints, node: this.nodeFacts };
   }
 
   /** Families that have at least one service port. */

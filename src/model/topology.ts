@@ -65,12 +65,14 @@ function availableFor(ep: Endpoint, mode: TopologyMode, nodeName: string, zone: 
   }
 }
 
-export function categorizeEndpoints(
-  sp: ServicePort,
-  endpoints: readonly Endpoint[],
-  nodeName: string,
-  zone: string | undefined,
-): CategorizedEndpoints {
+/** What endpoint selection needs to know about this node (the render configs carry it). */
+export interface ThisNode {
+  readonly nodeName: string;
+  readonly zone: string | undefined;
+}
+
+export function categorizeEndpoints(sp: ServicePort, endpoints: readonly Endpoint[], node: ThisNode): CategorizedEndpoints {
+  const { nodeName, zone } = node;
   let cluster: Endpoint[] = [];
   let hasAny = false;
   let topology: TopologyMode = '';

@@ -32,7 +32,6 @@ export interface ServicePort {
   readonly affinitySeconds: number;
   /** 0 unless externalTrafficPolicy Local on a LoadBalancer. */
   readonly healthCheckNodePort: number;
-  readonly trafficDistribution: string | undefined;
 }
 
 export interface Endpoint {
@@ -65,14 +64,14 @@ export interface NodeFacts {
   readonly toBeDeleted: boolean;
 }
 
-/** Everything one family's renderer needs from the cluster. */
-export interface FamilyModel {
+/** What a renderer reads of the model for one family (ClusterState.view() provides it). */
+export interface ModelView {
   readonly family: IPFamily;
-  /** sorted by name then protocol, so output is deterministic */
-  readonly servicePorts: readonly ServicePort[];
-  /** endpoints of each service port, keyed by servicePortId() */
-  readonly endpoints: ReadonlyMap<string, readonly Endpoint[]>;
-  readonly node: NodeFacts | null;
+  /** sorted, so full renders are deterministic */
+  serviceKeys(): Iterable<string>;
+  /** this family's ports of one service, sorted */
+  portsOf(serviceKey: string): readonly ServicePort[];
+  endpointsOf(sp: ServicePort): readonly Endpoint[];
 }
 
 /** A service port with the endpoints a sync programmed for it (health checks, conntrack). */
@@ -84,8 +83,4 @@ export interface ServicePortState {
 /** Unique key of a service port within one family: name plus protocol. */
 export function servicePortId(sp: Pick<ServicePort, 'name' | 'protocol'>): string {
   return `${sp.name}/${sp.protocol}`;
-}
-
-export function endpointAddress(ep: Pick<Endpoint, 'ip' | 'port'>): string {
-  return ep.ip.includes(':') ? `[${ep.ip}]:${ep.port}` : `${ep.ip}:${ep.port}`;
 }

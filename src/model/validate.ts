@@ -5,7 +5,7 @@ export type Validation<T> = { ok: true; object: T } | { ok: false; reason: strin
 
 export function validateObject(kind: ResourceKind, raw: unknown): Validation<KubeObject> {
   const parsed = schemaFor[kind].safeParse(raw);
-  if (parsed.success) return { ok: true, object: parsed.data as KubeObject };
+  if (parsed.success) return { ok: true, object: parsed.data };
   const meta = (raw as { metadata?: { name?: unknown; namespace?: unknown } } | null)?.metadata;
   const name = typeof meta?.name === 'string' ? meta.name : '(unnamed)';
   const ns = typeof meta?.namespace === 'string' ? `${meta.namespace}/` : kind === 'Node' ? '' : 'default/';

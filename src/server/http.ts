@@ -2,18 +2,20 @@
 // kube-proxy's semantics and bodies.
 import { createServer, type Server } from 'node:http';
 import type { Logger } from '../util/log.js';
+import { splitHostPort } from '../util/ip.js';
 import type { NodeFacts } from '../model/types.js';
 import type { KpxMetrics } from './metrics.js';
 import type { ProxyHealth } from './health.js';
 
-export function splitHostPort(addr: string): { host: string; port: number } {
-  const m = /^\[(.*)\]:(\d+)$/.exec(addr) ?? /^([^:]*):(\d+)$/.exec(addr);
-  if (!m) throw new Error(`bad address ${JSON.stringify(addr)} (want host:port)`);
-  return { host: m[1] || '0.0.0.0', port: Number(m[2]) };
+/** A listen address: host (empty means every address) and port. */
+export function listenAddress(addr: string): { host: string; port: number } {
+  const hp = splitHostPort(addr);
+  if (!hp) throw new Error(`bad address ${JSON.stringify(addr)} (want host:port)`);
+  return { host: hp.host || '0.0.0.0', port: hp.port };
 }
 
 function listen(server: Server, addr: string): Promise<Server> {
-  const { host, port } = splitHostPort(addr);
+  const { host, port } = listenAddress(addr);
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen({ host, port, ipv6Only: false }, () => {
@@ -75,9 +77,9 @@ export function healthServer(health: ProxyHealth, node: () => NodeFacts | null, 
               Object.entries(st.families).map(([f, v]) => [
                 f,
                 {
-                  lastUpdated: iso(v!.lastUpdated),
-                  healthy: v!.healthy,
-                  ...(v!.error ? { lastError: { reason: v!.error.reason, since: iso(v!.error.since), failures: v!.error.failures } } : {}),
+                  lastUpdated: iso(v.lastUpdated),
+                  healthy: v.healthy,
+                  ...(v.error ? { lastError: { reason: v.error.reason, since: iso(v.error.since), failures: v.error.failures } } : {}),
                 },
               ]),
             ),

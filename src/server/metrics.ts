@@ -6,7 +6,7 @@ import type { IPFamily } from '../util/ip.js';
 import type { PendingChanges } from '../model/state.js';
 import type { Change } from '../model/state.js';
 import type { SyncObserver } from '../sync/controller.js';
-import type { SyncReport } from '../sync/proxier.js';
+import type { SyncReport } from '../sync/driver.js';
 
 /** 100 µs doubling up to ~3.5 min. */
 const SYNC_BUCKETS = Array.from({ length: 22 }, (_, i) => 0.0001 * 2 ** i);

@@ -83,10 +83,6 @@ export class ServiceHealthServers {
     });
   }
 
-  ports(): number[] {
-    return [...this.listeners.values()].map((l) => l.port).sort((a, b) => a - b);
-  }
-
   async stop(): Promise<void> {
     for (const l of this.listeners.values()) await closeAll(l.servers);
     this.listeners.clear();

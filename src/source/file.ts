@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import type { Logger } from '../util/log.js';
 import { API_VERSION_FOR, objectKey, type KubeObject, type ResourceKind } from '../model/kube.js';
-import type { Change } from '../model/state.js';
+import { changeOf, type Change } from '../model/state.js';
 import { validateObject } from '../model/validate.js';
 import type { Source, SourceHandler } from './types.js';
 
@@ -38,7 +38,7 @@ function keep(kind: ResourceKind, object: KubeObject): Kept {
   const m = object.metadata as { name: string; namespace?: string; labels?: Record<string, string> };
   const metadata = { name: m.name, ...(m.namespace !== undefined ? { namespace: m.namespace } : {}), ...(m.labels ? { labels: m.labels } : {}) };
   // a digest, not the JSON itself: change detection without a second copy of everything
-  return { kind, digest: hash('sha1', JSON.stringify(object), 'hex'), identity: { apiVersion: API_VERSION_FOR[kind], kind, metadata } as KubeObject };
+  return { kind, digest: hash('sha1', JSON.stringify(object), 'hex'), identity: { apiVersion: API_VERSION_FOR[kind], kind, metadata } };
 }
 
 /** Parses one file's text into valid objects; everything wrong is logged and skipped. */
@@ -111,7 +111,7 @@ function addObject(item: unknown, file: string, log: Logger, out: ParsedObjects)
     log.error({ file, kind: k, object: v.name, reason: v.reason }, 'invalid object skipped');
     return;
   }
-  const key = `${k}/${objectKey(k, v.object as never)}`;
+  const key = `${k}/${objectKey(k, v.object)}`;
   if (out.has(key)) log.warn({ file, kind: k, object: key }, 'object appears twice in one file; the last one wins');
   out.set(key, { kind: k, object: v.object });
 }
@@ -208,7 +208,7 @@ export class FileSource implements Source {
       // The object itself: from this scan's reads or, for a duplicate in an unchanged file
       // that now wins, read again.
       let objects = parsed.get(cur.file);
-      if (!objects) parsed.set(cur.file, (objects = (await this.read(cur.file)) ?? new Map()));
+      if (!objects) parsed.set(cur.file, (objects = (await this.read(cur.file)) ?? (new Map() as ParsedObjects)));
       const object = objects.get(key)?.object;
       objects.delete(key);
       if (!object) {
@@ -217,10 +217,10 @@ export class FileSource implements Source {
         else now.delete(key);
         continue;
       }
-      emit({ kind: cur.kind, previous: prev?.identity, current: object, origin: join(this.dir, cur.file) } as Change);
+      emit(changeOf(cur.kind, prev?.identity, object, join(this.dir, cur.file)));
     }
     for (const [key, prev] of this.effective) {
-      if (!now.has(key)) emit({ kind: prev.kind, previous: prev.identity, origin: join(this.dir, prev.file) } as Change);
+      if (!now.has(key)) emit(changeOf(prev.kind, prev.identity, undefined, join(this.dir, prev.file)));
     }
     this.effective = now;
   }

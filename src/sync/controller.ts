@@ -5,7 +5,7 @@ import type { KpxConfig } from '../config/config.js';
 import type { Change, ClusterState } from '../model/state.js';
 import type { Source } from '../source/types.js';
 import type { Logger } from '../util/log.js';
-import type { Proxier, SyncReport } from './proxier.js';
+import type { Proxier, SyncReport } from './driver.js';
 import { BoundedFrequencyRunner, realClock, type Clock } from './runner.js';
 import { releaseMemory } from '../util/memory.js';
 
@@ -92,7 +92,7 @@ export class Controller {
     const { state, proxier, log } = this.opts;
     const startedAt = Date.now();
     const pending = state.takePending();
-    const report = await proxier.sync();
+    const report = await proxier.sync(pending);
     this.lastReport = report;
     for (const f of report.families) {
       log.info(

@@ -8,7 +8,7 @@ import type { ServiceHealthServers, HealthCheckService } from '../server/service
 import type { ProxyHealth } from '../server/health.js';
 import type { ServicePortState } from '../model/types.js';
 import type { SyncObserver } from './controller.js';
-import type { SyncReport } from './proxier.js';
+import type { SyncReport } from './driver.js';
 
 /** healthCheckNodePort services and their local ready endpoint count (distinct IPs). */
 export function healthCheckServices(fragmentsByFamily: Iterable<Iterable<ServicePortState>>): Map<string, HealthCheckService> {
@@ -20,7 +20,7 @@ export function healthCheckServices(fragmentsByFamily: Iterable<Iterable<Service
       if (!sp.healthCheckNodePort) continue;
       const [namespace, name] = sp.serviceKey.split('/') as [string, string];
       let byFam = ips.get(sp.serviceKey);
-      if (!byFam) ips.set(sp.serviceKey, (byFam = new Map()));
+      if (!byFam) ips.set(sp.serviceKey, (byFam = new Map<IPFamily, Set<string>>()));
       let set = byFam.get(sp.family);
       if (!set) byFam.set(sp.family, (set = new Set()));
       for (const e of f.endpoints) if (e.isLocal && e.ready) set.add(e.ip);

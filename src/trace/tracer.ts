@@ -1,11 +1,11 @@
 // The packet tracer: walks a packet through nat and filter rules (kpx's rendered rules or
 // iptables-save output) the way netfilter would for the first packet of a connection, and
 // returns every possible outcome with its probability: DNAT target, masquerade, verdict.
-import { cidrContains, ipToBigInt, parseIP, type IPFamily } from '../util/ip.js';
-import { parseSave } from '../render/iptables/restore.js';
+import { cidrContains, ipToBigInt, joinHostPort, parseIP, splitHostPort, type IPFamily } from '../util/ip.js';
+import { parseSave } from '../iptables/save.js';
 import type { IptablesRuleset } from '../render/iptables/ruleset.js';
 import { rulesOf } from '../iptables/format.js';
-import { parseRule, type AddrMatch, type ParsedRule, type RangeMatch } from './rules.js';
+import { parseRule, type AddrMatch, type ParsedRule, type RangeMatch } from '../iptables/rule.js';
 
 export type Tables = Map<string, Map<string, readonly string[]>>;
 
@@ -153,7 +153,7 @@ export class Tracer {
     return {
       probability: b.s.p,
       verdict: r.kind === 'drop' ? 'DROP' : r.kind === 'reject' ? 'REJECT' : 'ACCEPT',
-      ...(b.s.dnatIP ? { dnat: joinAddr(b.s.dnatIP, b.s.dnatPort ?? pkt.dport) } : {}),
+      ...(b.s.dnatIP ? { dnat: joinHostPort(b.s.dnatIP, b.s.dnatPort ?? pkt.dport) } : {}),
       masquerade: b.s.masq,
       delivery,
       rules: { nat: b.s.nat, filter: b.s.filter },
@@ -183,7 +183,7 @@ export class Tracer {
       const rule = this.rule(text);
       const nextLive: State[] = [];
       for (const st of live) {
-        const s = { ...st, [table]: st[table] + 1 } as State;
+        const s = { ...st, [table]: st[table] + 1 };
         const m = this.matches(rule, pkt, s);
         if (m === 0) {
           nextLive.push(s);
@@ -199,7 +199,7 @@ export class Tracer {
       live = nextLive;
     }
     // falling off the end of a chain returns to the caller
-    return [...done, ...live.map((s) => ({ s, r: { kind: 'return' } as Result }))];
+    return [...done, ...live.map((s): Branch => ({ s, r: { kind: 'return' } }))];
   }
 
   /** Applies a matched rule's target. "continue" means: go on with the next rule. */
@@ -207,79 +207,20 @@ export class Tracer {
     if (rule.recent?.mode === 'set') s = { ...s, recentSet: [...s.recentSet, rule.recent.name] };
     const t = rule.target;
     if (!t) return [{ s, r: { kind: 'continue' } }];
-    switch (t) {
-      case 'ACCEPT':
-        return [{ s, r: { kind: 'accept' } }];
-      case 'DROP':
-        return [{ s, r: { kind: 'drop', rule: rule.text } }];
-      case 'REJECT':
-        return [{ s, r: { kind: 'reject', rule: rule.text } }];
-      case 'RETURN':
-        return [{ s, r: { kind: 'return' } }];
-      case 'MARK': {
-        const a = rule.targetArgs;
-        let mark = s.mark;
-        const arg = (name: string) => a[a.indexOf(name) + 1]!;
-        const val = (x: string) => (x.startsWith('0x') ? parseInt(x, 16) : Number(x));
-        if (a.includes('--set-xmark')) {
-          const [v, m] = arg('--set-xmark').split('/');
-          const mask = m ? val(m) : 0xffffffff;
-          mark = ((mark & ~mask) ^ val(v!)) >>> 0;
-        } else if (a.includes('--or-mark')) mark = (mark | val(arg('--or-mark'))) >>> 0;
-        else if (a.includes('--xor-mark')) mark = (mark ^ val(arg('--xor-mark'))) >>> 0;
-        else if (a.includes('--set-mark')) mark = val(arg('--set-mark'));
-        return [{ s: { ...s, mark }, r: { kind: 'continue' } }];
-      }
-      case 'DNAT': {
-        const to = rule.targetArgs[rule.targetArgs.indexOf('--to-destination') + 1]!;
-        const m = /^\[(.+)\]:(\d+)$/.exec(to) ?? /^([^:]+):(\d+)$/.exec(to);
-        const ip = m ? m[1]! : to;
-        const port = m ? Number(m[2]) : undefined;
-        return [{ s: { ...s, dnatIP: ip, dnatPort: port }, r: { kind: 'accept' } }];
-      }
-      case 'MASQUERADE':
-      case 'SNAT':
-        return [{ s: { ...s, masq: true }, r: { kind: 'accept' } }];
-      case 'LOG':
-      case 'NFLOG':
-        return [{ s, r: { kind: 'continue' } }];
-      default: {
-        if (!this.tables.get(table)?.has(t)) throw new TraceError(`unknown target ${t} in ${table}: ${rule.text}`);
-        const inner = this.walk(table, t, pkt, { ...s, chains: [...s.chains, t] }, depth + 1);
-        // RETURN and falling off the end both resume the caller at its next rule
-        return inner.map((b) => (b.r.kind === 'return' ? { s: b.s, r: { kind: 'continue' } } : b));
-      }
-    }
+    const target = TARGETS[t];
+    if (target) return [target(rule, s)];
+    if (!this.tables.get(table)?.has(t)) throw new TraceError(`unknown target ${t} in ${table}: ${rule.text}`);
+    const inner = this.walk(table, t, pkt, { ...s, chains: [...s.chains, t] }, depth + 1);
+    // RETURN and falling off the end both resume the caller at its next rule
+    return inner.map((b) => (b.r.kind === 'return' ? { s: b.s, r: { kind: 'continue' } } : b));
   }
 
   /** 1 = matches, 0 = does not, in between = matches with that probability. */
   private matches(r: ParsedRule, pkt: TracePacket, s: State): number {
-    const dst = s.dnatIP ?? pkt.dst;
-    const dport = s.dnatPort ?? pkt.dport;
-    const addr = (m: AddrMatch | undefined, ip: string) => !m || cidrContains(m.cidr, ip) !== m.negate;
-    if (!addr(r.src, pkt.src) || !addr(r.dst, dst)) return 0;
-    if (r.srcRange && inRange(r.srcRange, pkt.src) === r.srcRange.negate) return 0;
-    if (r.dstRange && inRange(r.dstRange, dst) === r.dstRange.negate) return 0;
-    if (r.proto && (r.proto.name === pkt.proto) === r.proto.negate) return 0;
-    if (r.dport && (dport >= r.dport.lo && dport <= r.dport.hi) === r.dport.negate) return 0;
-    if (r.sport && pkt.sport !== undefined && (pkt.sport >= r.sport.lo && pkt.sport <= r.sport.hi) === r.sport.negate) return 0;
-    if (r.inIface) {
-      const iface = pkt.from === 'local' ? undefined : pkt.from.inIface;
-      if (ifaceMatch(r.inIface.name, iface) === r.inIface.negate) return 0;
-    }
     if (r.outIface) throw new TraceError(`-o is not traced: ${r.text}`);
-    if (r.srcType && (r.srcType.type === 'LOCAL' ? this.local.has(pkt.src) : false) === r.srcType.negate) return 0;
-    if (r.dstType && (r.dstType.type === 'LOCAL' ? this.local.has(dst) : false) === r.dstType.negate) return 0;
-    if (r.ctstate) {
-      const states = new Set(['NEW', ...(s.dnatIP ? ['DNAT'] : [])]);
-      if (r.ctstate.states.some((x) => states.has(x)) === r.ctstate.negate) return 0;
-    }
-    if (r.mark && ((s.mark & r.mark.mask) === r.mark.value) === r.mark.negate) return 0;
+    const m: MatchInput = { pkt, s, dst: s.dnatIP ?? pkt.dst, dport: s.dnatPort ?? pkt.dport, local: this.local };
+    if (!addressesMatch(r, m) || !portsMatch(r, m) || !interfaceMatches(r, m) || !stateMatches(r, m)) return 0;
     if (r.recent && r.recent.mode !== 'set' && !(this.env.recent?.has(r.recent.name) ?? false)) return 0;
-    if (r.physdevIsIn) {
-      const bridged = pkt.from !== 'local' && !!pkt.from.bridged;
-      if (bridged === r.physdevIsIn.negate) return 0;
-    }
     for (const set of r.sets ?? []) if (this.inSet(set.name, set.flags, pkt, s) === set.negate) return 0;
     if (r.ipvs) return 0; // IPVS-owned connections are not modelled; such rules never match here
     return r.probability ?? 1;
@@ -321,6 +262,76 @@ function inRange(r: RangeMatch, ip: string): boolean {
   return v >= ipToBigInt(r.lo) && v <= ipToBigInt(r.hi);
 }
 
+/** What a built-in target does to a packet. */
+const TARGETS: Record<string, (rule: ParsedRule, s: State) => Branch> = {
+  ACCEPT: (_r, s) => ({ s, r: { kind: 'accept' } }),
+  DROP: (rule, s) => ({ s, r: { kind: 'drop', rule: rule.text } }),
+  REJECT: (rule, s) => ({ s, r: { kind: 'reject', rule: rule.text } }),
+  RETURN: (_r, s) => ({ s, r: { kind: 'return' } }),
+  MARK: (rule, s) => ({ s: { ...s, mark: markAfter(rule.targetArgs, s.mark) }, r: { kind: 'continue' } }),
+  DNAT: (rule, s) => {
+    const to = rule.targetArgs[rule.targetArgs.indexOf('--to-destination') + 1]!;
+    const hp = splitHostPort(to);
+    return { s: { ...s, dnatIP: hp ? hp.host : to, dnatPort: hp ? hp.port : undefined }, r: { kind: 'accept' } };
+  },
+  MASQUERADE: (_r, s) => ({ s: { ...s, masq: true }, r: { kind: 'accept' } }),
+  SNAT: (_r, s) => ({ s: { ...s, masq: true }, r: { kind: 'accept' } }),
+  LOG: (_r, s) => ({ s, r: { kind: 'continue' } }),
+  NFLOG: (_r, s) => ({ s, r: { kind: 'continue' } }),
+};
+
+/** The packet mark after a MARK target's arguments. */
+function markAfter(a: readonly string[], mark: number): number {
+  const arg = (name: string) => a[a.indexOf(name) + 1]!;
+  const val = (x: string) => (x.startsWith('0x') ? parseInt(x, 16) : Number(x));
+  if (a.includes('--set-xmark')) {
+    const [v, m] = arg('--set-xmark').split('/');
+    const mask = m ? val(m) : 0xffffffff;
+    return ((mark & ~mask) ^ val(v!)) >>> 0;
+  }
+  if (a.includes('--or-mark')) return (mark | val(arg('--or-mark'))) >>> 0;
+  if (a.includes('--xor-mark')) return (mark ^ val(arg('--xor-mark'))) >>> 0;
+  if (a.includes('--set-mark')) return val(arg('--set-mark'));
+  return mark;
+}
+
+/** What a match reads of a packet in flight (after any DNAT so far). */
+interface MatchInput {
+  readonly pkt: TracePacket;
+  readonly s: State;
+  readonly dst: string;
+  readonly dport: number;
+  readonly local: ReadonlySet<string>;
+}
+
+function addressesMatch(r: ParsedRule, m: MatchInput): boolean {
+  const addr = (a: AddrMatch | undefined, ip: string) => !a || cidrContains(a.cidr, ip) !== a.negate;
+  const rng = (x: RangeMatch | undefined, ip: string) => !x || inRange(x, ip) !== x.negate;
+  const type = (t: ParsedRule['srcType'], ip: string) => !t || (t.type === 'LOCAL' ? m.local.has(ip) : false) !== t.negate;
+  return addr(r.src, m.pkt.src) && addr(r.dst, m.dst) && rng(r.srcRange, m.pkt.src) && rng(r.dstRange, m.dst) && type(r.srcType, m.pkt.src) && type(r.dstType, m.dst);
+}
+
+function portsMatch(r: ParsedRule, m: MatchInput): boolean {
+  const { pkt } = m;
+  if (r.proto && (r.proto.name === pkt.proto) === r.proto.negate) return false;
+  if (r.dport && (m.dport >= r.dport.lo && m.dport <= r.dport.hi) === r.dport.negate) return false;
+  return !(r.sport && pkt.sport !== undefined && (pkt.sport >= r.sport.lo && pkt.sport <= r.sport.hi) === r.sport.negate);
+}
+
+function interfaceMatches(r: ParsedRule, m: MatchInput): boolean {
+  const from = m.pkt.from;
+  if (r.inIface && ifaceMatch(r.inIface.name, from === 'local' ? undefined : from.inIface) === r.inIface.negate) return false;
+  return !(r.physdevIsIn && (from !== 'local' && !!from.bridged) === r.physdevIsIn.negate);
+}
+
+function stateMatches(r: ParsedRule, m: MatchInput): boolean {
+  if (r.ctstate) {
+    const states = new Set(['NEW', ...(m.s.dnatIP ? ['DNAT'] : [])]);
+    if (r.ctstate.states.some((x) => states.has(x)) === r.ctstate.negate) return false;
+  }
+  return !(r.mark && ((m.s.mark & r.mark.mask) === r.mark.value) === r.mark.negate);
+}
+
 function cidrContainsText(cidr: string, ip: string): boolean {
   const [a, b] = cidr.split('/');
   const p = parseIP(a!);
@@ -331,10 +342,6 @@ function cidrContainsText(cidr: string, ip: string): boolean {
 function ifaceMatch(pattern: string, iface: string | undefined): boolean {
   if (iface === undefined) return false;
   return pattern.endsWith('+') ? iface.startsWith(pattern.slice(0, -1)) : iface === pattern;
-}
-
-function joinAddr(ip: string, port: number): string {
-  return ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
 }
 
 /** Outcomes that differ only in path are summed; most likely first. */
@@ -349,11 +356,4 @@ function merge(outs: Outcome[]): Outcome[] {
     } else byKey.set(k, { ...o });
   }
   return [...byKey.values()].sort((a, b) => b.probability - a.probability);
-}
-
-/** Convenience: probability of each DNAT target among accepted outcomes. */
-export function dnatShares(outs: Outcome[]): Record<string, number> {
-  const shares: Record<string, number> = {};
-  for (const o of outs) if (o.verdict === 'ACCEPT' && o.dnat) shares[o.dnat] = (shares[o.dnat] ?? 0) + o.probability;
-  return shares;
 }

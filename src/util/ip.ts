@@ -42,16 +42,12 @@ export function parseCIDR(raw: string): ParsedCIDR | null {
   return { family: ip.family, address, bits, text: `${address}/${bits}` };
 }
 
-export function familyOf(ip: string): IPFamily | null {
-  return parseIP(ip)?.family ?? null;
-}
-
 export function cidrContains(cidr: ParsedCIDR, ip: string): boolean {
   const parsed = parseIP(ip);
   if (!parsed || parsed.family !== cidr.family) return false;
   const addr = ipaddr.parse(parsed.text);
   const net = ipaddr.parse(cidr.address);
-  return addr.kind() === net.kind() && (addr as ipaddr.IPv4).match(net as ipaddr.IPv4, cidr.bits);
+  return addr.kind() === net.kind() && (addr as ipaddr.IPv4).match(net, cidr.bits);
 }
 
 export function hostBits(family: IPFamily): number {
@@ -72,13 +68,19 @@ export function ipToBigInt(ip: string): bigint {
 
 export function bigIntToIP(value: bigint, family: IPFamily): string {
   const n = family === 'IPv4' ? 4 : 16;
-  const bytes: number[] = new Array(n);
+  const bytes = new Array<number>(n);
   let v = value;
   for (let i = n - 1; i >= 0; i--) {
     bytes[i] = Number(v & 0xffn);
     v >>= 8n;
   }
   return ipaddr.fromByteArray(bytes).toString();
+}
+
+/** "host:port" or "[v6]:port" -> host (may be empty: "" in ":10256") and port; null if malformed. */
+export function splitHostPort(text: string): { host: string; port: number } | null {
+  const m = /^\[(.*)\]:(\d+)$/.exec(text) ?? /^([^:]*):(\d+)$/.exec(text);
+  return m ? { host: m[1]!, port: Number(m[2]) } : null;
 }
 
 /** host:port as DNAT and conntrack print it ("[v6]:port" for IPv6). */

@@ -1,7 +1,8 @@
 // Giving memory back after a burst. A full sync at 10k services (reading every object,
 // rendering, streaming ~30 MB of rules) leaves ~50 MB of garbage in V8's old generation,
 // and V8 may not collect it for minutes while kpx sits idle: the node would carry it as
-// resident memory. One full collection after such a sync lets V8 shrink the heap.
+// resident memory. Two full collections after such a sync (the second compacts what the
+// first left sparse) let V8 shrink the heap.
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 

@@ -86,7 +86,7 @@ describe.skipIf(!!skip)(`the Kubernetes API source against a real apiserver${ski
       delete body.spec.clusterIP;
       delete body.spec.clusterIPs;
     }
-    return core.createNamespacedService({ namespace: NS, body: body as never });
+    return core.createNamespacedService({ namespace: NS, body: body });
   };
 
   /** What the apiserver has (with kpx's selectors): kind -> key -> resourceVersion. */
@@ -171,7 +171,7 @@ describe.skipIf(!!skip)(`the Kubernetes API source against a real apiserver${ski
     });
     proxy = new FaultProxy(join(tmp, 'apiserver.sock'), api.target());
     await proxy.start();
-    t.spawn('node', process.execPath, [join(REPO, 'test/substrate/unix-bridge.mjs'), '127.0.0.1', String(BRIDGE_PORT), proxy.socketPath]);
+    void t.spawn('node', process.execPath, [join(REPO, 'test/substrate/unix-bridge.mjs'), '127.0.0.1', String(BRIDGE_PORT), proxy.socketPath]);
     const kubeconfig = join(tmp, 'kpx.kubeconfig');
     await writeFile(
       kubeconfig,

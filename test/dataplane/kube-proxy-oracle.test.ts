@@ -103,7 +103,7 @@ describe.skipIf(!!skip)(`upstream kube-proxy in a node namespace${skip ? ` — s
     await core.createNamespace({ body: { metadata: { name: NS } } });
     await core.createNamespacedService({
       namespace: NS,
-      body: service({ name: 'web', namespace: NS, clusterIP: WEB, ports: [{ name: 'http', port: 80, targetPort: 8080 }] }) as never,
+      body: service({ name: 'web', namespace: NS, clusterIP: WEB, ports: [{ name: 'http', port: 80, targetPort: 8080 }] }),
     });
     await putSlice([P.a, P.b]);
   }, 300_000);

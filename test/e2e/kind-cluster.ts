@@ -82,7 +82,7 @@ export class KindCluster implements E2ECluster {
   }
 
   private async apply(o: object): Promise<KubernetesObject> {
-    return this.objects.patch(o as KubernetesObject, undefined, undefined, 'kpx-e2e', true, PatchStrategy.ServerSideApply);
+    return this.objects.patch(o, undefined, undefined, 'kpx-e2e', true, PatchStrategy.ServerSideApply);
   }
 
   private async startPod(name: string, node: string, labels: Record<string, string>, command: string[], hostNetwork = false): Promise<V1Pod> {
@@ -188,7 +188,7 @@ export class KindCluster implements E2ECluster {
     const lines: Array<{ ts: number; what: string }> = [];
     let remotePid = '';
     let buf = '';
-    proc.stdout!.on('data', (d: Buffer) => {
+    proc.stdout.on('data', (d: Buffer) => {
       buf += d.toString();
       const parts = buf.split('\n');
       buf = parts.pop()!;
@@ -203,7 +203,7 @@ export class KindCluster implements E2ECluster {
       lines,
       exited,
       stop: async () => {
-        if (!local && remotePid) await this.kubectl(['exec', this.podOf(from as Exclude<Where, 'external'>), '--', 'kill', remotePid], { reject: false });
+        if (!local && remotePid) await this.kubectl(['exec', this.podOf(from), '--', 'kill', remotePid], { reject: false });
         proc.kill('SIGTERM');
         await exited;
       },

@@ -3,7 +3,7 @@
 // own, as the real tool does, and checks what the kernel checks: jumps to missing chains,
 // deleting a chain still referenced, deleting a rule that is not there.
 import { inputText, type CommandInput, type CommandResult, type CommandRunner } from '../../src/apply/exec.js';
-import { ruleTarget } from '../../src/render/iptables/restore.js';
+import { ruleTarget } from '../../src/iptables/save.js';
 
 type Table = Map<string, string[]>;
 type Kernel = Map<string, Table>;

@@ -50,7 +50,7 @@ export class FakeIpvs implements CommandRunner {
       if (/^-o -[46] addr show dev kpx-ipvs0$/.test(a)) {
         if (!this.device) return err('Device "kpx-ipvs0" does not exist.');
         const v6 = args[1] === '-6';
-        return ok([...this.device].filter((x) => x.includes(':') === v6).map((x, i) => `9: kpx-ipvs0    inet${v6 ? "6" : ""} ${x}/${v6 ? 128 : 32} scope global kpx-ipvs0\\       valid_lft forever preferred_lft forever\n`).join(''));
+        return ok([...this.device].filter((x) => x.includes(':') === v6).map((x) => `9: kpx-ipvs0    inet${v6 ? "6" : ""} ${x}/${v6 ? 128 : 32} scope global kpx-ipvs0\\       valid_lft forever preferred_lft forever\n`).join(''));
       }
       if (a === 'link add kpx-ipvs0 type dummy') return this.device ? err('RTNETLINK answers: File exists', 2) : ((this.device = new Set()), ok());
       if (a === 'link del kpx-ipvs0') return this.device ? ((this.device = null), ok()) : err('Cannot find device "kpx-ipvs0"');

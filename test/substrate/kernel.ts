@@ -1,5 +1,5 @@
 // Compares what the kernel holds with what kpx says it wants, chain by chain.
-import { parseSave, ruleTarget, BUILTIN_CHAINS } from '../../src/render/iptables/restore.js';
+import { parseSave, ruleTarget, BUILTIN_CHAINS } from '../../src/iptables/save.js';
 import { createHash } from 'node:crypto';
 import { CHAIN, isFixedChain, isKpxChain } from '../../src/render/iptables/names.js';
 

@@ -278,7 +278,7 @@ export async function startKubeProxy(opts: StartOptions): Promise<KubeProxyHandl
     procs.push(bridge);
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error('the apiserver bridge did not start in 10 s')), 10_000);
-      bridge.stdout!.on('data', (d: Buffer) => {
+      bridge.stdout.on('data', (d: Buffer) => {
         if (d.toString().includes('READY')) {
           clearTimeout(timer);
           resolve();
@@ -333,7 +333,7 @@ export async function startKubeProxy(opts: StartOptions): Promise<KubeProxyHandl
       env: { PATH: `${shimDir}:${process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin'}`, KPX_REFUSED_LOG: refusedLog },
     });
     procs.push(proc);
-    proc.stderr!.on('data', (d: Buffer) => {
+    proc.stderr.on('data', (d: Buffer) => {
       log!.write(d);
       tail = (tail + d.toString()).slice(-8000);
     });

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { ClusterState, type Change } from '../../src/model/state.js';
+import { changedServices, ClusterState, type Change } from '../../src/model/state.js';
 import { renderIptables, IptablesRenderer, type TableName } from '../../src/render/iptables/ruleset.js';
-import { planFull, planPartial, ruleTarget } from '../../src/render/iptables/restore.js';
+import { planFull, planPartial } from '../../src/render/iptables/restore.js';
+import { ruleTarget } from '../../src/iptables/save.js';
 import { rulesOf } from '../../src/iptables/format.js';
 import type { IptablesRenderConfig } from '../../src/render/iptables/config.js';
 import { probability } from '../../src/render/iptables/service.js';
@@ -110,16 +111,17 @@ describe('iptables renderer', () => {
 
   it('re-renders only the services that changed, and touches only their chains', () => {
     const s = stateOf([...web(3), { kind: 'Service', obj: service({ name: 'b', clusterIP: '198.19.0.11', ports: [{ port: 81 }] }) }]);
-    const tracker = s.tracker();
     const r = new IptablesRenderer();
     expect(r.render(s.view('IPv4'), baseConfig, 'all').servicePortsRendered).toBe(2);
+    s.takePending();
     const before = { filter: r.table('filter'), nat: r.table('nat') };
     s.apply({
       kind: 'EndpointSlice',
       current: endpointSlice({ service: 'web', ports: [{ name: 'http', port: 8080 }], endpoints: [{ ip: '198.18.1.10' }] }),
     } as Change);
-    const res = r.render(s.view('IPv4'), baseConfig, tracker.take().services);
+    const res = r.render(s.view('IPv4'), baseConfig, changedServices(s.takePending()));
     expect(res.servicePortsRendered).toBe(1);
+    if (res.kind !== 'delta') throw new Error('a delta was expected');
     const plan = planPartial(res.delta);
     // the web SVC chain is rewritten and two SEP chains are deleted; service b is untouched
     expect(plan.chainsWritten).toBe(1);
@@ -159,9 +161,9 @@ describe('iptables renderer', () => {
     const objs: Array<{ kind: Change['kind']; obj: object }> = [];
     for (let i = 0; i < 40; i++) objs.push({ kind: 'Service', obj: svc(i) }, { kind: 'EndpointSlice', obj: slice(i, (i % 4) + 1) });
     const s = stateOf(objs);
-    const tracker = s.tracker();
     const r = new IptablesRenderer();
     r.render(s.view('IPv4'), cfg, 'all');
+    s.takePending();
     const check = () => {
       for (const t of ['filter', 'nat'] as const) {
         const seen = new Set<string>();
@@ -189,7 +191,7 @@ describe('iptables renderer', () => {
       if (round % 3 === 0) s.apply({ kind: 'Service', previous: svc(i), current: undefined } as Change);
       else if (round % 3 === 1) s.apply({ kind: 'Service', current: svc(i + 40) } as Change);
       else s.apply({ kind: 'EndpointSlice', current: slice(i, rnd(5)) } as Change);
-      r.render(s.view('IPv4'), cfg, tracker.take().services);
+      r.render(s.view('IPv4'), cfg, changedServices(s.takePending()));
       check();
     }
   });

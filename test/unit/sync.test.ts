@@ -2,9 +2,9 @@
 // kernel holds exactly what the renderer says, and each step writes only what it must.
 import { describe, expect, it } from 'vitest';
 import { ClusterState, type Change } from '../../src/model/state.js';
-import { IptablesProxier } from '../../src/sync/proxier.js';
+import { IptablesProxier } from '../../src/sync/iptables-mode.js';
 import { resolveConfig } from '../../src/config/config.js';
-import { parseSave } from '../../src/render/iptables/restore.js';
+import { parseSave } from '../../src/iptables/save.js';
 import { Tracer, tablesFromSave } from '../../src/trace/tracer.js';
 import { isFixedChain } from '../../src/render/iptables/names.js';
 import { silentLogger } from '../../src/util/log.js';
@@ -41,7 +41,7 @@ describe('sync decisions', () => {
     const s = setup();
     await s.proxier.init();
     for (let i = 0; i < 20; i++) s.web(`svc-${i}`, `198.19.0.${i + 1}`, ['198.18.1.11', '198.18.1.12']);
-    let r = await s.proxier.sync();
+    let r = await s.proxier.sync(s.state.takePending());
     expect(r.families[0]!.full).toBe(true);
     expect(s.fake.saves()).toBeGreaterThan(0); // read the kernel once
     await s.consistent(r);
@@ -49,7 +49,7 @@ describe('sync decisions', () => {
     // one endpoint changes: only that service's chains are written, nothing is read back
     const saves = s.fake.saves();
     s.web('svc-3', '198.19.0.4', ['198.18.1.11', '198.18.1.13']);
-    r = await s.proxier.sync();
+    r = await s.proxier.sync(s.state.takePending());
     const f = r.families[0]!;
     expect(f.full).toBe(false);
     expect(f.servicePortsRendered).toBe(1);
@@ -65,9 +65,9 @@ describe('sync decisions', () => {
     const s = setup();
     await s.proxier.init();
     s.web('a', '198.19.0.1', ['198.18.1.11']);
-    await s.proxier.sync();
+    await s.proxier.sync(s.state.takePending());
     const before = s.fake.restores().length;
-    const r = await s.proxier.sync();
+    const r = await s.proxier.sync(s.state.takePending());
     expect(r.families[0]!.full).toBe(false);
     expect(r.families[0]!.chainsWritten).toBe(0);
     expect(s.fake.restores().length).toBe(before);
@@ -77,14 +77,14 @@ describe('sync decisions', () => {
     const s = setup();
     await s.proxier.init();
     for (let i = 0; i < 200; i++) s.web(`svc-${i}`, `198.19.${i >> 6}.${(i & 63) + 1}`, ['198.18.1.11']);
-    await s.proxier.sync();
+    await s.proxier.sync(s.state.takePending());
     s.web('new', '198.19.9.9', ['198.18.1.11']);
-    let r = await s.proxier.sync();
+    let r = await s.proxier.sync(s.state.takePending());
     expect(r.families[0]!.full).toBe(false);
     expect(r.families[0]!.chainsWritten).toBeLessThan(12);
     await s.consistent(r);
     s.state.apply({ kind: 'Service', previous: service({ name: 'svc-7', clusterIP: '198.19.0.8', ports: [{ name: 'http', port: 80 }] }) } as Change);
-    r = await s.proxier.sync();
+    r = await s.proxier.sync(s.state.takePending());
     expect(r.families[0]!.chainsDeleted).toBeGreaterThanOrEqual(2);
     await s.consistent(r);
   });
@@ -94,9 +94,9 @@ describe('sync decisions', () => {
     await s.proxier.init();
     s.web('a', '198.19.0.1', ['198.18.1.11']);
     s.add('Node', node({ ips: ['198.18.0.10'], podCIDRs: ['198.18.1.0/24'] }));
-    await s.proxier.sync();
+    await s.proxier.sync(s.state.takePending());
     s.add('Node', node({ ips: ['198.18.0.11'], podCIDRs: ['198.18.1.0/24'] }));
-    const r = await s.proxier.sync();
+    const r = await s.proxier.sync(s.state.takePending());
     expect(r.families[0]!.full).toBe(true);
     await s.consistent(r);
   });
@@ -105,16 +105,16 @@ describe('sync decisions', () => {
     const s = setup();
     await s.proxier.init();
     s.web('a', '198.19.0.1', ['198.18.1.11']);
-    await s.proxier.sync();
+    await s.proxier.sync(s.state.takePending());
     const kernelBefore = s.fake.save('IPv4');
     s.web('a', '198.19.0.1', ['198.18.1.12']);
     s.fake.failNextRestore = 'iptables-restore: boom';
-    let r = await s.proxier.sync();
+    let r = await s.proxier.sync(s.state.takePending());
     expect(r.ok).toBe(false);
     expect(r.families[0]!.error?.message).toContain('boom');
     expect(s.fake.save('IPv4')).toBe(kernelBefore);
     const saves = s.fake.saves();
-    r = await s.proxier.sync();
+    r = await s.proxier.sync(s.state.takePending());
     expect(r.ok).toBe(true);
     expect(r.families[0]!.full).toBe(true);
     expect(s.fake.saves()).toBeGreaterThan(saves); // it read the kernel again
@@ -125,11 +125,11 @@ describe('sync decisions', () => {
     const s = setup();
     await s.proxier.init();
     s.web('a', '198.19.0.1', ['198.18.1.11']);
-    await s.proxier.sync();
+    await s.proxier.sync(s.state.takePending());
     expect(await s.proxier.checkCanaries()).toEqual([]);
     s.fake.flush('IPv4', 'nat');
     expect(await s.proxier.checkCanaries()).toEqual(['IPv4']);
-    const r = await s.proxier.sync();
+    const r = await s.proxier.sync(s.state.takePending());
     expect(r.families[0]!.full).toBe(true);
     await s.consistent(r);
   });
@@ -138,12 +138,12 @@ describe('sync decisions', () => {
     const s = setup();
     await s.proxier.init();
     for (let i = 0; i < 30; i++) s.web(`svc-${i}`, `198.19.0.${i + 1}`, ['198.18.1.11']);
-    await s.proxier.sync();
+    await s.proxier.sync(s.state.takePending());
     const p2 = new IptablesProxier({ config: s.config, state: s.state, runner: s.fake, log: silentLogger, hostFacts: host });
     await p2.init();
     const before = s.fake.save('IPv4');
     const restores = s.fake.restores().length;
-    const r = await p2.sync();
+    const r = await p2.sync(s.state.takePending());
     const f = r.families[0]!;
     expect(f.full).toBe(true);
     expect(f.chainsWritten).toBe(0);
@@ -154,10 +154,10 @@ describe('sync decisions', () => {
     s.web('svc-3', '198.19.0.4', ['198.18.1.12']);
     const p3 = new IptablesProxier({ config: s.config, state: s.state, runner: s.fake, log: silentLogger, hostFacts: host });
     await p3.init();
-    const r3 = (await p3.sync()).families[0]!;
+    const r3 = (await p3.sync(s.state.takePending())).families[0]!;
     expect(r3.chainsWritten).toBeLessThanOrEqual(3);
     expect(r3.ruleset.generation).toEqual({ nat: 0, filter: 0 });
-    await s.consistent(await p3.sync());
+    await s.consistent(await p3.sync(s.state.takePending()));
   });
 
   it('a restart after many changes writes the other name set, switches to it, removes the old one; packets go where the model says', async () => {
@@ -165,13 +165,13 @@ describe('sync decisions', () => {
     await s.proxier.init();
     const N = 3000;
     for (let i = 0; i < N; i++) s.web(`svc-${i}`, `198.19.${i >> 8}.${(i & 255) + 1}`, ['198.18.1.11', '198.18.1.12']);
-    await s.proxier.sync();
+    await s.proxier.sync(s.state.takePending());
     const before = s.fake.save('IPv4');
     // while kpx was away every service moved to other pods: too much to rewrite in place
     for (let i = 0; i < N; i++) s.web(`svc-${i}`, `198.19.${i >> 8}.${(i & 255) + 1}`, ['198.18.1.13', '198.18.1.14']);
     const p2 = new IptablesProxier({ config: s.config, state: s.state, runner: s.fake, log: silentLogger, hostFacts: host });
     await p2.init();
-    const r = await p2.sync();
+    const r = await p2.sync(s.state.takePending());
     const f = r.families[0]!;
     expect(f.error).toBeUndefined();
     expect(f.ruleset.generation).toEqual({ nat: 1, filter: 1 });
@@ -188,7 +188,7 @@ describe('sync decisions', () => {
     // the next restart with the same input writes nothing, in the new name set
     const p3 = new IptablesProxier({ config: s.config, state: s.state, runner: s.fake, log: silentLogger, hostFacts: host });
     await p3.init();
-    const f3 = (await p3.sync()).families[0]!;
+    const f3 = (await p3.sync(s.state.takePending())).families[0]!;
     expect(f3.ruleset.generation).toEqual({ nat: 1, filter: 1 });
     expect(f3.chainsWritten).toBe(0);
   }, 60_000);

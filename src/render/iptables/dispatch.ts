@@ -284,13 +284,13 @@ export class DispatchTree {
   }
 
   private leafRules(c: Pick<Chunk, 'lo' | 'hi'>): string[] {
-    const out: string[] = new Array(c.hi - c.lo);
+    const out = new Array<string>(c.hi - c.lo);
     for (let i = c.lo; i < c.hi; i++) out[i - c.lo] = this.entries[i]!.rule;
     return out;
   }
 
   private interiorRules(below: readonly Chunk[], c: Pick<Chunk, 'lo' | 'hi'>): string[] {
-    const out: string[] = new Array(c.hi - c.lo);
+    const out = new Array<string>(c.hi - c.lo);
     for (let i = c.lo; i < c.hi; i++) {
       const child = below[i]!;
       out[i - c.lo] = `${this.spec.rangeMatch(child.low, child.high)} -j ${child.name}`;

@@ -2,51 +2,9 @@
 // restore input that takes it to what kpx wants. Pure text work; src/apply runs binaries.
 import { CHAIN, generationOf, isKpxChain, type Generation } from './names.js';
 import { countLines, sameChain } from '../../iptables/format.js';
+import { BUILTIN_CHAINS, jumpTargets, ruleTarget, type SavedTables } from '../../iptables/save.js';
 import type { BuiltinJump, IptablesRuleset, RenderDelta, TableName } from './ruleset.js';
 import { TABLES } from './ruleset.js';
-
-export const BUILTIN_CHAINS = new Set(['PREROUTING', 'INPUT', 'FORWARD', 'OUTPUT', 'POSTROUTING']);
-
-export interface SavedChain {
-  /** policy for built-in chains ("ACCEPT"), "-" for user chains */
-  readonly policy: string;
-  readonly rules: string[];
-}
-
-/** table -> chain -> rules, from iptables-save output. */
-export type SavedTables = Map<string, Map<string, SavedChain>>;
-
-export function parseSave(text: string): SavedTables {
-  const tables: SavedTables = new Map();
-  let current: Map<string, SavedChain> | null = null;
-  for (const raw of text.split('\n')) {
-    const line = raw.trimEnd();
-    if (line === '' || line.startsWith('#')) continue;
-    if (line.startsWith('*')) {
-      current = new Map();
-      tables.set(line.slice(1), current);
-    } else if (line === 'COMMIT') {
-      current = null;
-    } else if (current && line.startsWith(':')) {
-      const [name, policy] = line.slice(1).split(' ');
-      if (name) current.set(name, { policy: policy ?? '-', rules: [] });
-    } else if (current && line.startsWith('-A ')) {
-      const sp = line.indexOf(' ', 3);
-      const chain = line.slice(3, sp === -1 ? undefined : sp);
-      const rule = sp === -1 ? '' : line.slice(sp + 1);
-      let c = current.get(chain);
-      if (!c) current.set(chain, (c = { policy: '-', rules: [] }));
-      c.rules.push(rule);
-    }
-  }
-  return tables;
-}
-
-/** The target chain of a rule ("-j X" or "-g X"), if any. */
-export function ruleTarget(rule: string): string | undefined {
-  const m = / -[jg] (\S+)/.exec(` ${rule}`);
-  return m?.[1];
-}
 
 function sameRules(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
@@ -421,8 +379,6 @@ function builtinJumpOps(desired: IptablesRuleset, view: KernelTableView, table: 
   return ops;
 }
 
-const JUMP = / -[jg] (KPX-[A-Z0-9-]+)/g;
-
 /** Chains in an order where every chain comes after the chains its rules jump to. */
 export function leavesFirst(chains: Iterable<readonly [string, string]>): Array<readonly [string, string]> {
   const byName = new Map(chains);
@@ -437,8 +393,7 @@ export function leavesFirst(chains: Iterable<readonly [string, string]>): Array<
       const top = stack[stack.length - 1]!;
       if (top.targets === null) {
         top.targets = [];
-        const block = byName.get(top.name) ?? '';
-        for (const m of block.matchAll(JUMP)) top.targets.push(m[1]!);
+        for (const t of jumpTargets(byName.get(top.name) ?? '')) top.targets.push(t);
       }
       const next = top.targets.pop();
       if (next === undefined) {

@@ -1,13 +1,13 @@
 // Assembles a family's iptables state: fixed chains, per-service-port chains, and the
-// dispatch trees that route packets to them. Rendering is a pure function of the model and
-// the node config; the renderer keeps its last result so that a sync after a few changes
-// re-renders only the changed services and reports exactly which chains it touched.
-import type { Endpoint, ServicePort } from '../../model/types.js';
-import { servicePortId } from '../../model/types.js';
+// dispatch trees that route packets to them. The renderer is a stateful cache whose output
+// is a function of the model and the node config only (the same input gives the same
+// rules, whatever the history); it keeps its last result so that a sync after a few
+// changes re-renders only the changed services and reports exactly which chains it touched.
+import type { ModelView } from '../../model/types.js';
 import type { IPFamily } from '../../util/ip.js';
 import { hostCIDR, isLoopback } from '../../util/ip.js';
 import type { IptablesRenderConfig } from './config.js';
-import { block, countLines } from '../../iptables/format.js';
+import { block, comment, countLines } from '../../iptables/format.js';
 import { addressDispatch, DEFAULT_SHAPE, DispatchTree, portDispatch, type DispatchEntry, type DispatchSpec } from './dispatch.js';
 import { CHAIN, generationMarker, isFixedChain, type Generation } from './names.js';
 import { renderServicePort, type ServiceFragment, type TreeId } from './service.js';
@@ -21,9 +21,6 @@ export interface BuiltinJump {
   readonly chain: string;
   readonly rule: string;
 }
-
-/** chain name -> block ("-A NAME rule" lines joined by "\n"; "" for an empty chain) */
-export type ChainBlocks = ReadonlyMap<string, string>;
 
 /** Everything kpx wants in one family's tables. */
 export interface IptablesRuleset {
@@ -43,41 +40,26 @@ export interface IptablesRuleset {
   readonly generation?: Record<TableName, Generation>;
 }
 
-/** What a model looks like to the renderer (ClusterState.view() provides it). */
-export interface ModelView {
-  readonly family: IPFamily;
-  serviceKeys(): Iterable<string>;
-  /** this family's ports of one service, sorted */
-  portsOf(serviceKey: string): readonly ServicePort[];
-  endpointsOf(sp: ServicePort): readonly Endpoint[];
-}
-
 /** Chains to (re)write and chains to delete, per table, relative to the previous render. */
 export interface RenderDelta {
   readonly write: Record<TableName, Map<string, string>>;
   readonly remove: Record<TableName, Set<string>>;
 }
 
-export interface RenderResult {
-  /** everything was rendered from scratch (first render, or the node config changed) */
-  readonly full: boolean;
-  /** incremental renders: what changed since the previous render */
-  readonly delta: RenderDelta;
-  /** full renders: the chains the previous render had (null on the first render) */
-  readonly previous: Record<TableName, Set<string>> | null;
-  /** service ports rendered by this call */
-  readonly servicePortsRendered: number;
-}
+/**
+ * What a render did: everything from scratch (first render, or the node config changed),
+ * with the chains the previous render had (null on the first); or a delta from the
+ * previous render. Rulesets built outside IptablesRenderer (the IPVS mode's fixed rules)
+ * are always `full`.
+ */
+export type RenderResult =
+  | { readonly kind: 'full'; readonly previous: Record<TableName, Set<string>> | null; readonly servicePortsRendered: number }
+  | { readonly kind: 'delta'; readonly delta: RenderDelta; readonly servicePortsRendered: number };
 
 const emptyDelta = (): RenderDelta => ({ write: { filter: new Map(), nat: new Map() }, remove: { filter: new Set(), nat: new Set() } });
 
-/** A full render of a ruleset built outside IptablesRenderer (the IPVS mode's fixed rules). */
-export function fullRender(previous: Record<TableName, Set<string>> | null): RenderResult {
-  return { full: true, delta: emptyDelta(), previous, servicePortsRendered: 0 };
-}
-
 export function builtinJumps(cfg: IptablesRenderConfig): BuiltinJump[] {
-  const c = (text: string) => `-m comment --comment "${text}"`;
+  const c = comment;
   const isNew = '-m conntrack --ctstate NEW';
   const guard = localhostGuard(cfg);
   const fw = `${isNew} ${c('kpx load balancer firewall')} -j ${CHAIN.proxyFirewall}`;
@@ -229,6 +211,18 @@ function rootChains(cfg: IptablesRenderConfig): Array<{ table: TableName; chain:
 
 const entryKey = (e: DispatchEntry) => `${e.key}|${e.order}|${e.rule}`;
 
+/** Tree entries that went and came in one render, per tree. */
+interface EntryChanges {
+  readonly removed: Map<TreeId, DispatchEntry[]>;
+  readonly added: Map<TreeId, DispatchEntry[]>;
+}
+
+function pushEntry(m: Map<TreeId, DispatchEntry[]>, t: TreeId, e: DispatchEntry): void {
+  let l = m.get(t);
+  if (!l) m.set(t, (l = []));
+  l.push(e);
+}
+
 export class IptablesRenderer implements IptablesRuleset {
   jumps: BuiltinJump[] = [];
   private cfg: IptablesRenderConfig | null = null;
@@ -334,57 +328,59 @@ export class IptablesRenderer implements IptablesRuleset {
     if (changed === 'all' || cfg !== this.cfg) return this.renderAll(view, cfg);
     this.delta = emptyDelta();
     let rendered = 0;
-    const removed = new Map<TreeId, DispatchEntry[]>();
-    const added = new Map<TreeId, DispatchEntry[]>();
-    const push = (m: Map<TreeId, DispatchEntry[]>, t: TreeId, e: DispatchEntry) => {
-      let l = m.get(t);
-      if (!l) m.set(t, (l = []));
-      l.push(e);
-    };
-    for (const key of new Set(changed)) {
-      const old = this.byService.get(key) ?? [];
-      const next = view.portsOf(key).map((sp) => renderServicePort(sp, view.endpointsOf(sp), cfg));
-      rendered += next.length;
-      const oldChains = new Map<string, string>();
-      for (const f of old) {
-        for (const [n, b] of f.natChains()) oldChains.set(n, b);
-        this.fragmentRules -= f.natRules;
-      }
-      for (const f of next) {
-        this.fragmentRules += f.natRules;
-        for (const [n, b] of f.natChains()) {
-          if (oldChains.get(n) !== b) this.delta.write.nat.set(n, b);
-          oldChains.delete(n);
-        }
-      }
-      for (const n of oldChains.keys()) this.delta.remove.nat.add(n);
-      const oldEntries = new Map<string, [TreeId, DispatchEntry]>();
-      for (const f of old) for (const [t, e] of f.entries) oldEntries.set(`${t}|${entryKey(e)}`, [t, e]);
-      for (const f of next) {
-        for (const [t, e] of f.entries) {
-          const k = `${t}|${entryKey(e)}`;
-          if (oldEntries.has(k)) oldEntries.delete(k);
-          else push(added, t, e);
-        }
-      }
-      for (const [t, e] of oldEntries.values()) push(removed, t, e);
-      if (next.length) this.byService.set(key, next);
-      else this.byService.delete(key);
+    const entries: EntryChanges = { removed: new Map(), added: new Map() };
+    for (const key of new Set(changed)) rendered += this.rerender(key, view, cfg, entries);
+    this.updateTrees(entries, cfg);
+    this.checkDepth();
+    return { kind: 'delta', delta: this.delta, servicePortsRendered: rendered };
+  }
+
+  /** Renders one service anew: its chains into the delta, its tree entries into `entries`. */
+  private rerender(key: string, view: ModelView, cfg: IptablesRenderConfig, entries: EntryChanges): number {
+    const old = this.byService.get(key) ?? [];
+    const next = view.portsOf(key).map((sp) => renderServicePort(sp, view.endpointsOf(sp), cfg));
+    const oldChains = new Map<string, string>();
+    for (const f of old) {
+      for (const [n, b] of f.natChains()) oldChains.set(n, b);
+      this.fragmentRules -= f.natRules;
     }
+    for (const f of next) {
+      this.fragmentRules += f.natRules;
+      for (const [n, b] of f.natChains()) {
+        if (oldChains.get(n) !== b) this.delta.write.nat.set(n, b);
+        oldChains.delete(n);
+      }
+    }
+    for (const n of oldChains.keys()) this.delta.remove.nat.add(n);
+    const oldEntries = new Map<string, [TreeId, DispatchEntry]>();
+    for (const f of old) for (const [t, e] of f.entries) oldEntries.set(`${t}|${entryKey(e)}`, [t, e]);
+    for (const f of next) {
+      for (const [t, e] of f.entries) {
+        const k = `${t}|${entryKey(e)}`;
+        if (oldEntries.has(k)) oldEntries.delete(k);
+        else pushEntry(entries.added, t, e);
+      }
+    }
+    for (const [t, e] of oldEntries.values()) pushEntry(entries.removed, t, e);
+    if (next.length) this.byService.set(key, next);
+    else this.byService.delete(key);
+    return next.length;
+  }
+
+  /** Updates the trees whose entries changed, and the root chains whose tree roots moved. */
+  private updateTrees(entries: EntryChanges, cfg: IptablesRenderConfig): void {
     const roots = new Set<TreeId>();
-    for (const t of new Set([...removed.keys(), ...added.keys()])) {
+    for (const t of new Set([...entries.removed.keys(), ...entries.added.keys()])) {
       const tree = this.trees.get(t)!;
       const before = tree.rootRules.join('\n');
       const table = TREES[t].table;
-      for (const [n, b] of tree.update(removed.get(t) ?? [], added.get(t) ?? [])) {
+      for (const [n, b] of tree.update(entries.removed.get(t) ?? [], entries.added.get(t) ?? [])) {
         if (b === null) this.delta.remove[table].add(n);
         else this.delta.write[table].set(n, b);
       }
       if (tree.rootRules.join('\n') !== before) roots.add(t);
     }
     for (const rc of rootChains(cfg)) if (rc.trees.some((t) => roots.has(t))) this.writeRootChain(rc);
-    this.checkDepth();
-    return { full: false, delta: this.delta, previous: null, servicePortsRendered: rendered };
   }
 
   private renderAll(view: ModelView, cfg: IptablesRenderConfig): RenderResult {
@@ -421,7 +417,7 @@ export class IptablesRenderer implements IptablesRuleset {
     this.jumps = builtinJumps(cfg);
     this.delta = emptyDelta();
     this.checkDepth();
-    return { full: true, delta: this.delta, previous, servicePortsRendered: rendered };
+    return { kind: 'full', previous, servicePortsRendered: rendered };
   }
 
   private writeRootChain(rc: { table: TableName; chain: string; trees: TreeId[]; tail: string[] }): void {
@@ -440,9 +436,4 @@ export function renderIptables(view: ModelView, cfg: IptablesRenderConfig): Ipta
   const r = new IptablesRenderer();
   r.render(view, cfg, 'all');
   return r;
-}
-
-/** A service port's fragment by id, from a renderer (tests, tools). */
-export function fragmentOf(r: IptablesRenderer, sp: Pick<ServicePort, 'name' | 'protocol' | 'serviceKey'>): ServiceFragment | undefined {
-  return r.fragmentsOf(sp.serviceKey).find((f) => servicePortId(f.servicePort) === servicePortId(sp));
 }

@@ -5,9 +5,9 @@ import { categorizeEndpoints, externallyAccessible, type CategorizedEndpoints } 
 import type { Endpoint, Protocol, ServicePort } from '../../model/types.js';
 import { cidrContains, hostCIDR, ipToBigInt, parseCIDR } from '../../util/ip.js';
 import { baseMatch, type IptablesRenderConfig } from './config.js';
-import { block } from '../../iptables/format.js';
+import { block, comment } from '../../iptables/format.js';
 import type { DispatchEntry } from './dispatch.js';
-import { CHAIN, endpointChain, servicePortChains, type Generation } from './names.js';
+import { CHAIN, endpointChain, servicePortChains, type Generation, type ServicePortChains } from './names.js';
 
 export type ProtoName = 'tcp' | 'udp' | 'sctp';
 export const protoName = (p: Protocol): ProtoName => p.toLowerCase() as ProtoName;
@@ -45,142 +45,146 @@ export interface ServiceFragment {
   readonly noLocalEndpoints: { readonly internal: boolean; readonly external: boolean };
 }
 
-const comment = (text: string): string => `-m comment --comment "${text}"`;
-
 /** "[base] -p P <comment> -m P --dport N" in iptables-save's canonical order. */
 function portMatch(base: string, proto: ProtoName, text: string, port: number): string {
   return `${base}${base ? ' ' : ''}-p ${proto} ${comment(text)} -m ${proto} --dport ${port}`;
 }
 
-export function renderServicePort(
-  sp: ServicePort,
-  endpoints: readonly Endpoint[],
-  cfg: IptablesRenderConfig,
-): ServiceFragment {
-  const family = cfg.family;
+/** What decides a service port's rules: its endpoints as categorized, and which chains it uses. */
+interface PortFacts {
+  readonly sp: ServicePort;
+  readonly cfg: IptablesRenderConfig;
+  readonly proto: ProtoName;
+  readonly chains: ServicePortChains;
+  readonly cat: CategorizedEndpoints;
+  /** it has endpoints for its internal traffic policy */
+  readonly internalServed: boolean;
+  /** it has endpoints for its external traffic policy */
+  readonly externalServed: boolean;
+  readonly usesLocalChain: boolean;
+  readonly usesFwChain: boolean;
+}
+
+function portFacts(sp: ServicePort, endpoints: readonly Endpoint[], cfg: IptablesRenderConfig): PortFacts {
   const proto = protoName(sp.protocol);
-  const name = sp.name;
-  const chains = servicePortChains(name, proto, cfg.generation?.nat ?? 0);
-  const cat = categorizeEndpoints(sp, endpoints, cfg.nodeName, cfg.zone);
-  const { cluster, local, hasAny } = cat;
-
-  const usesClusterChain = cluster.length > 0;
-  const usesLocalChain = local.length > 0;
-  const internalChain = sp.internalPolicyLocal ? chains.svl : chains.svc;
-  const hasInternalEndpoints = sp.internalPolicyLocal ? usesLocalChain : hasAny;
-  const hasExternalEndpoints = sp.externalPolicyLocal ? usesLocalChain : hasAny;
-  const external = externallyAccessible(sp);
-  const usesExtChain = hasAny && external;
-  const usesFwChain = hasAny && sp.loadBalancerVIPs.length > 0 && sp.loadBalancerSourceRanges.length > 0;
-  const lbChain = usesFwChain ? chains.fw : chains.ext;
-
-  const unservable = (localPolicy: boolean) =>
-    hasAny && localPolicy
-      ? { target: 'DROP', text: `${name} has no local endpoints` }
-      : {
-          target: `REJECT --reject-with ${family === 'IPv4' ? 'icmp-port-unreachable' : 'icmp6-port-unreachable'}`,
-          text: `${name} has no endpoints`,
-        };
-
-  // the EXT and FW chains, kept as text (natChains() lists them after SEP, SVC and SVL)
-  const ownChains: Array<[string, string]> = [];
-  let natRules = 0;
-  const chain = (n: string, rules: string[]) => {
-    natRules += rules.length;
-    ownChains.push([n, block(n, rules)]);
+  const cat = categorizeEndpoints(sp, endpoints, cfg);
+  const usesLocalChain = cat.local.length > 0;
+  return {
+    sp,
+    cfg,
+    proto,
+    chains: servicePortChains(sp.name, proto, cfg.generation?.nat ?? 0),
+    cat,
+    internalServed: sp.internalPolicyLocal ? usesLocalChain : cat.hasAny,
+    externalServed: sp.externalPolicyLocal ? usesLocalChain : cat.hasAny,
+    usesLocalChain,
+    usesFwChain: cat.hasAny && sp.loadBalancerVIPs.length > 0 && sp.loadBalancerSourceRanges.length > 0,
   };
-  const entries: Array<[TreeId, DispatchEntry]> = [];
-  const letter = protoLetter(proto);
+}
 
-  const dst = (ip: string) => `-d ${hostCIDR(ip, family)}`;
-  const addr = (tree: TreeId, ip: string, rule: string) =>
-    entries.push([tree, { key: ipToBigInt(ip), order: `${sp.port}/${proto}/${name}`, rule }]);
-  const port = (tree: TreeId, p: number, rule: string) => entries.push([tree, { key: BigInt(p), order: name, rule }]);
+/** The verdict for traffic a service port cannot serve: DROP with a Local policy and endpoints elsewhere, else REJECT. */
+function unservable(f: PortFacts, localPolicy: boolean): { target: string; text: string } {
+  if (f.cat.hasAny && localPolicy) return { target: 'DROP', text: `${f.sp.name} has no local endpoints` };
+  const icmp = f.cfg.family === 'IPv4' ? 'icmp-port-unreachable' : 'icmp6-port-unreachable';
+  return { target: `REJECT --reject-with ${icmp}`, text: `${f.sp.name} has no endpoints` };
+}
 
-  // Cluster IP.
-  const clusterText = `${name} cluster IP`;
-  if (hasInternalEndpoints) {
-    addr('DST', sp.clusterIP, `${portMatch(dst(sp.clusterIP), proto, clusterText, sp.port)} -j ${internalChain}`);
-  } else {
-    const u = unservable(sp.internalPolicyLocal);
-    addr('SVC', sp.clusterIP, `${portMatch(dst(sp.clusterIP), proto, u.text, sp.port)} -j ${u.target}`);
+/** The entries a service port puts in the dispatch trees (see TreeId). */
+function treeEntries(f: PortFacts): Array<[TreeId, DispatchEntry]> {
+  const { sp, proto, chains, cfg } = f;
+  const name = sp.name;
+  const out: Array<[TreeId, DispatchEntry]> = [];
+  const rule = (ip: string, text: string, target: string) => `${portMatch(`-d ${hostCIDR(ip, cfg.family)}`, proto, text, sp.port)} -j ${target}`;
+  const addr = (tree: TreeId, ip: string, r: string) => out.push([tree, { key: ipToBigInt(ip), order: `${sp.port}/${proto}/${name}`, rule: r }]);
+  const port = (tree: TreeId, p: number, r: string) => out.push([tree, { key: BigInt(p), order: name, rule: r }]);
+  const hasAny = f.cat.hasAny;
+  const ext = unservable(f, sp.externalPolicyLocal);
+
+  if (f.internalServed) addr('DST', sp.clusterIP, rule(sp.clusterIP, `${name} cluster IP`, sp.internalPolicyLocal ? chains.svl : chains.svc));
+  else {
+    const u = unservable(f, sp.internalPolicyLocal);
+    addr('SVC', sp.clusterIP, rule(sp.clusterIP, u.text, u.target));
   }
-
-  // External IPs and LoadBalancer IPs.
-  const extUnservable = unservable(sp.externalPolicyLocal);
   for (const ip of sp.externalIPs) {
-    if (hasAny) addr('DST', ip, `${portMatch(dst(ip), proto, `${name} external IP`, sp.port)} -j ${chains.ext}`);
-    if (!hasExternalEndpoints) {
-      addr('EXT', ip, `${portMatch(dst(ip), proto, extUnservable.text, sp.port)} -j ${extUnservable.target}`);
-    }
+    if (hasAny) addr('DST', ip, rule(ip, `${name} external IP`, chains.ext));
+    if (!f.externalServed) addr('EXT', ip, rule(ip, ext.text, ext.target));
   }
   for (const ip of sp.loadBalancerVIPs) {
-    if (hasAny) addr('DST', ip, `${portMatch(dst(ip), proto, `${name} loadbalancer IP`, sp.port)} -j ${lbChain}`);
-    if (usesFwChain) {
-      addr('FW', ip, `${portMatch(dst(ip), proto, `${name} traffic not accepted by ${chains.fw}`, sp.port)} -j DROP`);
-    }
-    if (!hasExternalEndpoints) {
-      addr('EXT', ip, `${portMatch(dst(ip), proto, extUnservable.text, sp.port)} -j ${extUnservable.target}`);
-    }
+    if (hasAny) addr('DST', ip, rule(ip, `${name} loadbalancer IP`, f.usesFwChain ? chains.fw : chains.ext));
+    if (f.usesFwChain) addr('FW', ip, rule(ip, `${name} traffic not accepted by ${chains.fw}`, 'DROP'));
+    if (!f.externalServed) addr('EXT', ip, rule(ip, ext.text, ext.target));
   }
-
-  // NodePort.
-  if (sp.nodePort) {
-    if (hasAny) port(`NP${letter}`, sp.nodePort, `${portMatch('', proto, name, sp.nodePort)} -j ${chains.ext}`);
-    if (!hasExternalEndpoints) {
-      port(`XNP${letter}`, sp.nodePort, `${portMatch('', proto, extUnservable.text, sp.nodePort)} -j ${extUnservable.target}`);
-    }
-  }
+  const letter = protoLetter(proto);
+  if (sp.nodePort && hasAny) port(`NP${letter}`, sp.nodePort, `${portMatch('', proto, name, sp.nodePort)} -j ${chains.ext}`);
+  if (sp.nodePort && !f.externalServed) port(`XNP${letter}`, sp.nodePort, `${portMatch('', proto, ext.text, sp.nodePort)} -j ${ext.target}`);
   if (sp.healthCheckNodePort) {
     port('HCT', sp.healthCheckNodePort, `${portMatch('', 'tcp', `${name} health check node port`, sp.healthCheckNodePort)} -j ACCEPT`);
   }
+  return out;
+}
 
-  // The endpoint chains and the SVC/SVL chains that pick among them are nine in ten of
-  // all chains: natChains() writes them out when asked (a full sync streams them), and
-  // only their rule count is known here.
+/** The EXT chain: where NodePort, external IP and LB IP traffic goes, by external traffic policy. */
+function extRules(f: PortFacts): string[] {
+  const { sp, chains, cfg } = f;
+  const name = sp.name;
+  if (!sp.externalPolicyLocal) {
+    return [`${comment(`masquerade traffic for ${name} external destinations`)} -j ${CHAIN.markMasq}`, `-j ${chains.svc}`];
+  }
+  // Pods and the node itself reach any endpoint (as if they went out to the LB and came
+  // back); only traffic from outside is held to local endpoints.
+  const out: string[] = [];
+  if (cfg.localDetector) out.push(`${baseMatch({ local: cfg.localDetector })} ${comment(`pod traffic for ${name} external destinations`)} -j ${chains.svc}`);
+  out.push(`${comment(`masquerade LOCAL traffic for ${name} external destinations`)} -m addrtype --src-type LOCAL -j ${CHAIN.markMasq}`);
+  out.push(`${comment(`route LOCAL traffic for ${name} external destinations`)} -m addrtype --src-type LOCAL -j ${chains.svc}`);
+  if (f.usesLocalChain) out.push(`-j ${chains.svl}`);
+  return out;
+}
+
+/** The FW chain: LB IP traffic from the allowed source ranges goes on to EXT, the rest is dropped. */
+function fwRules(f: PortFacts): string[] {
+  const { sp, chains, cfg } = f;
+  const lbText = comment(`${sp.name} loadbalancer IP`);
+  const out = sp.loadBalancerSourceRanges.map((range) => `-s ${range} ${lbText} -j ${chains.ext}`);
+  // Node -> its own LB IP may arrive with the VIP as source; let it in when the node's
+  // address is allowed.
+  const ranges = sp.loadBalancerSourceRanges.map((r) => parseCIDR(r)!);
+  if (cfg.nodeIPs.some((ip) => ranges.some((r) => cidrContains(r, ip)))) {
+    for (const ip of sp.loadBalancerVIPs) out.push(`-s ${hostCIDR(ip, cfg.family)} ${lbText} -j ${chains.ext}`);
+  }
+  out.push(comment(`other traffic to ${sp.name} will be dropped by ${CHAIN.proxyFirewall}`));
+  return out;
+}
+
+/**
+ * Rules in the SEP, SVC and SVL chains, which are nine in ten of all chains: natChains()
+ * writes them out when asked (a full sync streams them), so only their count is kept.
+ */
+function endpointChainRules(f: PortFacts, masqHead: boolean): number {
+  const { sp, cat } = f;
+  const affinity = sp.affinitySeconds > 0 ? 1 : 0;
+  let n = 2 * cat.allReachable.length;
+  if (cat.cluster.length) n += (!sp.internalPolicyLocal && masqHead ? 1 : 0) + cat.cluster.length * (1 + affinity);
+  if (cat.local.length) n += (sp.internalPolicyLocal && masqHead ? 1 : 0) + cat.local.length * (1 + affinity);
+  return n;
+}
+
+export function renderServicePort(sp: ServicePort, endpoints: readonly Endpoint[], cfg: IptablesRenderConfig): ServiceFragment {
+  const f = portFacts(sp, endpoints, cfg);
+  // the EXT and FW chains, kept as text (natChains() lists them after SEP, SVC and SVL)
+  const own: Array<[string, string]> = [];
+  let ownRules = 0;
+  const chain = (n: string, rules: string[]) => {
+    ownRules += rules.length;
+    own.push([n, block(n, rules)]);
+  };
+  const external = externallyAccessible(sp);
+  if (f.cat.hasAny && external) chain(f.chains.ext, extRules(f));
+  if (f.usesFwChain) chain(f.chains.fw, fwRules(f));
   // (masqueradeRule() has a rule exactly when one of these is set; no need to build it here)
-  const masqHead = hasInternalEndpoints && (cfg.masqueradeAll || !!cfg.localDetector);
-  const affinityRules = sp.affinitySeconds > 0 ? 1 : 0;
-  if (usesClusterChain) natRules += (!sp.internalPolicyLocal && masqHead ? 1 : 0) + cluster.length * (1 + affinityRules);
-  if (usesLocalChain) natRules += (sp.internalPolicyLocal && masqHead ? 1 : 0) + local.length * (1 + affinityRules);
-  natRules += 2 * cat.allReachable.length;
-
-  if (usesExtChain) {
-    const ext: string[] = [];
-    if (!sp.externalPolicyLocal) {
-      ext.push(`${comment(`masquerade traffic for ${name} external destinations`)} -j ${CHAIN.markMasq}`);
-      ext.push(`-j ${chains.svc}`);
-    } else {
-      // Pods and the node itself reach any endpoint (as if they went out to the LB and
-      // came back); only traffic from outside is held to local endpoints.
-      if (cfg.localDetector) {
-        ext.push(`${baseMatch({ local: cfg.localDetector })} ${comment(`pod traffic for ${name} external destinations`)} -j ${chains.svc}`);
-      }
-      ext.push(
-        `${comment(`masquerade LOCAL traffic for ${name} external destinations`)} -m addrtype --src-type LOCAL -j ${CHAIN.markMasq}`,
-      );
-      ext.push(`${comment(`route LOCAL traffic for ${name} external destinations`)} -m addrtype --src-type LOCAL -j ${chains.svc}`);
-      if (usesLocalChain) ext.push(`-j ${chains.svl}`);
-    }
-    chain(chains.ext, ext);
-  }
-
-  if (usesFwChain) {
-    const fw: string[] = [];
-    const lbText = comment(`${name} loadbalancer IP`);
-    for (const range of sp.loadBalancerSourceRanges) fw.push(`-s ${range} ${lbText} -j ${chains.ext}`);
-    // Node -> its own LB IP may arrive with the VIP as source; let it in when the
-    // node's address is allowed.
-    const ranges = sp.loadBalancerSourceRanges.map((r) => parseCIDR(r)!);
-    const allowFromNode = cfg.nodeIPs.some((ip) => ranges.some((r) => cidrContains(r, ip)));
-    if (allowFromNode) for (const ip of sp.loadBalancerVIPs) fw.push(`-s ${hostCIDR(ip, family)} ${lbText} -j ${chains.ext}`);
-    fw.push(comment(`other traffic to ${name} will be dropped by ${CHAIN.proxyFirewall}`));
-    chain(chains.fw, fw);
-  }
-
-  return new PortFragment(sp, endpoints, cat, chains, cfg, masqHead, ownChains, natRules, entries, {
-    internal: sp.internalPolicyLocal && hasAny && !usesLocalChain,
-    external: sp.externalPolicyLocal && external && hasAny && !usesLocalChain,
+  const masqHead = f.internalServed && (cfg.masqueradeAll || !!cfg.localDetector);
+  return new PortFragment(sp, endpoints, f.cat, f.chains, cfg, masqHead, own, ownRules + endpointChainRules(f, masqHead), treeEntries(f), {
+    internal: sp.internalPolicyLocal && f.cat.hasAny && !f.usesLocalChain,
+    external: sp.externalPolicyLocal && external && f.cat.hasAny && !f.usesLocalChain,
   });
 }
 
@@ -201,7 +205,7 @@ class PortFragment implements ServiceFragment {
     readonly servicePort: ServicePort,
     readonly endpoints: readonly Endpoint[],
     readonly categorized: CategorizedEndpoints,
-    private readonly names: ReturnType<typeof servicePortChains>,
+    private readonly names: ServicePortChains,
     private readonly cfg: IptablesRenderConfig,
     /** the internal chain starts with the masquerade rule */
     private readonly masqHead: boolean,

@@ -6,7 +6,7 @@
 import { categorizeEndpoints, externallyAccessible } from '../../model/topology.js';
 import type { Endpoint, Protocol, ServicePort } from '../../model/types.js';
 import { cidrContains, joinHostPort, type IPFamily, type ParsedCIDR } from '../../util/ip.js';
-import type { ModelView } from '../iptables/ruleset.js';
+import type { ModelView } from '../../model/types.js';
 import type { LocalDetector } from '../iptables/config.js';
 
 export const IPVS_DEVICE = 'kpx-ipvs0';
@@ -131,72 +131,84 @@ export function isExcluded(cfg: Pick<IpvsRenderConfig, 'excludeCIDRs'>, ip: stri
 }
 
 export function renderIpvs(view: ModelView, cfg: IpvsRenderConfig): IpvsDesired {
-  const family = cfg.family;
-  const services = new Map<string, VirtualServer>();
-  const addresses = new Set<string>();
-  const members = new Map<SetKey, Set<string>>((Object.keys(SET) as SetKey[]).map((k) => [k, new Set<string>()]));
-  const add = (k: SetKey, m: string) => members.get(k)!.add(m);
-  const ports: Array<{ servicePort: ServicePort; endpoints: readonly Endpoint[] }> = [];
-  const noLocal = { internal: 0, external: 0 };
+  const b = new IpvsBuilder(cfg);
+  for (const key of [...view.serviceKeys()].sort()) for (const sp of view.portsOf(key)) b.add(sp, view.endpointsOf(sp));
+  return b.result();
+}
 
-  const virtual = (sp: ServicePort, ip: string, port: number, eps: readonly Endpoint[]) => {
-    if (isExcluded(cfg, ip)) return;
+/** Accumulates the virtual servers, set members and addresses of service ports. */
+class IpvsBuilder {
+  private readonly services = new Map<string, VirtualServer>();
+  private readonly addresses = new Set<string>();
+  private readonly members = new Map<SetKey, Set<string>>((Object.keys(SET) as SetKey[]).map((k) => [k, new Set<string>()]));
+  private readonly ports: Array<{ servicePort: ServicePort; endpoints: readonly Endpoint[] }> = [];
+  private readonly noLocal = { internal: 0, external: 0 };
+
+  constructor(private readonly cfg: IpvsRenderConfig) {}
+
+  private member(k: SetKey, m: string): void {
+    this.members.get(k)!.add(m);
+  }
+
+  private virtual(sp: ServicePort, ip: string, port: number, eps: readonly Endpoint[]): void {
+    if (isExcluded(this.cfg, ip)) return;
     const proto = ipvsProto(sp.protocol);
     const reals = new Map<string, RealServer>();
     for (const ep of eps) reals.set(joinHostPort(ep.ip, ep.port), { ip: ep.ip, port: ep.port, weight: 1 });
-    services.set(vsKey(proto, ip, port), { proto, ip, port, scheduler: cfg.scheduler, persistence: sp.affinitySeconds, reals });
-  };
+    this.services.set(vsKey(proto, ip, port), { proto, ip, port, scheduler: this.cfg.scheduler, persistence: sp.affinitySeconds, reals });
+  }
 
-  for (const key of [...view.serviceKeys()].sort()) {
-    for (const sp of view.portsOf(key)) {
-      const endpoints = view.endpointsOf(sp);
-      ports.push({ servicePort: sp, endpoints });
-      const cat = categorizeEndpoints(sp, endpoints, cfg.nodeName, cfg.zone);
-      const proto = ipvsProto(sp.protocol);
-      const member = (ip: string) => `${ip},${proto}:${sp.port}`;
-      // kube-proxy's IPVS mode: internal traffic policy picks the cluster IP's endpoints,
-      // external policy the endpoints of NodePorts, external IPs and LB IPs
-      const internal = sp.internalPolicyLocal ? cat.local : cat.cluster;
-      const external = sp.externalPolicyLocal ? cat.local : cat.cluster;
-      if (sp.internalPolicyLocal && cat.hasAny && cat.local.length === 0) noLocal.internal++;
-      if (sp.externalPolicyLocal && externallyAccessible(sp) && cat.hasAny && cat.local.length === 0) noLocal.external++;
-      // hairpin: an endpoint reaching itself through the service is masqueraded
-      for (const ep of cat.allReachable) add('loopBack', `${ep.ip},${proto}:${ep.port},${ep.ip}`);
-
-      addresses.add(sp.clusterIP);
-      add('clusterIP', member(sp.clusterIP));
-      virtual(sp, sp.clusterIP, sp.port, internal);
-      for (const ip of sp.externalIPs) {
-        addresses.add(ip);
-        add('externalIP', member(ip));
-        if (sp.externalPolicyLocal) add('externalIPLocal', member(ip));
-        virtual(sp, ip, sp.port, external);
-      }
-      for (const ip of sp.loadBalancerVIPs) {
-        addresses.add(ip);
-        add('loadBalancer', member(ip));
-        if (sp.externalPolicyLocal) add('loadBalancerLocal', member(ip));
-        if (sp.loadBalancerSourceRanges.length) {
-          add('loadBalancerFW', member(ip));
-          for (const range of sp.loadBalancerSourceRanges) add('loadBalancerSourceCIDR', `${member(ip)},${range}`);
-        }
-        virtual(sp, ip, sp.port, external);
-      }
-      if (sp.nodePort) {
-        const [all, local] = nodePortSets[proto];
-        add(all, String(sp.nodePort));
-        if (sp.externalPolicyLocal) add(local, String(sp.nodePort));
-        for (const ip of cfg.nodePortIPs) virtual(sp, ip, sp.nodePort, external);
-      }
-      if (sp.healthCheckNodePort) add('healthCheckNodePort', String(sp.healthCheckNodePort));
+  add(sp: ServicePort, endpoints: readonly Endpoint[]): void {
+    this.ports.push({ servicePort: sp, endpoints });
+    const cat = categorizeEndpoints(sp, endpoints, this.cfg);
+    const proto = ipvsProto(sp.protocol);
+    const member = (ip: string) => `${ip},${proto}:${sp.port}`;
+    // kube-proxy's IPVS mode: internal traffic policy picks the cluster IP's endpoints,
+    // external policy the endpoints of NodePorts, external IPs and LB IPs
+    const internal = sp.internalPolicyLocal ? cat.local : cat.cluster;
+    const external = sp.externalPolicyLocal ? cat.local : cat.cluster;
+    if (sp.internalPolicyLocal && cat.hasAny && cat.local.length === 0) this.noLocal.internal++;
+    if (sp.externalPolicyLocal && externallyAccessible(sp) && cat.hasAny && cat.local.length === 0) this.noLocal.external++;
+    // hairpin: an endpoint reaching itself through the service is masqueraded
+    for (const ep of cat.allReachable) this.member('loopBack', `${ep.ip},${proto}:${ep.port},${ep.ip}`);
+    this.addresses.add(sp.clusterIP);
+    this.member('clusterIP', member(sp.clusterIP));
+    this.virtual(sp, sp.clusterIP, sp.port, internal);
+    for (const ip of sp.externalIPs) {
+      this.addresses.add(ip);
+      this.member('externalIP', member(ip));
+      if (sp.externalPolicyLocal) this.member('externalIPLocal', member(ip));
+      this.virtual(sp, ip, sp.port, external);
     }
+    for (const ip of sp.loadBalancerVIPs) this.loadBalancer(sp, ip, member(ip), external);
+    if (sp.nodePort) {
+      const [all, local] = nodePortSets[proto];
+      this.member(all, String(sp.nodePort));
+      if (sp.externalPolicyLocal) this.member(local, String(sp.nodePort));
+      for (const ip of this.cfg.nodePortIPs) this.virtual(sp, ip, sp.nodePort, external);
+    }
+    if (sp.healthCheckNodePort) this.member('healthCheckNodePort', String(sp.healthCheckNodePort));
   }
-  for (const ip of addresses) add('ipvsIPs', ip);
 
-  const sets = new Map<string, IpsetSpec>();
-  for (const [k, m] of members) {
-    const name = setName(family, k);
-    sets.set(name, { name, type: SET_TYPES[k], family, members: m });
+  private loadBalancer(sp: ServicePort, ip: string, member: string, external: readonly Endpoint[]): void {
+    this.addresses.add(ip);
+    this.member('loadBalancer', member);
+    if (sp.externalPolicyLocal) this.member('loadBalancerLocal', member);
+    if (sp.loadBalancerSourceRanges.length) {
+      this.member('loadBalancerFW', member);
+      for (const range of sp.loadBalancerSourceRanges) this.member('loadBalancerSourceCIDR', `${member},${range}`);
+    }
+    this.virtual(sp, ip, sp.port, external);
   }
-  return { family, services, addresses, sets, ports, noLocalEndpoints: noLocal };
+
+  result(): IpvsDesired {
+    const family = this.cfg.family;
+    for (const ip of this.addresses) this.member('ipvsIPs', ip);
+    const sets = new Map<string, IpsetSpec>();
+    for (const [k, m] of this.members) {
+      const name = setName(family, k);
+      sets.set(name, { name, type: SET_TYPES[k], family, members: m });
+    }
+    return { family, services: this.services, addresses: this.addresses, sets, ports: this.ports, noLocalEndpoints: this.noLocal };
+  }
 }

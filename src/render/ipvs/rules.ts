@@ -3,6 +3,7 @@
 // does the DNAT (in LOCAL_IN / LOCAL_OUT); these rules decide masquerade, NodePort and
 // LB source-range filtering, and reject traffic to service addresses on ports that are
 // not services (the addresses are local to the node through the dummy interface).
+import { comment } from '../../iptables/format.js';
 import { baseMatch } from '../iptables/config.js';
 import { CHAIN } from '../iptables/names.js';
 import type { BuiltinJump, IptablesRuleset, TableName } from '../iptables/ruleset.js';
@@ -16,7 +17,6 @@ export const IPVS_CHAIN = {
   ipvsFilter: 'KPX-IPVS-FILTER',
 } as const;
 
-const comment = (text: string) => `-m comment --comment "${text}"`;
 
 export function ipvsIptablesRuleset(cfg: IpvsRenderConfig): IptablesRuleset {
   const s = (k: Parameters<typeof setName>[1]) => setName(cfg.family, k);

@@ -188,10 +188,11 @@ export class ApiSource implements Source {
     this.handler?.onSynced();
   }
 
-  async start(handler: SourceHandler): Promise<void> {
+  start(handler: SourceHandler): Promise<void> {
     this.handler = handler;
     this.log.info({ server: this.opts.kubeConfig.getCurrentCluster()?.server, node: this.opts.nodeName }, 'watching the Kubernetes API');
     for (const r of this.reflectors) r.start();
+    return Promise.resolve();
   }
 
   async stop(): Promise<void> {

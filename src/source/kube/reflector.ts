@@ -4,7 +4,7 @@
 // object), so a relist can emit exactly the adds, updates and deletes it missed.
 import type { Logger } from '../../util/log.js';
 import { objectKey, type KubeObject, type ResourceKind } from '../../model/kube.js';
-import type { Change } from '../../model/state.js';
+import { changeOf, type Change } from '../../model/state.js';
 import { validateObject } from '../../model/validate.js';
 
 export interface ListPage {
@@ -281,7 +281,7 @@ export class Reflector {
         if (err instanceof GoneError || (err && isGone(err))) resolve({ reason: 'gone', events });
         else if (idle) resolve({ reason: 'idle', events });
         else if (aborted || this.stopped) resolve({ reason: 'aborted', events });
-        else if (err) reject(err);
+        else if (err) reject(err instanceof Error ? err : new Error(JSON.stringify(err)));
         else resolve({ reason: 'closed', events });
       };
       const watchdog = setInterval(() => {
@@ -359,14 +359,14 @@ export class Reflector {
       return;
     }
     this.store.set(key, { rv, object: v.object });
-    this.events.onChange({ kind: this.kind, previous: had?.object, current: v.object, origin: 'api' } as Change);
+    this.events.onChange(changeOf(this.kind, had?.object, v.object, 'api'));
   }
 
   private remove(key: string): void {
     const had = this.store.get(key);
     if (!had) return;
     this.store.delete(key);
-    if (had.object) this.events.onChange({ kind: this.kind, previous: had.object, origin: 'api' } as Change);
+    if (had.object) this.events.onChange(changeOf(this.kind, had.object, undefined, 'api'));
   }
 }
 

@@ -191,7 +191,7 @@ export async function reconcileService(
   const result: ReconcileResult = { created: 0, updated: 0, deleted: 0 };
   let svc: ServiceLike | null = null;
   try {
-    svc = (await api.core.readNamespacedService({ name, namespace })) as ServiceLike;
+    svc = (await api.core.readNamespacedService({ name, namespace }));
   } catch (err) {
     if ((err as { code?: number }).code !== 404) throw err;
   }

@@ -978,7 +978,7 @@ export class NetnsCluster implements E2ECluster {
     this.streams.add(entry);
     const lines: Array<{ ts: number; what: string }> = [];
     let buf = '';
-    proc.stdout!.on('data', (d: Buffer) => {
+    proc.stdout.on('data', (d: Buffer) => {
       buf += d.toString();
       const parts = buf.split('\n');
       buf = parts.pop()!;

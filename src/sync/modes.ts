@@ -1,0 +1,53 @@
+// The proxy modes and what each leaves in the kernel. When a mode starts, what belongs
+// only to other modes goes: first what cannot be in the new mode's way, the rest once the
+// new mode's first sync is in place (kube-proxy's CleanupLeftovers, per mode). A new mode
+// adds a row to MODES and, if it owns something new, to RESOURCES.
+import type { Logger } from '../util/log.js';
+import type { CommandRunner } from '../apply/exec.js';
+import { removeIpvsState } from '../apply/ipvs.js';
+import type { ProxyMode } from './driver.js';
+
+/** Kernel state a mode programs. */
+type Resource = 'iptables chains' | 'ipvs state';
+
+interface ResourceCleanup {
+  /**
+   * Removes what can go before the new mode's first sync, and returns what must wait
+   * until that sync is in place (rules still refer to it until then), if anything.
+   */
+  remove(runner: CommandRunner, log: Logger): Promise<(() => Promise<void>) | null>;
+}
+
+const RESOURCES: Record<Resource, ResourceCleanup> = {
+  // KPX- chains and jumps: the iptables-based modes share them, and each one's full sync
+  // replaces the other's (stale chains are deleted), so there is nothing more to do here
+  'iptables chains': { remove: () => Promise.resolve(null) },
+  // virtual servers and the dummy now; the ipsets after the first sync, when no rule
+  // refers to them any more
+  'ipvs state': {
+    async remove(runner, log) {
+      const { setsLeft } = await removeIpvsState(runner, log, { sets: false });
+      return setsLeft ? async () => void (await removeIpvsState(runner, log, { sets: true })) : null;
+    },
+  },
+};
+
+/** What each mode programs. */
+export const MODES: Record<ProxyMode, { readonly owns: readonly Resource[] }> = {
+  iptables: { owns: ['iptables chains'] },
+  ipvs: { owns: ['iptables chains', 'ipvs state'] },
+};
+
+/**
+ * Starts removing what other modes left and `mode` does not own. Returns what to run
+ * after `mode`'s first successful sync.
+ */
+export async function removeLeftovers(mode: ProxyMode, runner: CommandRunner, log: Logger): Promise<(() => Promise<void>) | null> {
+  const later: Array<() => Promise<void>> = [];
+  for (const [resource, cleanup] of Object.entries(RESOURCES) as Array<[Resource, ResourceCleanup]>) {
+    if (MODES[mode].owns.includes(resource)) continue;
+    const rest = await cleanup.remove(runner, log);
+    if (rest) later.push(rest);
+  }
+  return later.length ? async () => void (await Promise.all(later.map((f) => f()))) : null;
+}
