@@ -14,7 +14,7 @@ import type { CommandRunner } from '../apply/exec.js';
 import { ensureSysctl, readHostFacts, readSysctl, type HostFacts } from '../apply/host.js';
 import { buildIptablesConfig, keepIfSame, type Capabilities } from './node-config.js';
 import { Driver, NO_COUNTS, type FamilyBackend, type FamilySyncReport, type ModeBackend, type NodeContext, type ProxierOptions, type SyncCounts, type SyncStep } from './driver.js';
-import { removeLeftovers } from './modes.js';
+import { Families } from './modes.js';
 
 /** kube-proxy's large-cluster threshold: above it, per-endpoint comments are dropped. */
 export const LARGE_CLUSTER_ENDPOINTS = 1000;
@@ -171,35 +171,23 @@ class IptablesFamily implements FamilyBackend<IptablesRenderConfig, IptablesDeta
   }
 }
 
-export class IptablesMode implements ModeBackend<IptablesRenderConfig, IptablesDetail> {
+export class IptablesMode extends Families<IptablesRenderConfig, IptablesDetail, IptablesFamily> implements ModeBackend<IptablesRenderConfig, IptablesDetail> {
   readonly mode = 'iptables' as const;
   backend: IptablesBackend = 'nft';
   caps: Capabilities = { randomFully: false, conntrackTCPLiberal: false };
-  private readonly families = new Map<IPFamily, IptablesFamily>();
-  private leftovers: (() => Promise<void>) | null = null;
-
-  constructor(readonly opts: ProxierOptions) {}
 
   async init(): Promise<void> {
     const { config, runner, log } = this.opts;
     ({ backend: this.backend, caps: this.caps } = await detectIptables(config, runner, log));
-    if (!config.dryRun) this.leftovers = await removeLeftovers('iptables', runner, log);
+    await this.removeLeftovers('iptables');
   }
 
   hostFacts(): HostFacts {
     return readHostFacts();
   }
 
-  family(family: IPFamily): IptablesFamily {
-    let f = this.families.get(family);
-    if (!f) this.families.set(family, (f = new IptablesFamily(family, this)));
-    return f;
-  }
-
-  async afterSuccess(): Promise<void> {
-    const rest = this.leftovers;
-    this.leftovers = null;
-    await rest?.();
+  protected create(family: IPFamily): IptablesFamily {
+    return new IptablesFamily(family, this);
   }
 }
 

@@ -15,7 +15,7 @@ import { ensureSysctl, readHostFacts, type HostFacts } from '../apply/host.js';
 import { keepIfSame, localDetector, nodePortAddresses, type Capabilities } from './node-config.js';
 import { Driver, NO_COUNTS, type FamilyBackend, type ModeBackend, type NodeContext, type ProxierOptions, type SyncCounts, type SyncStep } from './driver.js';
 import { detectIptables } from './iptables-mode.js';
-import { removeLeftovers } from './modes.js';
+import { Families } from './modes.js';
 
 export interface IpvsDetail {
   readonly mode: 'ipvs';
@@ -128,14 +128,10 @@ class IpvsFamily implements FamilyBackend<IpvsRenderConfig, IpvsDetail> {
   }
 }
 
-export class IpvsMode implements ModeBackend<IpvsRenderConfig, IpvsDetail> {
+export class IpvsMode extends Families<IpvsRenderConfig, IpvsDetail, IpvsFamily> implements ModeBackend<IpvsRenderConfig, IpvsDetail> {
   readonly mode = 'ipvs' as const;
   backend: IptablesBackend = 'nft';
   caps: Capabilities = { randomFully: false, conntrackTCPLiberal: false };
-  private readonly families = new Map<IPFamily, IpvsFamily>();
-  private leftovers: (() => Promise<void>) | null = null;
-
-  constructor(readonly opts: ProxierOptions) {}
 
   async init(): Promise<void> {
     const { config, runner, log } = this.opts;
@@ -160,7 +156,7 @@ export class IpvsMode implements ModeBackend<IpvsRenderConfig, IpvsDetail> {
       // 0 leaves that timeout as it is
       await mustRun(runner, 'ipvsadm', ['--set', s(tcpTimeoutMs), s(tcpFinTimeoutMs), s(udpTimeoutMs)]);
     }
-    this.leftovers = await removeLeftovers('ipvs', runner, log);
+    await this.removeLeftovers('ipvs');
   }
 
   /** NodePorts answer on the node's addresses, never on the service addresses on kpx's dummy. */
@@ -168,16 +164,8 @@ export class IpvsMode implements ModeBackend<IpvsRenderConfig, IpvsDetail> {
     return readHostFacts({ excludeDevice: IPVS_DEVICE });
   }
 
-  family(family: IPFamily): IpvsFamily {
-    let f = this.families.get(family);
-    if (!f) this.families.set(family, (f = new IpvsFamily(family, this)));
-    return f;
-  }
-
-  async afterSuccess(): Promise<void> {
-    const rest = this.leftovers;
-    this.leftovers = null;
-    await rest?.();
+  protected create(family: IPFamily): IpvsFamily {
+    return new IpvsFamily(family, this);
   }
 }
 

@@ -5,7 +5,8 @@
 import type { Logger } from '../util/log.js';
 import type { CommandRunner } from '../apply/exec.js';
 import { removeIpvsState } from '../apply/ipvs.js';
-import type { ProxyMode } from './driver.js';
+import type { IPFamily } from '../util/ip.js';
+import type { FamilyBackend, ModeDetail, ProxierOptions, ProxyMode } from './driver.js';
 
 /** Kernel state a mode programs. */
 type Resource = 'iptables chains' | 'ipvs state';
@@ -50,4 +51,31 @@ export async function removeLeftovers(mode: ProxyMode, runner: CommandRunner, lo
     if (rest) later.push(rest);
   }
   return later.length ? async () => void (await Promise.all(later.map((f) => f()))) : null;
+}
+
+/** What every mode does alike: one backend per family, made on first use, and the other modes' leftovers. */
+export abstract class Families<C, D extends ModeDetail, F extends FamilyBackend<C, D>> {
+  private readonly families = new Map<IPFamily, F>();
+  private leftovers: (() => Promise<void>) | null = null;
+
+  constructor(readonly opts: ProxierOptions) {}
+
+  protected abstract create(family: IPFamily): F;
+
+  family(family: IPFamily): F {
+    let f = this.families.get(family);
+    if (!f) this.families.set(family, (f = this.create(family)));
+    return f;
+  }
+
+  /** Removes what other modes left that `mode` does not own; the rest after the first good sync. */
+  protected async removeLeftovers(mode: ProxyMode): Promise<void> {
+    if (!this.opts.config.dryRun) this.leftovers = await removeLeftovers(mode, this.opts.runner, this.opts.log);
+  }
+
+  async afterSuccess(): Promise<void> {
+    const rest = this.leftovers;
+    this.leftovers = null;
+    await rest?.();
+  }
 }

@@ -12,7 +12,7 @@ import {
 } from '../../src/render/iptables/dispatch.js';
 import { rulesOf } from '../../src/iptables/format.js';
 import { bigIntToIP, ipToBigInt } from '../../src/util/ip.js';
-import { allocator } from '../../bench/synthetic.js';
+import { allocator, seededRandom } from '../../bench/synthetic.js';
 
 interface Built {
   rootRules: readonly string[];
@@ -68,17 +68,7 @@ const entryKey = (r: string): bigint | undefined => {
 const entry = (key: bigint, order = '80'): DispatchEntry => ({ key, order, rule: `key=${key} port=${order} -j X` });
 const ipEntry = (ip: string, port = 80): DispatchEntry => entry(ipToBigInt(ip), String(port));
 
-function rng(seed: number): (n: number) => number {
-  let x = seed >>> 0 || 1;
-  return (n: number) => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x % n;
-  };
-}
+const rng = seededRandom;
 
 /** Key distributions the depth bound must hold for (distinct keys). */
 function keys(kind: string, n: number, seed: number): bigint[] {
