@@ -2,6 +2,7 @@
 // `cleanup` removes what it installed.
 import { hostname } from 'node:os';
 import { Command, Option } from 'commander';
+import { exitAfterOutput, out } from './output.js';
 import { ConfigError, resolveConfig, type CliFlags, type KpxConfig } from '../config/config.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { ClusterState } from '../model/state.js';
@@ -84,7 +85,7 @@ export interface Built {
   healthServers: ServiceHealthServers | null;
 }
 
-export async function build(flags: CliFlags & { logLevel?: string }, print: (text: string) => void = (t) => process.stdout.write(t)): Promise<Built> {
+export async function build(flags: CliFlags & { logLevel?: string }, print: (text: string) => void = out): Promise<Built> {
   const log = createLogger({ level: flags.logLevel });
   const config = resolveConfig(flags, hostname());
   let metricsRef: KpxMetrics | null = null;
@@ -218,7 +219,7 @@ export async function main(argv: string[]): Promise<void> {
       process.exit(2);
     }
     process.stderr.write(`kpx: ${e.message ?? String(err)}\n`);
-    process.exit(1);
+    await exitAfterOutput(1);
   }
-  process.exit(exitCode);
+  await exitAfterOutput(exitCode);
 }

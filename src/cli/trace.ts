@@ -3,6 +3,7 @@
 import type { Command } from 'commander';
 import { Option } from 'commander';
 import { execRunner } from '../apply/exec.js';
+import { out } from './output.js';
 import { binaries, detectBackend } from '../apply/backend.js';
 import { readHostFacts } from '../apply/host.js';
 import { ConfigError, type CliFlags } from '../config/config.js';
@@ -83,7 +84,7 @@ export async function traceCommand(flags: TraceFlags): Promise<number> {
     proto: flags.proto,
     from: flags.fromNode ? 'local' : { inIface: flags.inInterface ?? 'eth0', bridged: false },
   });
-  process.stdout.write(flags.json ? `${JSON.stringify(outcomes, null, 2)}\n` : formatOutcomes(outcomes));
+  out(flags.json ? `${JSON.stringify(outcomes, null, 2)}\n` : formatOutcomes(outcomes));
   return 0;
 }
 

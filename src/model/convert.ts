@@ -6,6 +6,7 @@ import {
   LABEL_SERVICE_PROXY_NAME,
   LABEL_ZONE,
   TAINT_TO_BE_DELETED,
+  dnsLabel,
   type EndpointSliceObject,
   type NodeObject,
   type ServiceObject,
@@ -92,8 +93,10 @@ function checkPorts(spec: ServiceSpec): Refusal | null {
   const type = spec.type ?? 'ClusterIP';
   const seenNames = new Set<string>();
   const seenPorts = new Set<string>();
-  for (const [i, p] of (spec.ports ?? []).entries()) {
+  const ports = spec.ports ?? [];
+  for (const [i, p] of ports.entries()) {
     const pname = p.name ?? '';
+    if (!pname && ports.length > 1) return invalid(`spec.ports[${i}].name: required when a Service has more than one port`);
     if (seenNames.has(pname)) return invalid(`spec.ports[${i}].name: duplicate port name ${JSON.stringify(pname)}`);
     seenNames.add(pname);
     const pp = `${p.port}/${p.protocol ?? 'TCP'}`;
@@ -121,6 +124,15 @@ export function convertService(svc: ServiceObject): ServiceConversion {
   const ranges = sourceRanges(spec);
   if (!ranges.ok) return ranges;
   return converted(servicePorts(svc, ips.value, externalIPs.value, lbIPs.value, ranges.value));
+}
+
+/**
+ * A family's loadBalancerSourceRanges; a /0 among them lets everyone in, which is what no
+ * ranges mean (IPVS's hash:ip,port,net sets cannot hold a /0, so the modes agree on this).
+ */
+function rangesOf(ranges: readonly ParsedCIDR[], family: IPFamily): string[] {
+  const own = ranges.filter((c) => c.family === family);
+  return own.some((c) => c.bits === 0) ? [] : own.map((c) => c.text);
 }
 
 /** Traffic policy and affinity, as kube-proxy reads them. */
@@ -159,7 +171,7 @@ function servicePorts(svc: ServiceObject, clusterIPByFamily: ReadonlyMap<IPFamil
         nodePort: type === 'ClusterIP' ? 0 : (p.nodePort ?? 0),
         externalIPs: externalIPs.filter((ip) => ofFamily(ip, family)),
         loadBalancerVIPs: lbIPs.filter((ip) => ofFamily(ip, family)),
-        loadBalancerSourceRanges: type === 'LoadBalancer' ? ranges.filter((c) => c.family === family).map((c) => c.text) : [],
+        loadBalancerSourceRanges: type === 'LoadBalancer' ? rangesOf(ranges, family) : [],
         externalPolicyLocal,
         internalPolicyLocal: spec.internalTrafficPolicy === 'Local',
         affinitySeconds,
@@ -226,6 +238,7 @@ export function convertEndpointSlice(slice: EndpointSliceObject, nodeName: strin
   const labels = slice.metadata.labels ?? {};
   const svcName = labels[LABEL_SERVICE_NAME];
   if (!svcName) return ignored(`no ${LABEL_SERVICE_NAME} label`);
+  if (!dnsLabel.safeParse(svcName).success) return invalid(`metadata.labels[${LABEL_SERVICE_NAME}]: ${JSON.stringify(svcName)} is not a Service name (a DNS-1123 label)`);
   if (LABEL_SERVICE_PROXY_NAME in labels) return ignored(`labelled ${LABEL_SERVICE_PROXY_NAME}`);
   if (slice.addressType === 'FQDN') return ignored('addressType FQDN');
   const family = slice.addressType;

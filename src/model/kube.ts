@@ -4,24 +4,41 @@
 // are stripped: the copy kpx keeps holds only what it reads (no managedFields etc.).
 import { z } from 'zod';
 
-const name = z.string().min(1).max(253);
+// The apiserver's name rules (apimachinery's validation), which also keep every name kpx
+// writes into a rule or a chain-name hash free of quotes, spaces and separators.
+const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+const DNS1123_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+/** A DNS-1123 label: at most 63 lowercase letters, digits and '-', alphanumeric at both ends. */
+export const dnsLabel = z.string().max(63).regex(DNS1123_LABEL, 'must be a DNS-1123 label (lowercase letters, digits and "-", at most 63)');
+/** A DNS-1123 subdomain: dot-separated labels, at most 253 characters. */
+export const dnsSubdomain = z.string().max(253).regex(DNS1123_SUBDOMAIN, 'must be a DNS-1123 subdomain (lowercase letters, digits, "-" and ".", at most 253)');
 const port = z.number().int().min(1).max(65535);
 const protocol = z.enum(['TCP', 'UDP', 'SCTP']);
+/** A port name: empty, or a DNS-1123 label (Services and EndpointSlices alike). */
+const portName = z.union([z.literal(''), dnsLabel]).nullish();
 
-const metadata = z.object({
-  name,
-  namespace: z.string().min(1).max(63).optional(),
-  labels: z.record(z.string(), z.string()).nullish(),
-  annotations: z.record(z.string(), z.string()).nullish(),
-  resourceVersion: z.string().optional(),
-  uid: z.string().optional(),
-  deletionTimestamp: z.union([z.string(), z.date()]).nullish(),
-});
+const metadataOf = (name: z.ZodString) =>
+  z.object({
+    name,
+    namespace: dnsLabel.optional(),
+    labels: z.record(z.string(), z.string()).nullish(),
+    annotations: z.record(z.string(), z.string()).nullish(),
+    resourceVersion: z.string().optional(),
+    uid: z.string().optional(),
+    creationTimestamp: z.union([z.string(), z.date()]).nullish(),
+    deletionTimestamp: z.union([z.string(), z.date()]).nullish(),
+  });
+/**
+ * A Service's name is a DNS-1123 label (the apiserver asks for a DNS-1035 label, one that
+ * starts with a letter, unless RelaxedServiceNameValidation is on; kpx takes both).
+ */
+const serviceMetadata = metadataOf(dnsLabel);
+const objectMetadata = metadataOf(dnsSubdomain);
 
 export const serviceSchema = z.object({
   apiVersion: z.string().optional(),
   kind: z.string().optional(),
-  metadata,
+  metadata: serviceMetadata,
   spec: z.object({
     type: z.enum(['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName']).optional(),
     clusterIP: z.string().optional(),
@@ -31,7 +48,7 @@ export const serviceSchema = z.object({
     ports: z
       .array(
         z.object({
-          name: z.string().nullish(),
+          name: portName,
           protocol: protocol.nullish(),
           port,
           targetPort: z.union([z.number().int(), z.string()]).nullish(),
@@ -76,7 +93,7 @@ export const serviceSchema = z.object({
 export const endpointSliceSchema = z.object({
   apiVersion: z.string().optional(),
   kind: z.string().optional(),
-  metadata,
+  metadata: objectMetadata,
   addressType: z.enum(['IPv4', 'IPv6', 'FQDN']),
   endpoints: z
     .array(
@@ -89,8 +106,8 @@ export const endpointSliceSchema = z.object({
             terminating: z.boolean().nullish(),
           })
           .nullish(),
-        nodeName: z.string().nullish(),
-        zone: z.string().nullish(),
+        nodeName: dnsSubdomain.nullish(),
+        zone: z.string().max(63).nullish(),
         hints: z
           .looseObject({
             forZones: z.array(z.object({ name: z.string() })).nullish(),
@@ -103,7 +120,7 @@ export const endpointSliceSchema = z.object({
   ports: z
     .array(
       z.object({
-        name: z.string().nullish(),
+        name: portName,
         port: port.nullish(),
         protocol: protocol.nullish(),
       }),
@@ -114,7 +131,7 @@ export const endpointSliceSchema = z.object({
 export const nodeSchema = z.object({
   apiVersion: z.string().optional(),
   kind: z.string().optional(),
-  metadata,
+  metadata: objectMetadata,
   spec: z
     .looseObject({
       podCIDR: z.string().nullish(),

@@ -22,6 +22,7 @@ import {
   type SliceData,
 } from './convert.js';
 import type { Endpoint, ModelView, NodeFacts, ServicePort } from './types.js';
+import { FrontendConflicts } from './conflicts.js';
 
 /**
  * A change as every source emits it: add (no previous), update (both), delete (no
@@ -83,6 +84,10 @@ export class ClusterState {
   /** serviceKey -> merged endpoints per family and slice port, built on first use; dropped when a slice changes */
   private readonly endpointCache = new Map<string, MergedEndpoints[]>();
   private nodeFacts: NodeFacts | null = null;
+  /** which Service serves a frontend two of them claim */
+  private readonly frontends = new FrontendConflicts();
+  /** Services refused because an older one serves one of their frontends */
+  private conflicted = new Set<string>();
   private pending = emptyPending();
   private readonly endpointTotals: Record<IPFamily, number> = { IPv4: 0, IPv6: 0 };
   /** trigger times before this are not observed (ms) */
@@ -132,12 +137,26 @@ export class ClusterState {
       if (conv.ok) ports = conv.value;
       else this.refused('Service', key, change.origin, conv);
     }
+    if (ports.length === 0 && !this.services.has(key) && !this.conflicted.has(key)) return;
     const had = this.services.get(key);
-    if (ports.length === 0 && !had) return;
+    // an update that changes nothing kpx uses keeps the old ports (and their identity)
     if (had && samePorts(had, ports)) return;
-    if (ports.length > 0) this.services.set(key, ports);
-    else this.services.delete(key);
-    this.pending.services.add(key);
+    const created = cur?.metadata.creationTimestamp ? Date.parse(String(cur.metadata.creationTimestamp)) : NaN;
+    const { changed, conflicts } = this.frontends.set(key, ports, Number.isNaN(created) ? Infinity : created);
+    for (const c of conflicts) {
+      if (!this.conflicted.has(c.service) || c.service === key) {
+        this.log.warn(
+          { kind: 'Service', object: c.service, origin: c.service === key ? change.origin : undefined, reason: `${c.frontend} is already served by Service ${c.servedBy} (the older object)` },
+          'conflicting Service skipped',
+        );
+      }
+    }
+    this.conflicted = new Set([...[...this.conflicted].filter((k) => k !== key && !changed.has(k)), ...conflicts.map((c) => c.service)]);
+    for (const [k, p] of changed) {
+      if (p.length > 0) this.services.set(k, p);
+      else this.services.delete(k);
+      this.pending.services.add(k);
+    }
   }
 
   private applySlice(change: Extract<Change, { kind: 'EndpointSlice' }>): void {
@@ -176,7 +195,7 @@ export class ClusterState {
 
   /** An object kpx does not serve: invalid ones are errors, ignored ones (headless, ...) debug lines. */
   private refused(kind: Change['kind'], key: string, origin: string | undefined, r: Refusal): void {
-    if (r.refusal === 'invalid') this.log.error({ kind, object: key, origin, reason: r.reason }, `invalid ${kind} skipped`);
+    if (r.refusal === 'invalid') this.log.warn({ kind, object: key, origin, reason: r.reason }, `invalid ${kind} skipped`);
     else this.log.debug({ kind, object: key, reason: r.reason }, `${kind} ignored`);
   }
 

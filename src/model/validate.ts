@@ -6,8 +6,14 @@ export type Validation<T> = { ok: true; object: T } | { ok: false; reason: strin
 export function validateObject(kind: ResourceKind, raw: unknown): Validation<KubeObject> {
   const parsed = schemaFor[kind].safeParse(raw);
   if (parsed.success) return { ok: true, object: parsed.data };
+  return { ok: false, reason: describeZodError(parsed.error), name: nameForLogs(kind, raw) };
+}
+
+/** What stands for an object's name in a log line, whatever its metadata holds. */
+export function nameForLogs(kind: ResourceKind, raw: unknown): string {
   const meta = (raw as { metadata?: { name?: unknown; namespace?: unknown } } | null)?.metadata;
-  const name = typeof meta?.name === 'string' ? meta.name : '(unnamed)';
-  const ns = typeof meta?.namespace === 'string' ? `${meta.namespace}/` : kind === 'Node' ? '' : 'default/';
-  return { ok: false, reason: describeZodError(parsed.error), name: `${ns}${name}` };
+  const text = (v: unknown) => (typeof v === 'string' ? v : v === undefined || v === null ? undefined : JSON.stringify(v));
+  const name = text(meta?.name) ?? '(no name)';
+  const ns = text(meta?.namespace);
+  return kind === 'Node' ? name : `${ns ?? 'default'}/${name}`;
 }

@@ -9,7 +9,7 @@ import { parseAllDocuments } from 'yaml';
 import type { Logger } from '../util/log.js';
 import { API_VERSION_FOR, objectKey, type KubeObject, type ResourceKind } from '../model/kube.js';
 import { changeOf, type Change } from '../model/state.js';
-import { validateObject } from '../model/validate.js';
+import { nameForLogs, validateObject } from '../model/validate.js';
 import type { Source, SourceHandler } from './types.js';
 
 const EXTENSIONS = /\.(ya?ml|json)$/i;
@@ -41,8 +41,11 @@ function keep(kind: ResourceKind, object: KubeObject): Kept {
   return { kind, digest: hash('sha1', JSON.stringify(object), 'hex'), identity: { apiVersion: API_VERSION_FOR[kind], kind, metadata } };
 }
 
-/** Parses one file's text into valid objects; everything wrong is logged and skipped. */
-export function parseManifest(text: string, file: string, log: Logger): ParsedObjects {
+/**
+ * Parses one file's text into valid objects; everything wrong is logged (with the file)
+ * and skipped, and the rest is kept. null: the file as a whole does not parse.
+ */
+export function parseManifest(text: string, file: string, log: Logger): ParsedObjects | null {
   const out: ParsedObjects = new Map();
   if (/\.json$/i.test(file)) {
     // JSON.parse: an order of magnitude less memory than a YAML document model for big lists
@@ -51,7 +54,7 @@ export function parseManifest(text: string, file: string, log: Logger): ParsedOb
       value = JSON.parse(text);
     } catch (err) {
       log.error({ file, reason: (err as Error).message }, 'manifest file does not parse; skipped');
-      return out;
+      return null;
     }
     addDocument(value, 0, file, log, out);
     return out;
@@ -61,7 +64,7 @@ export function parseManifest(text: string, file: string, log: Logger): ParsedOb
     docs = parseAllDocuments(text, { prettyErrors: false });
   } catch (err) {
     log.error({ file, reason: (err as Error).message }, 'manifest file does not parse; skipped');
-    return out;
+    return null;
   }
   const list = Array.isArray(docs) ? docs : [docs];
   for (const [i, doc] of list.entries()) {
@@ -69,46 +72,61 @@ export function parseManifest(text: string, file: string, log: Logger): ParsedOb
       log.error({ file, document: i, reason: doc.errors[0]!.message.split('\n')[0] }, 'manifest document does not parse; skipped');
       continue;
     }
-    addDocument(doc.toJS(), i, file, log, out);
+    let value: unknown;
+    try {
+      // YAML's own limits (e.g. "Excessive alias count") are hit here
+      value = doc.toJS({ maxAliasCount: 100 });
+    } catch (err) {
+      log.error({ file, document: i, reason: (err as Error).message }, 'manifest document does not parse; skipped');
+      continue;
+    }
+    addDocument(value, i, file, log, out);
   }
   return out;
 }
 
 function addDocument(value: unknown, index: number, file: string, log: Logger, out: ParsedObjects): void {
   if (value == null) return;
-  const items =
-    typeof value === 'object' && (value as { kind?: unknown }).kind === 'List' ? ((value as { items?: unknown }).items ?? []) : [value];
+  if (Array.isArray(value)) {
+    log.warn({ file, document: index, reason: 'a list, not an object (wrap objects in a kind: List with items)' }, 'manifest document skipped');
+    return;
+  }
+  const isList = typeof value === 'object' && (value as { kind?: unknown }).kind === 'List';
+  const items = isList ? ((value as { items?: unknown }).items ?? []) : [value];
   if (!Array.isArray(items)) {
     log.error({ file, document: index, reason: 'List without items array' }, 'manifest skipped');
     return;
   }
   for (let i = 0; i < items.length; i++) {
-    addObject(items[i], file, log, out);
+    const item: unknown = items[i];
+    if (isList && typeof item === 'object' && item !== null && (item as { kind?: unknown }).kind === 'List') {
+      log.warn({ file, document: index, item: i, reason: 'a List inside a List' }, 'manifest item skipped');
+    } else addObject(item, file, log, out);
     items[i] = null; // validation made a copy: the raw object can go now (10k-service lists)
   }
 }
 
 function addObject(item: unknown, file: string, log: Logger, out: ParsedObjects): void {
-  if (typeof item !== 'object' || item === null) {
-    log.error({ file, reason: 'not an object' }, 'manifest item skipped');
+  if (typeof item !== 'object' || item === null || Array.isArray(item)) {
+    log.warn({ file, reason: 'not an object' }, 'manifest item skipped');
     return;
   }
   const { kind, apiVersion } = item as { kind?: unknown; apiVersion?: unknown };
   if (typeof kind !== 'string' || !KINDS.has(kind as ResourceKind)) {
-    log.debug({ file, kind }, 'not a Service, EndpointSlice or Node; ignored');
+    const near = typeof kind === 'string' ? [...KINDS].find((k) => k.toLowerCase() === kind.toLowerCase()) : undefined;
+    if (near) log.warn({ file, kind, reason: `kinds are case-sensitive: did you mean ${near}?` }, 'manifest item skipped');
+    else if (typeof kind !== 'string') log.warn({ file, reason: 'no kind' }, 'manifest item skipped');
+    else log.debug({ file, kind }, 'not a Service, EndpointSlice or Node; ignored');
     return;
   }
   const k = kind as ResourceKind;
   if (apiVersion !== API_VERSION_FOR[k]) {
-    log.error(
-      { file, kind: k, reason: `apiVersion ${JSON.stringify(apiVersion)} is not ${API_VERSION_FOR[k]}` },
-      'object skipped',
-    );
+    log.warn({ file, kind: k, object: nameForLogs(k, item), reason: `apiVersion ${JSON.stringify(apiVersion)} is not ${API_VERSION_FOR[k]}` }, 'object skipped');
     return;
   }
   const v = validateObject(k, item);
   if (!v.ok) {
-    log.error({ file, kind: k, object: v.name, reason: v.reason }, 'invalid object skipped');
+    log.warn({ file, kind: k, object: v.name, reason: v.reason }, 'invalid object skipped');
     return;
   }
   const key = `${k}/${objectKey(k, v.object)}`;
@@ -173,7 +191,14 @@ export class FileSource implements Source {
         continue;
       }
       const objects = await this.read(name);
-      if (!objects) continue;
+      if (!objects) {
+        // unreadable or not parseable at all: what it held before stays served
+        if (prev) {
+          this.log.warn({ file: path }, 'the objects this file held before stay in place');
+          next.set(name, prev);
+        }
+        continue;
+      }
       parsed.set(name, objects);
       next.set(name, { mtimeMs: st.mtimeMs, size: st.size, objects: new Map([...objects].map(([k, o]) => [k, keep(o.kind, o.object)])) });
     }
@@ -183,8 +208,12 @@ export class FileSource implements Source {
 
   private async read(name: string): Promise<ParsedObjects | null> {
     const path = join(this.dir, name);
-    const text = await readFile(path, 'utf8').catch(() => null);
-    return text === null ? null : parseManifest(text, path, this.log);
+    try {
+      return parseManifest(await readFile(path, 'utf8'), path, this.log);
+    } catch (err) {
+      this.log.error({ file: path, reason: (err as Error).message }, 'manifest file cannot be read; skipped');
+      return null;
+    }
   }
 
   private async reconcile(parsed: Map<string, ParsedObjects>): Promise<void> {

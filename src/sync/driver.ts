@@ -141,6 +141,11 @@ export interface Proxier {
   knownFamilies(): IPFamily[];
 }
 
+/** `kpx render` reads nothing of the machine: the node's addresses are the Node object's. */
+function hostFromNode(node: NodeFacts | null): HostFacts {
+  return { addresses: { IPv4: [...(node?.ips.IPv4 ?? [])], IPv6: [...(node?.ips.IPv6 ?? [])] } };
+}
+
 /** IPv4 always; IPv6 once the node, the host or a service uses it (and from then on). */
 export function familiesToSync(state: ClusterState, host: HostFacts, programmed: Iterable<IPFamily>): IPFamily[] {
   const out = new Set<IPFamily>(['IPv4', ...programmed]);
@@ -204,7 +209,7 @@ export class Driver<C, D extends ModeDetail> implements Proxier {
     const { config, state, log } = this.opts;
     let host: HostFacts;
     try {
-      host = this.opts.hostFacts?.() ?? this.mode.hostFacts();
+      host = this.opts.hostFacts?.() ?? (config.renderOnly ? hostFromNode(state.node) : this.mode.hostFacts());
     } catch (err) {
       for (const f of this.synced) this.needFull.add(f);
       log.error({ stage: 'host facts', err: (err as Error).message }, 'sync failed; the previous rules stay in place');

@@ -33,6 +33,10 @@ export function isIptablesReport(r: FamilySyncReport): r is FamilySyncReport<Ipt
 
 /** The iptables backend (configured or detected) and what it and the kernel support; both iptables-based modes. */
 export async function detectIptables(config: KpxConfig, runner: CommandRunner, log: Logger): Promise<{ backend: IptablesBackend; caps: Capabilities }> {
+  // kpx render runs no binary and reads no setting: what it prints depends on its inputs only
+  if (config.renderOnly) {
+    return { backend: config.iptablesBackend === 'legacy' ? 'legacy' : 'nft', caps: { randomFully: true, conntrackTCPLiberal: config.conntrackTCPBeLiberal } };
+  }
   let backend = config.iptablesBackend === 'auto' ? null : config.iptablesBackend;
   if (!backend) {
     const d = await detectBackend(runner);

@@ -94,12 +94,17 @@ class IpvsFamily implements FamilyBackend<IpvsRenderConfig, IpvsDetail> {
     };
     step.stage('reading the kernel');
     if (config.dryRun) {
-      const plan = await this.applier.plan(desired, cfg).catch((err: Error) => {
-        log.warn({ family: this.family, err: err.message }, 'cannot read the IPVS state; planning against an empty one');
-        return planIpvs(desired, { services: new Map(), sets: new Map(), addresses: new Set() }, cfg, { now: Date.now(), since: new Map(), boundMs: 0 });
-      });
+      const againstEmpty = () => planIpvs(desired, { services: new Map(), sets: new Map(), addresses: new Set() }, cfg, { now: Date.now(), since: new Map(), boundMs: 0 });
+      const plan = config.renderOnly
+        ? againstEmpty()
+        : await this.applier.plan(desired, cfg).catch((err: Error) => {
+            log.warn({ family: this.family, err: err.message }, 'cannot read the IPVS state; planning against an empty one');
+            return againstEmpty();
+          });
       step.stage('plan');
-      const iptPlan = fixedPlan(await this.ipt.plan(rules, { kind: 'full', previous: null, servicePortsRendered: 0 }, true).catch(() => this.ipt.planAgainstEmpty(rules))).plan;
+      const iptPlan = config.renderOnly
+        ? this.ipt.planAgainstEmpty(rules).plan
+        : fixedPlan(await this.ipt.plan(rules, { kind: 'full', previous: null, servicePortsRendered: 0 }, true).catch(() => this.ipt.planAgainstEmpty(rules))).plan;
       this.mode.opts.print?.(
         `# kpx ${this.family} IPVS mode (${this.mode.backend} backend)\n# ip address add ... dev ${IPVS_DEVICE}: ${plan.addressesToAdd.join(' ')}\n` +
           `# ip address del ... dev ${IPVS_DEVICE}: ${plan.addressesToDelete.join(' ')}\n# ipset restore (before the rules)\n${plan.ipsetBefore}` +

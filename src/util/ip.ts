@@ -22,7 +22,11 @@ export function parseIP(raw: string): { family: IPFamily; text: string } | null 
     return { family: 'IPv4', text: ipaddr.IPv4.parse(raw).toString() };
   }
   if (raw.includes(':') && ipaddr.IPv6.isValid(raw)) {
-    return { family: 'IPv6', text: ipaddr.IPv6.parse(raw).toString() };
+    const ip = ipaddr.IPv6.parse(raw);
+    // an IPv4-mapped IPv6 address ("::ffff:198.18.0.1") is refused, as the apiserver's
+    // strict IP validation does: it would be one address in two families
+    if (ip.isIPv4MappedAddress()) return null;
+    return { family: 'IPv6', text: ip.toString() };
   }
   return null;
 }

@@ -5,6 +5,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import { NET, Topology, dataplaneEnv } from '../substrate/netns.js';
 import { endpointSlice, node, service, yamlDocs } from '../substrate/manifests.js';
 
@@ -169,6 +171,21 @@ describe.skipIf(!env.ok)(`IPVS mode with real packets${env.ok ? '' : ` — skipp
     expect(Object.keys(denied.errors)).toEqual(['TIMEOUT']);
     expect((await t.probe('ext', 'tcp', '198.19.0.202', 80, { count: 5 })).names).toEqual({ b: 5 });
     expect((await t.probe('client', 'tcp', '198.19.0.202', 80, { count: 5 })).names).toEqual({ b: 5 });
+  });
+
+  it('a source range of 0.0.0.0/0 lets every client in (and is not written into an ipset, which cannot hold a /0)', async () => {
+    await t.writeManifest(dir, 'lb0.yaml', yamlDocs(
+      service({
+        name: 'lb0', type: 'LoadBalancer', clusterIP: '198.19.0.81', ports: [{ name: 'http', port: 80, targetPort: 8080, nodePort: 30082 }],
+        spec: { loadBalancerSourceRanges: ['0.0.0.0/0'] },
+        status: { loadBalancer: { ingress: [{ ip: '198.19.0.203' }] } },
+      }),
+      endpointSlice({ service: 'lb0', ports: [{ name: 'http', port: 8080 }], endpoints: [{ ip: P.b }] }),
+    ));
+    await t.sync(flags());
+    expect((await t.probe('ext', 'tcp', '198.19.0.203', 80, { count: 3, bind: NET.extIP })).names).toEqual({ b: 3 });
+    expect((await t.probe('ext', 'tcp', '198.19.0.203', 80, { count: 3, bind: NET.extIP2 })).names).toEqual({ b: 3 });
+    await rm(join(dir, 'lb0.yaml'));
   });
 
   it('refuses connections to a service without endpoints at once, ClusterIP and NodePort', async () => {

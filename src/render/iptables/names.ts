@@ -67,7 +67,11 @@ export type Generation = 0 | 1;
 /** Generation 0 hashes the name's input as it is (the names kpx always had); 1 salts it. */
 const salted = (input: string, generation: Generation): string => (generation === 0 ? input : `${input}\u0000g1`);
 
-/** Per-service-port chains, keyed like kube-proxy's: port name plus protocol. */
+/**
+ * Per-service-port chains, keyed like kube-proxy's: port name plus protocol. The parts of a
+ * hashed input are joined with NUL, which no name can hold, so two different inputs never
+ * hash the same text ("x" with port "a:b" and "x:a" with port "b" once did).
+ */
 const SERVICE_PREFIXES = ['KPX-SVC-', 'KPX-SVL-', 'KPX-EXT-', 'KPX-FW-'];
 
 export interface ServicePortChains {
@@ -82,7 +86,7 @@ export interface ServicePortChains {
 }
 
 export function servicePortChains(portName: string, protocol: string, generation: Generation = 0): ServicePortChains {
-  const [svc, svl, ext, fw] = hashNames(SERVICE_PREFIXES, salted(`${portName}${protocol}`, generation)) as [string, string, string, string];
+  const [svc, svl, ext, fw] = hashNames(SERVICE_PREFIXES, salted(`${portName}\u0000${protocol}`, generation)) as [string, string, string, string];
   return {
     /** endpoints for Cluster traffic policy */
     svc,
@@ -96,7 +100,7 @@ export function servicePortChains(portName: string, protocol: string, generation
 }
 
 export function endpointChain(portName: string, protocol: string, endpoint: string, generation: Generation = 0): string {
-  return hashName('KPX-SEP-', salted(`${portName}${protocol}${endpoint}`, generation));
+  return hashName('KPX-SEP-', salted(`${portName}\u0000${protocol}\u0000${endpoint}`, generation));
 }
 
 /** Interior and leaf chains of a dispatch tree. */

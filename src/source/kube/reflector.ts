@@ -354,7 +354,7 @@ export class Reflector {
     const had = this.store.get(key);
     const v = validateObject(this.kind, raw);
     if (!v.ok) {
-      this.log.error({ kind: this.kind, object: key, reason: v.reason }, had?.object ? 'invalid update ignored; last valid version kept' : 'invalid object skipped');
+      this.log.warn({ kind: this.kind, object: key, reason: v.reason }, had?.object ? 'invalid update ignored; last valid version kept' : 'invalid object skipped');
       this.store.set(key, { rv, object: had?.object });
       return;
     }
