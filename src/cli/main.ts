@@ -155,6 +155,13 @@ async function cleanupKpx(logLevel: string | undefined): Promise<number> {
   return errors.length ? 1 : 0;
 }
 
+/** --write-config-to, --cleanup and --init-only are `kpx run`'s (kube-proxy's command line). */
+function onlyRun<T extends CliFlags>(flags: T, command: string): T {
+  const action = chooseAction(flags);
+  if (action !== 'run') throw new ConfigError(`${command}: --${action === 'write-config' ? 'write-config-to' : action} is for \`kpx run\` (kube-proxy's command line)`);
+  return flags;
+}
+
 const stderrLine = (line: string) => process.stderr.write(`kpx: ${line}\n`);
 
 /** Prints (or writes) the effective configuration; a mode kpx cannot run still prints, then exits 2. */
@@ -201,13 +208,13 @@ function program(setExit: (code: number) => void): Command {
     async (flags: Flags) => setExit(await runAction(flags)),
   );
   addProxyFlags(p.command('render').description('print what kpx would apply and exit (run --once --dry-run)')).action(async (flags: Flags) =>
-    setExit(await runCommand({ ...flags, once: true, dryRun: true })),
+    setExit(await runCommand({ ...onlyRun(flags, 'render'), once: true, dryRun: true })),
   );
   addProxyFlags(p.command('config').description('print the effective configuration as a KubeProxyConfiguration (the fields and defaults of kube-proxy\'s --write-config-to)'))
     .option('--print', 'print it to stdout (warnings and what kpx cannot run go to stderr; exit 2 for a mode kpx has not got)')
     .action((flags: Flags & { print?: boolean }) => {
       if (!flags.print) throw new ConfigError('config: nothing to do (use --print)');
-      setExit(printConfig(flags, (yaml) => process.stdout.write(yaml)));
+      setExit(printConfig(onlyRun(flags, 'config'), (yaml) => process.stdout.write(yaml)));
     });
   addTraceFlags(addProxyFlags(p.command('trace').description('walk a packet through the rules kpx renders (or the live ones) and print the outcomes'))).action(
     async (flags) => setExit(await traceCommand(flags)),
@@ -215,12 +222,12 @@ function program(setExit: (code: number) => void): Command {
   p.command('cleanup')
     .description('remove every chain, rule and jump kpx installed (both iptables backends, both families), and the IPVS mode\'s virtual servers, dummy interface and ipsets')
     .option(
-      '--kube-proxy',
+      '--kube-proxy [bool]',
       "instead remove what kube-proxy left behind (its KUBE-* service chains and jumps, IPVS-mode ipsets and kube-ipvs0; not kubelet's chains); kpx's own rules stay and keep serving (default: false)",
     )
     .addOption(new Option('--log-level <level>', 'log level (default: info)').choices(['debug', 'info', 'warn', 'error', 'silent']))
-    .action(async (flags: { logLevel?: string; kubeProxy?: boolean }) => {
-      if (!flags.kubeProxy) return setExit(await cleanupKpx(flags.logLevel));
+    .action(async (flags: { logLevel?: string; kubeProxy?: string | boolean }) => {
+      if (!parseBool(flags.kubeProxy ?? false, 'kube-proxy')) return setExit(await cleanupKpx(flags.logLevel));
       const log = createLogger({ level: flags.logLevel });
       setExit((await cleanupKubeProxy(execRunner, log)).errors.length ? 1 : 0);
     });
