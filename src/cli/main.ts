@@ -1,9 +1,12 @@
-// kpx's command line. `kpx run` is the proxy; `render` prints what it would apply;
-// `cleanup` removes what it installed.
+// kpx's command line. `kpx run` is the proxy, and takes kube-proxy's flags in kube-proxy's
+// syntax (`kpx --config F --v=2` is `kpx run ...`); `render` prints what it would apply;
+// `config --print` prints the effective configuration; `cleanup` removes what it installed.
+import { writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { Command, Option } from 'commander';
 import { exitAfterOutput, out } from './output.js';
-import { ConfigError, resolveConfig, type CliFlags, type KpxConfig } from '../config/config.js';
+import { ConfigError, effectiveYAML, loadConfig, type CliFlags, type KpxConfig, type LoadedConfig } from '../config/config.js';
+import { given, parseBool } from '../config/flags.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { ClusterState } from '../model/state.js';
 import { FileSource } from '../source/file.js';
@@ -23,55 +26,12 @@ import { ServiceHealthServers } from '../server/service-health.js';
 import { ConntrackCleaner } from '../apply/conntrack.js';
 import { KpxMetrics } from '../server/metrics.js';
 import { healthServer, metricsServer, startServers } from '../server/http.js';
-import { traceCommand, addTraceFlags } from './trace.js';
+import { traceCommand, addTraceFlags, type TraceFlags } from './trace.js';
+import { addProxyFlags, normaliseArgv } from './flags.js';
 
 export const VERSION = '0.1.0';
 
-export function addProxyFlags(cmd: Command): Command {
-  return cmd
-    .option('--config <file>', 'KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1); flags given here override it')
-    .option('--hostname-override <name>', 'this node\'s name (default: the hostname)')
-    .addOption(new Option('--proxy-mode <mode>', 'iptables or ipvs (default: iptables)').choices(['iptables', 'ipvs']))
-    .option('--cluster-cidr <cidrs>', 'pod CIDRs, comma separated (one per family); traffic from outside them to a ClusterIP is masqueraded (default: none)')
-    .option('--masquerade-all', 'masquerade all traffic sent to a ClusterIP (default: false)')
-    .option('--nodeport-addresses <list>', 'CIDRs (or "primary") of node addresses NodePorts answer on (default: all local addresses)')
-    .option('--metrics-bind-address <addr>', 'metrics server address, "" to disable (default: 127.0.0.1:10249)')
-    .option('--healthz-bind-address <addr>', 'health server address, "" to disable (default: 0.0.0.0:10256)')
-    .option('--kubeconfig <file>', 'kubeconfig for the Kubernetes API source (default: in-cluster config)')
-    .option('--master <url>', 'apiserver URL, overriding the kubeconfig (default: none)')
-    .option('--api-watch-idle-timeout <duration>', 'restart a watch that has been silent this long (default: 150s)')
-    .option('--api-relist-period <duration>', 'relist everything this often as a safety net; 0 = never (default: 30m)')
-    .option('--bind-address <ip>', 'overrides this node\'s primary IP when the Node has none (default: none)')
-    .addOption(
-      new Option('--detect-local-mode <mode>', 'how pod traffic is recognised (default: ClusterCIDR)').choices([
-        'ClusterCIDR',
-        'NodeCIDR',
-        'BridgeInterface',
-        'InterfaceNamePrefix',
-      ]),
-    )
-    .option('--pod-bridge-interface <name>', 'bridge of local pods, for --detect-local-mode BridgeInterface')
-    .option('--pod-interface-name-prefix <prefix>', 'interface prefix of local pods, for InterfaceNamePrefix')
-    .option('--iptables-masquerade-bit <bit>', 'fwmark bit for masquerade, 0-31 (default: 14)')
-    .option('--iptables-localhost-nodeports <bool>', 'NodePorts answer on 127.0.0.1 (IPv4) (default: true)')
-    .option('--iptables-sync-period <duration>', 'longest time between syncs (default: 30s)')
-    .option('--iptables-min-sync-period <duration>', 'shortest time between syncs (default: 1s)')
-    .option('--conntrack-tcp-be-liberal', 'set nf_conntrack_tcp_be_liberal and skip the INVALID drop rule (default: false)')
-    .option('--ipvs-scheduler <name>', 'IPVS scheduler (default: rr)')
-    .option('--ipvs-sync-period <duration>', 'IPVS mode: longest time between syncs (default: 30s)')
-    .option('--ipvs-min-sync-period <duration>', 'IPVS mode: shortest time between syncs (default: 1s)')
-    .option('--ipvs-strict-arp', 'IPVS mode: arp_ignore=1, arp_announce=2 (default: false)')
-    .option('--ipvs-exclude-cidrs <cidrs>', 'IPVS mode: virtual servers kpx must not touch (default: none)')
-    .option('--ipvs-tcp-timeout <duration>', 'IPVS TCP session timeout (default: 0, kernel value)')
-    .option('--ipvs-tcpfin-timeout <duration>', 'IPVS TCP FIN_WAIT timeout (default: 0, kernel value)')
-    .option('--ipvs-udp-timeout <duration>', 'IPVS UDP timeout (default: 0, kernel value)')
-    .option('--ipvs-drain-timeout <duration>', 'IPVS mode: a removed TCP endpoint keeps weight 0 until its connections end, at most this long (default: 15m)')
-    .addOption(new Option('--iptables-backend <backend>', 'iptables backend (default: auto)').choices(['auto', 'nft', 'legacy']))
-    .option('--manifests <dir>', 'read Services, EndpointSlices and Nodes from YAML/JSON files in this directory (instead of the API)')
-    .option('--once', 'wait for the initial state, sync once, exit 0 on success and 1 on failure (default: false)')
-    .option('--dry-run', 'print what would be applied to stdout and change nothing (default: false)')
-    .addOption(new Option('--log-level <level>', 'log level (default: info)').choices(['debug', 'info', 'warn', 'error', 'silent']));
-}
+export { addProxyFlags };
 
 export interface Built {
   config: KpxConfig;
@@ -85,9 +45,20 @@ export interface Built {
   healthServers: ServiceHealthServers | null;
 }
 
-export async function build(flags: CliFlags & { logLevel?: string }, print: (text: string) => void = out): Promise<Built> {
-  const log = createLogger({ level: flags.logLevel });
-  const config = resolveConfig(flags, hostname());
+/** `renderOnly`: kpx render (no kernel read, no binary run); not a command-line flag. */
+type Flags = CliFlags & { logLevel?: string; renderOnly?: boolean };
+
+/** The configuration kpx runs with, or a ConfigError naming what it cannot run. */
+function runnable(flags: Flags): { config: KpxConfig; loaded: LoadedConfig } {
+  const loaded = loadConfig(flags, hostname());
+  if (!loaded.kpx) throw new ConfigError(loaded.unsupported ?? 'unsupported configuration');
+  return { config: { ...loaded.kpx, renderOnly: flags.renderOnly === true }, loaded };
+}
+
+export async function build(flags: Flags, print: (text: string) => void = out): Promise<Built> {
+  const { config, loaded } = runnable(flags);
+  const log = createLogger({ level: config.logLevel });
+  for (const w of loaded.warnings) log.warn(w);
   let metricsRef: KpxMetrics | null = null;
   const source = await makeSource(config, log, {
     onRelist: (kind, reason) => metricsRef?.apiRelists.inc({ resource: kind, reason }),
@@ -134,7 +105,7 @@ async function makeSource(config: KpxConfig, log: Logger, observer: ApiSourceOpt
   );
 }
 
-async function runCommand(flags: CliFlags & { logLevel?: string }): Promise<number> {
+async function runCommand(flags: Flags): Promise<number> {
   const { config, log, state, source, controller, proxier, health, metrics, healthServers } = await build(flags);
   await proxier.init();
   if (config.once) {
@@ -164,58 +135,119 @@ async function runCommand(flags: CliFlags & { logLevel?: string }): Promise<numb
   return 0;
 }
 
-export async function main(argv: string[]): Promise<void> {
-  const program = new Command('kpx')
+/** What `kpx run` does with kube-proxy's action flags, in kube-proxy's order. */
+export type RunAction = 'write-config' | 'cleanup' | 'init-only' | 'run';
+
+export function chooseAction(flags: CliFlags): RunAction {
+  const on = (name: string) => {
+    const v = given(flags, name);
+    return v !== undefined && parseBool(v, name);
+  };
+  if (typeof flags.writeConfigTo === 'string' && flags.writeConfigTo !== '') return 'write-config';
+  if (on('cleanup')) return 'cleanup';
+  if (on('init-only')) return 'init-only';
+  return 'run';
+}
+
+/** `kpx cleanup`: IPVS mode's virtual servers and dummy, then the rules, then the sets they used. */
+async function cleanupKpx(logLevel: string | undefined): Promise<number> {
+  const log = createLogger({ level: logLevel });
+  const errors = (await removeIpvsState(execRunner, log, { sets: false })).errors;
+  errors.push(...(await cleanupIptables(execRunner, log, isKpxChain)).errors);
+  errors.push(...(await removeIpvsState(execRunner, log, { sets: true })).errors);
+  return errors.length ? 1 : 0;
+}
+
+/** --write-config-to, --cleanup and --init-only are `kpx run`'s (kube-proxy's command line). */
+function onlyRun<T extends CliFlags>(flags: T, command: string): T {
+  const action = chooseAction(flags);
+  if (action !== 'run') throw new ConfigError(`${command}: --${action === 'write-config' ? 'write-config-to' : action} is for \`kpx run\` (kube-proxy's command line)`);
+  return flags;
+}
+
+const stderrLine = (line: string) => process.stderr.write(`kpx: ${line}\n`);
+
+/** Prints (or writes) the effective configuration; a mode kpx cannot run still prints, then exits 2. */
+function printConfig(flags: Flags, write: (yaml: string) => void): number {
+  const loaded = loadConfig(flags, hostname());
+  write(effectiveYAML(loaded.effective));
+  for (const w of loaded.warnings) stderrLine(`warning: ${w}`);
+  if (loaded.unsupported) {
+    stderrLine(loaded.unsupported);
+    return 2;
+  }
+  return 0;
+}
+
+async function runAction(flags: Flags): Promise<number> {
+  switch (chooseAction(flags)) {
+    case 'write-config':
+      return printConfig(flags, (yaml) => writeFileSync(String(flags.writeConfigTo), yaml));
+    case 'cleanup':
+      loadConfig(flags, hostname());
+      return cleanupKpx(typeof flags.logLevel === 'string' ? flags.logLevel : undefined);
+    case 'init-only': {
+      const { loaded } = runnable(flags);
+      for (const w of loaded.warnings) stderrLine(`warning: ${w}`);
+      stderrLine('--init-only: kpx has no separate privileged initialisation; the configuration is valid, nothing else to do');
+      return 0;
+    }
+    default:
+      return runCommand(flags);
+  }
+}
+
+function oneLine(text: string): string {
+  return text.replace(/^error: /, '').replace(/\s*\n\s*/g, ' ').trim();
+}
+
+function program(setExit: (code: number) => void): Command {
+  const p = new Command('kpx')
     .description('A kube-proxy replacement: programs iptables (or IPVS) so Kubernetes Services work on this node.')
     .version(VERSION)
-    .showHelpAfterError()
+    .configureOutput({ outputError: (str, write) => write(`kpx: ${oneLine(str)}\n`) })
     .exitOverride();
-
-  let exitCode = 0;
-  addProxyFlags(program.command('run', { isDefault: true }).description('run the proxy (default command)')).action(
-    async (flags) => {
-      exitCode = await runCommand(flags);
-    },
+  const run = addProxyFlags(p.command('run', { isDefault: true }).description('run the proxy (default command; takes kube-proxy\'s flags)')).action(
+    async (flags: Flags) => setExit(await runAction(flags)),
   );
-  addProxyFlags(program.command('render').description('print the whole ruleset kpx wants, as restore input for an empty kernel, and exit (reads no rules; run --once --dry-run prints what it would apply here)')).action(
-    async (flags) => {
-      exitCode = await runCommand({ ...flags, once: true, dryRun: true, renderOnly: true });
-    },
+  addProxyFlags(p.command('render').description('print the whole ruleset kpx wants, as restore input for an empty kernel, and exit (reads no rules, runs no binary; run --once --dry-run prints what it would apply here)')).action(async (flags: Flags) =>
+    setExit(await runCommand({ ...onlyRun(flags, 'render'), once: true, dryRun: true, renderOnly: true })),
   );
-  addTraceFlags(addProxyFlags(program.command('trace').description('walk a packet through the rules kpx renders (or the live ones) and print the outcomes'))).action(
-    async (flags) => {
-      exitCode = await traceCommand(flags);
-    },
+  addProxyFlags(p.command('config').description('print the effective configuration as a KubeProxyConfiguration (the fields and defaults of kube-proxy\'s --write-config-to)'))
+    .option('--print', 'print it to stdout (warnings and what kpx cannot run go to stderr; exit 2 for a mode kpx has not got)')
+    .action((flags: Flags & { print?: boolean }) => {
+      if (!flags.print) throw new ConfigError('config: nothing to do (use --print)');
+      setExit(printConfig(onlyRun(flags, 'config'), out));
+    });
+  addTraceFlags(addProxyFlags(p.command('trace').description('walk a packet through the rules kpx renders (or the live ones) and print the outcomes'))).action(
+    async (flags: TraceFlags) => setExit(await traceCommand(flags)),
   );
-  program
-    .command('cleanup')
+  p.command('cleanup')
     .description('remove every chain, rule and jump kpx installed (both iptables backends, both families), and the IPVS mode\'s virtual servers, dummy interface and ipsets')
     .option(
-      '--kube-proxy',
+      '--kube-proxy [bool]',
       "instead remove what kube-proxy left behind (its KUBE-* service chains and jumps, IPVS-mode ipsets and kube-ipvs0; not kubelet's chains); kpx's own rules stay and keep serving (default: false)",
     )
     .addOption(new Option('--log-level <level>', 'log level (default: info)').choices(['debug', 'info', 'warn', 'error', 'silent']))
-    .action(async (flags: { logLevel?: string; kubeProxy?: boolean }) => {
+    .action(async (flags: { logLevel?: string; kubeProxy?: string | boolean }) => {
+      if (!parseBool(flags.kubeProxy ?? false, 'kube-proxy')) return setExit(await cleanupKpx(flags.logLevel));
       const log = createLogger({ level: flags.logLevel });
-      if (flags.kubeProxy) {
-        exitCode = (await cleanupKubeProxy(execRunner, log)).errors.length ? 1 : 0;
-        return;
-      }
-      // IPVS mode's virtual servers and dummy, then the rules, then the sets they used
-      const errors = (await removeIpvsState(execRunner, log, { sets: false })).errors;
-      errors.push(...(await cleanupIptables(execRunner, log, isKpxChain)).errors);
-      errors.push(...(await removeIpvsState(execRunner, log, { sets: true })).errors);
-      exitCode = errors.length ? 1 : 0;
+      setExit((await cleanupKubeProxy(execRunner, log)).errors.length ? 1 : 0);
     });
+  p.addHelpText('after', () => `\nkpx run (the default command) takes kube-proxy's flags:\n\n${run.helpInformation()}`);
+  return p;
+}
 
+export async function main(argv: string[]): Promise<void> {
+  let exitCode = 0;
   try {
-    await program.parseAsync(argv);
+    await program((code) => (exitCode = code)).parseAsync(normaliseArgv(argv));
   } catch (err) {
     const e = err as { code?: string; exitCode?: number; message?: string };
-    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') process.exit(0);
+    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') process.exit(0);
     if (e.code?.startsWith('commander.')) process.exit(2);
     if (err instanceof ConfigError) {
-      process.stderr.write(`kpx: ${err.message}\n`);
+      process.stderr.write(`kpx: ${oneLine(err.message)}\n`);
       process.exit(2);
     }
     process.stderr.write(`kpx: ${e.message ?? String(err)}\n`);

@@ -5,6 +5,7 @@ import { request as httpsRequest, type RequestOptions } from 'node:https';
 import { request as httpRequest } from 'node:http';
 import { createInterface } from 'node:readline';
 import { KubeConfig } from '@kubernetes/client-node';
+import { loadKubeconfigFile } from '../../config/kubeconfig.js';
 import type { Logger } from '../../util/log.js';
 import type { ResourceKind } from '../../model/kube.js';
 import { LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME } from '../../model/kube.js';
@@ -214,7 +215,7 @@ export class ApiSource implements Source {
  */
 export function loadKubeConfig(opts: { kubeconfig?: string; master?: string }): KubeConfig {
   const kc = new KubeConfig();
-  if (opts.kubeconfig) kc.loadFromFile(opts.kubeconfig);
+  if (opts.kubeconfig) loadKubeconfigFile(kc, opts.kubeconfig);
   else if (process.env.KUBERNETES_SERVICE_HOST && process.env.KUBERNETES_SERVICE_PORT) kc.loadFromCluster();
   else if (opts.master) kc.loadFromClusterAndUser({ name: 'master', server: opts.master, skipTLSVerify: false }, { name: 'anonymous' });
   else throw new Error('no apiserver: pass --kubeconfig FILE or --manifests DIR, or run in a pod with KUBERNETES_SERVICE_HOST/PORT set');
