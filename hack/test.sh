@@ -19,6 +19,8 @@ fi
 # (same modules and build cache; ~15 s after the apiserver's build, ~5 minutes alone).
 KPX_KUBE_PROXY_BIN=$(hack/kube-proxy/build.sh)
 export KPX_KUBE_PROXY_BIN
+# the linter (typescript-eslint, type-aware): part of the tests, so CI runs it
+npx eslint .
 npx vitest run "$@"
 # IPVS mode needs a kernel with ip_vs; this suite runs again under qemu with Debian's
 # kernel (hack/ipvs-vm), where it does not skip. Only for a full run (no filter given).

@@ -46,7 +46,9 @@ export function restoreReason(stderr: string): string {
     .split('\n')
     .map((l) => l.replace(/^\S*tables\S*(?:-restore|-save)? v[\d.]+ \([^)]*\):\s*/, '').trim())
     .filter((l) => l && !l.startsWith('Try `') && !/^Error occurred at line: \d+$/.test(l));
-  return lines.length ? lines.join('; ') : 'unknown error';
+  if (!lines.length) return 'unknown error';
+  // nft reports a refused commit once per rule of the transaction: the first few say it all
+  return lines.length > 3 ? `${lines.slice(0, 3).join('; ')}; and ${lines.length - 3} more lines like these` : lines.join('; ');
 }
 
 

@@ -11,7 +11,7 @@ import { parseIP, type IPFamily } from '../util/ip.js';
 import { isIptablesReport } from '../sync/iptables-mode.js';
 import { Tracer, tablesFromRuleset, tablesFromSave, type Outcome, type Tables } from '../trace/tracer.js';
 
-interface TraceFlags extends CliFlags {
+export interface TraceFlags extends CliFlags {
   src: string;
   dst: string;
   dport: string;

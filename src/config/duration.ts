@@ -34,7 +34,7 @@ export function parseGoDuration(text: string): number | null {
     pos = TERM.lastIndex;
   }
   // int64 nanoseconds, as Go
-  if (total > 9_223_372_036_854_775_807) return null;
+  if (total > 2 ** 63 - 1) return null;
   return sign * total;
 }
 

@@ -87,7 +87,7 @@ export class ClusterState {
   /** which Service serves a frontend two of them claim */
   private readonly frontends = new FrontendConflicts();
   /** Services refused because an older one serves one of their frontends */
-  private conflicted = new Set<string>();
+  private readonly conflicted = new Set<string>();
   private pending = emptyPending();
   private readonly endpointTotals: Record<IPFamily, number> = { IPv4: 0, IPv6: 0 };
   /** trigger times before this are not observed (ms) */
@@ -151,7 +151,9 @@ export class ClusterState {
         );
       }
     }
-    this.conflicted = new Set([...[...this.conflicted].filter((k) => k !== key && !changed.has(k)), ...conflicts.map((c) => c.service)]);
+    this.conflicted.delete(key);
+    for (const k of changed.keys()) this.conflicted.delete(k);
+    for (const c of conflicts) this.conflicted.add(c.service);
     for (const [k, p] of changed) {
       if (p.length > 0) this.services.set(k, p);
       else this.services.delete(k);

@@ -112,7 +112,7 @@ const CASES: Case[] = [
     refused: [[/l\.json/, /a List inside a List/]],
   },
   { name: 'a YAML document that is a list', files: { 'y.yaml': '- apiVersion: v1\n  kind: Service\n  metadata: {name: listed}\n' }, refused: [[/y\.yaml/, /a list, not an object/]] },
-  { name: 'a wrong apiVersion names the object', files: { 'v.yaml': yamlDocs({ ...(svc('versioned', '198.19.50.20') as object), apiVersion: 'v2' }) }, refused: [['default/versioned', /apiVersion "v2"/]] },
+  { name: 'a wrong apiVersion names the object', files: { 'v.yaml': yamlDocs({ ...(svc('versioned', '198.19.50.20')), apiVersion: 'v2' }) }, refused: [['default/versioned', /apiVersion "v2"/]] },
   {
     name: 'a numeric metadata.name is named as it is',
     files: { 'num.json': JSON.stringify({ apiVersion: 'v1', kind: 'Service', metadata: { name: 12345 }, spec: { clusterIP: '198.19.50.21', ports: [{ port: 80 }] } }) },
@@ -123,7 +123,7 @@ const CASES: Case[] = [
     files: { 'aliases.yaml': `a: &a [x]\nb: [${Array.from({ length: 150 }, () => '*a').join(', ')}]\n` },
     refused: [[/aliases\.yaml/, /alias/i]],
   },
-  { name: "an EndpointSlice whose service-name label is not a Service name", files: { 's.yaml': yamlDocs({ ...(slice('Bad_Name') as object) }) }, refused: [[/Bad_Name|bad_name/i, /not a Service name|DNS-1123/]] },
+  { name: "an EndpointSlice whose service-name label is not a Service name", files: { 's.yaml': yamlDocs({ ...(slice('Bad_Name')) }) }, refused: [[/Bad_Name|bad_name/i, /not a Service name|DNS-1123/]] },
   {
     name: 'loadBalancerSourceRanges 0.0.0.0/0 and ::/0 mean everyone (an ipset cannot hold a /0)',
     files: {
@@ -217,7 +217,7 @@ function generate(seed: number, count: number): Gen[] {
     else if (r(2) === 0) VARY_SERVICE[r(VARY_SERVICE.length)]!(o, r);
     out.push({ file, object: o, valid: !broken, name: `${typeof o.metadata.namespace === 'string' ? o.metadata.namespace : 'default'}/${o.metadata.name}` });
     if (!broken) out.push({ file, object: slice(name, `198.18.${1 + (i % 3)}.${10 + (i % 200)}`), valid: true, name: `default/${name}-ipv4` });
-    else if (r(4) === 0) out.push({ file, object: { ...(slice(name) as object), addressType: 'IPv5' }, valid: false, name: `default/${name}-ipv4` });
+    else if (r(4) === 0) out.push({ file, object: { ...(slice(name)), addressType: 'IPv5' }, valid: false, name: `default/${name}-ipv4` });
   }
   return out;
 }
@@ -239,7 +239,7 @@ async function problem(gens: readonly Gen[], mode: 'iptables' | 'ipvs'): Promise
   if (STACK_TRACE.test(r.stderr)) return `stack trace: ${r.stderr.slice(-500)}`;
   for (const g of gens) {
     if (g.valid) {
-      const ip = ((g.object as { spec?: { clusterIP?: string } }).spec?.clusterIP ?? '') as string;
+      const ip = ((g.object as { spec?: { clusterIP?: string } }).spec?.clusterIP ?? '');
       if (ip && !r.stdout.includes(mode === 'iptables' ? `-d ${ip}/32` : `${ip},`)) return `valid ${g.name} (${ip}) has no rules`;
     } else if (!r.logs.some((l) => (l.level as number) >= 40 && String(l.object ?? '') === g.name)) return `invalid ${g.name} not named`;
   }

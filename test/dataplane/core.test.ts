@@ -327,8 +327,14 @@ describe.skipIf(!env.ok)(`core dataplane (legacy backend)${env.ok ? '' : ` — s
   });
 
   it('detects the legacy backend from the rules already there', async () => {
-    const r = await t.kpx(['render', ...kpxFlags(dir)]);
-    expect(r.stdout).toContain('# kpx IPv4 (legacy backend)');
+    // render is pure (it never looks at the kernel), so detection is proven by a real sync
+    // without --iptables-backend: it must keep programming legacy and leave nft empty
+    await writeBase(t, dir, ['web-a']);
+    expect((await t.kpx(['run', '--once', ...kpxFlags(dir)])).exitCode).toBe(0);
+    expect(await t.save('IPv4', 'nft')).not.toContain('KPX-');
+    expect(await t.save('IPv4', 'legacy')).toContain(':KPX-SERVICES');
+    const r = await t.probe('client', 'tcp', WEB_IP, 80, { count: 20 });
+    expect(r.names).toEqual({ 'web-a': 20 });
   });
 
   it('cleanup removes the legacy rules', async () => {
