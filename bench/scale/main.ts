@@ -31,6 +31,9 @@ const numbers = (s: string) =>
     return n;
   });
 
+/** packet probes in the VM: 1 change in 2 s, 2 in flight, rounds of 4 connections every 200 ms */
+const VM_PROBE = ['--probe-rate', '0.5', '--probe-concurrency', '2', '--probe-burst', '4', '--probe-interval', '200ms'];
+
 function cli(): Command {
   return new Command('npm run scale --')
     .description('scale test: kpx vs upstream kube-proxy, iptables vs IPVS vs nftables, against the real test apiserver (needs root)')
@@ -46,7 +49,7 @@ function cli(): Command {
     .option('--settle-seconds <n>', 'quiet time after the first sync before RSS is read', '20')
     .option('--full-sync-timeout <d>', 'limit of the first full sync (from process start)', '600s')
     .option('--step-timeout <d>', 'limit of every other step (churn: its duration plus twice this)', '120s')
-    .option('--budget <d>', 'the whole host run; steps are cut to what is left, runs past it are skipped', '60m')
+    .option('--budget <d>', 'the host part; steps are cut to what is left, runs past it are skipped (4 sizes to 30k x 5 proxies: about 90 min here)', '120m')
     .option('--out <dir>', 'where results.json, results.csv, the SVG charts and README.md go', 'docs/scale')
     .option('--remote-pods <n>', 'remote endpoint pods (each owns a routed block of addresses)', '4')
     .option('--ips-per-pod <n>', 'addresses per remote endpoint pod (at most 1022)', '1000')
@@ -58,7 +61,9 @@ function cli(): Command {
     .option('--seed <n>', 'seed of the random choices (services, endpoints)', '42')
     .option('--vm-services <list>', 'sizes for the VM part (IPVS under qemu); "" = no VM part', '200,1000')
     .option('--vm-proxies <list>', 'proxies for the VM part', 'kpx-iptables,kpx-ipvs,kube-proxy-iptables,kube-proxy-ipvs')
-    .option('--vm-budget <d>', 'budget of the VM part', '45m')
+    .option('--vm-budget <d>', 'budget of the VM part', '60m')
+    .option('--vm-churn-seconds <n>', 'duration of each churn step in the VM', '20')
+    .option('--vm-connections <n>', 'connect() samples in the VM', '500')
     .option('--vm-mem <size>', 'VM memory (qemu -m)', '6G')
     .option('--no-vm', 'skip the VM part')
     .option('--report-from <results.json>', 'only regenerate CSV, charts and README.md from a results file into --out')
@@ -92,6 +97,8 @@ interface Opts {
   vmServices: string;
   vmProxies: string;
   vmBudget: string;
+  vmChurnSeconds: string;
+  vmConnections: string;
   vmMem: string;
   vm: boolean;
   reportFrom?: string;
@@ -252,7 +259,7 @@ async function main(): Promise<void> {
     version: 1,
     startedAt: startedAt.toISOString(),
     finishedAt: new Date().toISOString(),
-    command: `npm run scale -- ${process.argv.slice(2).join(' ')}`,
+    command: `npm run scale -- ${process.argv.slice(2).map((a) => (/[\s"']/.test(a) ? JSON.stringify(a) : a)).join(' ')}`,
     environment: env!,
     ...(vmPart ? { vmEnvironment: vmPart.environment, vmConfig: vmPart.config } : {}),
     config,
@@ -303,6 +310,10 @@ async function main(): Promise<void> {
     env = await environment(o.insideVm ? 'vm' : 'host', h2, kp.ok ? kp.version : `not available: ${kp.reason}`);
     log(`${env.machine}, ${env.cpus} cores; Linux ${env.kernel}; ${env.iptables}; Kubernetes ${env.kubernetes}; IPVS in the kernel: ${env.ipvsKernel ? 'yes' : 'no'}`);
 
+    if (o.insideVm) {
+      notes.push(`qemu VM, software emulation (TCG) on the host's 2 cores: every figure here is emulated and only comparable with other VM figures`);
+      notes.push(`churn packet probes reduced in the VM (rate ${o.probeRate}/s, ${o.probeConcurrency} in flight, ${o.probeBurst} connections every ${o.probeInterval}) so they take less of the emulated CPUs from the proxy`);
+    }
     const usable = new Map<string, string>(); // proxy -> why not
     for (const d of defs) {
       if (d.needs.includes('ipvs') && !env.ipvsKernel) usable.set(d.name, `no IPVS in this kernel${o.insideVm ? '' : ' (IPVS is measured in the VM part)'}`);
@@ -386,9 +397,11 @@ async function main(): Promise<void> {
       bars.stop();
       vmDir = join(REPO, `.scale-vm-${process.pid}`);
       const vmBudget = parseDuration(o.vmBudget);
-      const pass = ['--endpoints', o.endpoints, '--churn-rates', o.churnRates, '--churn-seconds', o.churnSeconds, '--connections', o.connections, '--repeats', o.repeats,
+      // under emulation every connection costs the proxy CPU it would otherwise have: the
+      // packet probes there are fewer and slower (VM_PROBE), and say so in the notes
+      const pass = ['--endpoints', o.endpoints, '--churn-rates', o.churnRates, '--churn-seconds', o.vmChurnSeconds, '--connections', o.vmConnections, '--repeats', o.repeats,
         '--min-sync-period', o.minSyncPeriod, '--sync-period', o.syncPeriod, '--settle-seconds', o.settleSeconds, '--full-sync-timeout', o.fullSyncTimeout, '--step-timeout', o.stepTimeout,
-        '--remote-pods', o.remotePods, '--ips-per-pod', o.ipsPerPod, '--create-concurrency', o.createConcurrency, '--probe-rate', o.probeRate, '--probe-concurrency', o.probeConcurrency, '--probe-burst', o.probeBurst, '--probe-interval', o.probeInterval, '--seed', o.seed];
+        '--remote-pods', o.remotePods, '--ips-per-pod', o.ipsPerPod, '--create-concurrency', o.createConcurrency, ...VM_PROBE, '--seed', o.seed];
       const args = ['--timeout', String(Math.ceil(vmBudget / 1000) + 600), '--mem', o.vmMem, '--smp', '2'];
       if (kp.ok) args.push('-e', `KPX_KUBE_PROXY_BIN=${kp.path}`);
       args.push('--', join(REPO, 'node_modules/.bin/tsx'), join(REPO, 'bench/scale/main.ts'), '--inside-vm', '--services', o.vmServices, '--proxies', o.vmProxies, '--budget', o.vmBudget, '--out', vmDir, ...pass);

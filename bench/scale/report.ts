@@ -157,7 +157,9 @@ function targetSizes(res: ScaleResults, wanted: number[]): { sizes: number[]; no
 
 const ratioText = (r: number) => `${r.toFixed(2)}x`;
 /** "missed by": how far over a ceiling (or under a floor) a value is. */
-const overBy = (value: number, limit: number) => `missed by ${((value / limit - 1) * 100).toFixed(0)}% (${ratioText(value / limit)} the limit)`;
+const overBy = (value: number, limit: number) => `missed by ${((value / limit - 1) * 100).toFixed(0)}%`;
+/** for a ratio target ("<= 0.5x"): how many times over it the measured ratio is */
+const overRatio = (ratio: number, target: number) => `missed: ${ratioText(ratio)} against a target of ${target}x, ${(ratio / target).toFixed(1)} times over`;
 
 export function evaluateTargets(res: ScaleResults): TargetResult[] {
   const out: TargetResult[] = [];
@@ -181,7 +183,7 @@ export function evaluateTargets(res: ScaleResults): TargetResult[] {
         target: t,
         where,
         verdict: r <= 0.5 ? 'met' : 'missed',
-        detail: `kpx ${fmtValue(v, 's')} vs ${best.proxy} ${fmtValue(best.value, 's')}: ${ratioText(r)}${r <= 0.5 ? '' : `; ${overBy(r, 0.5)}`}`,
+        detail: `kpx ${fmtValue(v, 's')} vs ${best.proxy} ${fmtValue(best.value, 's')}: ${ratioText(r)}${r <= 0.5 ? '' : `; ${overRatio(r, 0.5)}`}`,
       });
     }
   }
@@ -205,7 +207,7 @@ export function evaluateTargets(res: ScaleResults): TargetResult[] {
         const r = best ? v / best.value : undefined;
         const met = under1 && (r === undefined || r <= 0.5);
         const parts = [`p99 ${fmtValue(v, 's')} (${get(res, p, size, key)?.note ?? ''})`, under1 ? '< 1 s' : `not < 1 s: ${overBy(v, 1)}`];
-        if (best && r !== undefined) parts.push(`vs ${best.proxy} ${fmtValue(best.value, 's')}: ${ratioText(r)}${r <= 0.5 ? '' : ` (${overBy(r, 0.5)})`}`);
+        if (best && r !== undefined) parts.push(`vs ${best.proxy} ${fmtValue(best.value, 's')}: ${ratioText(r)}${r <= 0.5 ? '' : ` (${overRatio(r, 0.5)})`}`);
         else parts.push('no kube-proxy figure at this size to compare with');
         const pk = num(get(res, p, size, `churn.${rate}.packet.p99`));
         if (pk !== undefined) parts.push(`packets p99 ${fmtValue(pk, 's')}`);
@@ -316,7 +318,7 @@ export function evaluateTargets(res: ScaleResults): TargetResult[] {
         continue;
       }
       const r = av / bv;
-      out.push({ target: t, where, verdict: r <= 0.2 ? 'met' : 'missed', detail: `kpx ${fmtValue(av, 's')} vs ${fmtValue(bv, 's')}: ${ratioText(r)}${r <= 0.2 ? '' : `; ${overBy(r, 0.2)}`}` });
+      out.push({ target: t, where, verdict: r <= 0.2 ? 'met' : 'missed', detail: `kpx ${fmtValue(av, 's')} vs ${fmtValue(bv, 's')}: ${ratioText(r)}${r <= 0.2 ? '' : `; ${overRatio(r, 0.2)}`}` });
     }
   }
 
@@ -412,7 +414,7 @@ export function markdownReport(res: ScaleResults, charts: ChartRef[], opts: { ex
     '',
     `- Every proxy and size ran one after the other in this one run, each in fresh network namespaces, against the same real apiserver holding the same Services (ClusterIPs and NodePorts allocated by the apiserver, uniformly random) with ${c.endpoints} endpoints each. Compare ratios within a run, not absolute times across runs or machines.`,
     `- Every proxy reads the API (kpx with its ServiceAccount from manifests/, kube-proxy as system:node-proxier), with syncPeriod ${c.syncPeriod} and minSyncPeriod ${c.minSyncPeriod} for all of them. A change waits up to minSyncPeriod for the next sync, so latencies under churn include that wait.`,
-    '- **full sync (metric)**: the proxy\'s own `kubeproxy_sync_full_proxy_rules_duration_seconds` for its first sync (kube-proxy modes without that histogram: `kubeproxy_sync_proxy_rules_duration_seconds`). **full sync (outside)**: from spawning the process to the first connection answered by the last Service created (process start, list/watch, the sync, all told).',
+    '- **full sync (metric)**: the proxy\'s own `kubeproxy_sync_full_proxy_rules_duration_seconds` for its first sync (kube-proxy modes without that histogram: `kubeproxy_sync_proxy_rules_duration_seconds`). **full sync (outside)**: from spawning the process to the first connection answered by the last Service created (process start, list/watch, the sync, all told). IPVS modes add virtual servers one by one during a sync, so there the last Service can answer before the sync (and its metric) ends.',
     '- **endpoint change / service added**: one API write; **sync** is the sync it caused (the proxy\'s partial-sync histogram where it has one, else its sync histogram; median of the repeats); **packet** is from the API write to the first connection that reached the new endpoint (a real client pod, real echo servers answering with the address they were reached at).',
     `- **churn**: endpoint changes (one endpoint of a random Service replaced, \`endpoints.kubernetes.io/last-change-trigger-time\` set) at a steady rate for ${c.churnSeconds} s. **prog** is \`kubeproxy_network_programming_duration_seconds\` over the churn (p50/p99 interpolated within histogram buckets, as histogram_quantile does: kube-proxy's buckets are 0.25 s, 0.5 s, 1 s, then 1 s wide, so its quantiles are coarse); **packets** is write-to-answer for a sample of the changes (at most a few probed at once). CPU is the proxy process\'s own plus its finished children (iptables-restore, ipset, ...), from /proc/PID/stat.`,
     `- **first packet**: \`connect()\` time (SYN to SYN-ACK through the node's rules) from a client pod to random ClusterIPs and NodePorts, ${c.connections} connections, one at a time.`,
@@ -428,6 +430,12 @@ export function markdownReport(res: ScaleResults, charts: ChartRef[], opts: { ex
   L.push(...findings(res, false));
   if (res.runs.some((r) => r.emulated)) {
     L.push('', '### iptables vs IPVS in the VM (emulated: compare within the VM only)', '');
+    const vmRuns = res.runs.filter((r) => r.emulated);
+    const cover = proxiesOf(res, true).map((p) => {
+      const rs = vmRuns.filter((r) => r.proxy === p).sort((a, b) => a.services - b.services);
+      return `${p}: ${rs.map((r) => `${k(r.services)} ${r.status === 'ok' ? 'finished' : r.status === 'dnf' ? 'did not finish' : r.status}`).join(', ')}`;
+    });
+    L.push(`Sizes the VM ran (${(res.vmConfig?.services ?? []).map(k).join(', ')} asked): ${cover.join('; ')}. Sizes not listed were skipped (see Skipped).`);
     L.push(...findings(res, true));
   }
   L.push('', '## Charts', '');

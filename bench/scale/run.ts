@@ -116,7 +116,7 @@ export async function runOne(def: ProxyDef, size: number, s: RunSettings, env: R
     const timeout = new Promise<never>((_, rej) => {
       timer = setTimeout(() => {
         ac.abort();
-        rej(new StepTimeout(name, Math.round(limit), byBudget));
+        rej(new StepTimeout(name, limit >= 10 ? Math.round(limit) : Math.round(limit * 10) / 10, byBudget));
       }, limit * 1000);
     });
     const died = proxy
@@ -178,10 +178,13 @@ export async function runOne(def: ProxyDef, size: number, s: RunSettings, env: R
       first = await step('full sync', s.fullSyncTimeoutS - (Date.now() - started) / 1000, (signal) => syncedAfter(0, 0, signal));
     } catch (err) {
       if (!(err instanceof StepTimeout)) throw err;
-      fig('fullSync.metric', dnf('s', err.limitS, err.message));
-      fig('fullSync.outside', dnf('s', err.limitS, err.message));
+      // the limit counts from the process start
+      const limit = err.budget ? Math.round((Date.now() - started) / 1000) : s.fullSyncTimeoutS;
+      const why = `full sync did not finish in ${limit} s after the process started${err.budget ? ' (the run budget ran out)' : ''}`;
+      fig('fullSync.metric', dnf('s', limit, why));
+      fig('fullSync.outside', dnf('s', limit, why));
       result.status = 'dnf';
-      result.reason = `full sync did not finish in ${err.limitS} s${err.budget ? ' (budget)' : ''}`;
+      result.reason = why;
       topo.cancel(lastProbe.id);
       return result;
     }

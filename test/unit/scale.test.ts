@@ -223,7 +223,7 @@ describe('scale: report', () => {
     const p30 = find('kpx iptables partial', '30k');
     expect(p30.verdict).toBe('missed');
     expect(p30.detail).toContain('0.60x');
-    expect(p30.detail).toContain('missed by 20%');
+    expect(p30.detail).toContain('against a target of 0.5x, 1.2 times over');
     // programming p99: 0.9 s and 0.9/1.9 = 0.47x -> met; 1.5 s at 30k -> missed
     expect(find('network programming', 'kpx-iptables, 5k').verdict).toBe('met');
     expect(find('network programming', 'kpx-iptables, 30k')).toMatchObject({ verdict: 'missed' });
