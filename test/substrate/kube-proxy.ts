@@ -214,6 +214,8 @@ export interface StartOptions extends Omit<KubeProxyConfigOptions, 'kubeconfig' 
 
 export interface KubeProxyHandle {
   readonly pid: number;
+  /** epoch ms just before the kube-proxy process was spawned (after config, token and the apiserver bridge) */
+  readonly startedAt: number;
   readonly mode: KubeProxyMode;
   readonly netns: string;
   /** reachable from inside netns only */
@@ -325,6 +327,7 @@ export async function startKubeProxy(opts: StartOptions): Promise<KubeProxyHandl
 
     const logFile = join(dir, 'kube-proxy.log');
     log = createWriteStream(logFile);
+    const startedAt = Date.now();
     const proc = execa('ip', ['netns', 'exec', opts.netns, opts.bin, '--config', configFile], {
       reject: false,
       buffer: false,
@@ -362,6 +365,7 @@ export async function startKubeProxy(opts: StartOptions): Promise<KubeProxyHandl
     };
     const handle: KubeProxyHandle = {
       pid: proc.pid!,
+      startedAt,
       mode: opts.mode,
       netns: opts.netns,
       metricsURL,

@@ -1,0 +1,263 @@
+// The proxies a scale run compares: one row each, saying how to start it in a node
+// namespace (reading the API, not files), how to read its metrics, and how to count what
+// it programmed. A new proxy or mode (kpx-nftables, say) is one more row.
+import { execa, type ResultPromise } from 'execa';
+import { createWriteStream } from 'node:fs';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseAllDocuments } from 'yaml';
+import { CoreV1Api, KubernetesObjectApi, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
+import type { Apiserver } from '../../test/substrate/apiserver.js';
+import { FaultProxy } from '../../test/substrate/fault-proxy.js';
+import { startKubeProxy, type KubeProxyMode } from '../../test/substrate/kube-proxy.js';
+import { KPX_BIN, NET, REPO, type Topology } from '../../test/substrate/netns.js';
+import { NODE_NAME } from './cluster.js';
+
+export const METRICS_URL = 'http://127.0.0.1:10249/metrics';
+
+export interface ProxyContext {
+  api: Apiserver;
+  topo: Topology;
+  /** a fresh directory for this run's config, kubeconfig and log */
+  dir: string;
+  kubeProxyBin?: string;
+  /** the same for every proxy: kube-proxy's syncPeriod / minSyncPeriod */
+  syncPeriod: string;
+  minSyncPeriod: string;
+}
+
+export interface RunningProxy {
+  pid: number;
+  /** epoch ms just before the proxy process was spawned */
+  startedAt: number;
+  logFile: string;
+  metrics(): Promise<string>;
+  /** resolves when the process ends */
+  exited: Promise<unknown>;
+  logTail(): string;
+  stop(): Promise<void>;
+}
+
+export type Counts = Record<string, number>;
+
+export interface ProxyDef {
+  name: string;
+  impl: 'kpx' | 'kube-proxy';
+  mode: 'iptables' | 'ipvs' | 'nftables';
+  /** what it needs from the machine: an IPVS kernel, the kube-proxy binary */
+  needs: Array<'ipvs' | 'kube-proxy-binary'>;
+  start(ctx: ProxyContext): Promise<RunningProxy>;
+  /** rules, virtual servers, set elements in the node namespace */
+  counts(topo: Topology): Promise<Counts>;
+}
+
+/** GET inside a namespace (the metrics listen on its loopback). */
+export async function nsGet(netns: string, url: string, timeoutS = 10): Promise<{ status: number; body: string }> {
+  const r = await execa('ip', ['netns', 'exec', netns, 'curl', '-sS', '--max-time', String(timeoutS), '-o', '-', '-w', '\n%{http_code}', url], { reject: false });
+  const out = String(r.stdout);
+  const i = out.lastIndexOf('\n');
+  return { status: r.exitCode === 0 ? Number(out.slice(i + 1)) : 0, body: i < 0 ? '' : out.slice(0, i) };
+}
+
+// ---- counting what a proxy programmed ----
+
+async function run(topo: Topology, cmd: string, args: string[]): Promise<string> {
+  const r = await topo.exec('node', cmd, args, { reject: false });
+  return r.exitCode === 0 ? String(r.stdout) : '';
+}
+
+/** iptables rules (IPv4, nat + filter + mangle + raw, both backends) in the node namespace. */
+export function countIptablesRules(save: string): number {
+  return save.split('\n').filter((l) => l.startsWith('-A ')).length;
+}
+
+async function iptablesCounts(topo: Topology): Promise<Counts> {
+  const nft = await run(topo, 'iptables-nft-save', []);
+  const legacy = await run(topo, 'iptables-legacy-save', []);
+  return { iptablesRules: countIptablesRules(nft) + countIptablesRules(legacy) };
+}
+
+/** `ipvsadm -Sn`: virtual servers (-A) and real servers (-a). */
+export function countIpvs(save: string): { ipvsVirtualServers: number; ipvsRealServers: number } {
+  const lines = save.split('\n');
+  return { ipvsVirtualServers: lines.filter((l) => l.startsWith('-A ')).length, ipvsRealServers: lines.filter((l) => l.startsWith('-a ')).length };
+}
+
+/** `ipset list -t`: the sum of "Number of entries". */
+export function countIpsetEntries(list: string): number {
+  let n = 0;
+  for (const m of list.matchAll(/^Number of entries:\s*(\d+)/gm)) n += Number(m[1]);
+  return n;
+}
+
+async function ipvsCounts(topo: Topology): Promise<Counts> {
+  return {
+    ...countIpvs(await run(topo, 'ipvsadm', ['-Sn'])),
+    ipsetEntries: countIpsetEntries(await run(topo, 'ipset', ['list', '-t'])),
+    ...(await iptablesCounts(topo)),
+  };
+}
+
+/** `nft -j list ruleset`: rules and set/map elements. */
+export function countNft(json: string): { nftRules: number; nftSetElements: number } {
+  if (!json.trim()) return { nftRules: 0, nftSetElements: 0 };
+  const doc = JSON.parse(json) as { nftables: Array<Record<string, { elem?: unknown[] }>> };
+  let rules = 0;
+  let elems = 0;
+  for (const o of doc.nftables) {
+    if (o.rule) rules++;
+    const s = o.set ?? o.map;
+    if (s?.elem) elems += s.elem.length;
+  }
+  return { nftRules: rules, nftSetElements: elems };
+}
+
+async function nftCounts(topo: Topology): Promise<Counts> {
+  // kube-proxy's tables only (iptables-nft's own tables are counted as iptables rules)
+  const out: Counts = { nftRules: 0, nftSetElements: 0 };
+  for (const family of ['ip', 'ip6']) {
+    const c = countNft(await run(topo, 'nft', ['-j', 'list', 'table', family, 'kube-proxy']));
+    out.nftRules! += c.nftRules;
+    out.nftSetElements! += c.nftSetElements;
+  }
+  return out;
+}
+
+// ---- kpx ----
+
+let kpxTokenCache: { admin: KubeConfig; token: string } | null = null;
+
+/** A token of kpx's ServiceAccount, bound by the RBAC in manifests/ (as the API tests do). */
+export async function kpxToken(admin: KubeConfig): Promise<string> {
+  if (kpxTokenCache?.admin === admin) return kpxTokenCache.token;
+  const core = admin.makeApiClient(CoreV1Api);
+  const objects = KubernetesObjectApi.makeApiClient(admin);
+  let sa: { name: string; namespace: string } | null = null;
+  for (const f of (await readdir(join(REPO, 'manifests'))).filter((f) => /\.ya?ml$/.test(f) && f !== 'kustomization.yaml')) {
+    for (const doc of parseAllDocuments(await readFile(join(REPO, 'manifests', f), 'utf8'))) {
+      const o = doc.toJS() as KubernetesObject | null;
+      if (!o || !['ServiceAccount', 'ClusterRole', 'ClusterRoleBinding'].includes(o.kind ?? '')) continue;
+      o.metadata!.namespace ??= o.kind === 'ServiceAccount' ? 'kube-system' : undefined;
+      if (o.kind === 'ServiceAccount') sa = { name: o.metadata!.name!, namespace: o.metadata!.namespace! };
+      await objects.create(o).catch((err: { code?: number }) => {
+        if (err.code !== 409) throw err;
+      });
+    }
+  }
+  if (!sa) throw new Error('manifests/ has no ServiceAccount');
+  const tr = await core.createNamespacedServiceAccountToken({ name: sa.name, namespace: sa.namespace, body: { spec: { audiences: [], expirationSeconds: 86400 } } });
+  kpxTokenCache = { admin, token: tr.status!.token };
+  return kpxTokenCache.token;
+}
+
+const KPX_BRIDGE_PORT = 16443;
+
+async function startKpx(ctx: ProxyContext, mode: 'iptables' | 'ipvs'): Promise<RunningProxy> {
+  const procs: ResultPromise[] = [];
+  const forwarder = new FaultProxy(join(ctx.dir, 'apiserver.sock'), ctx.api.target());
+  await forwarder.start();
+  const bridge = execa('ip', ['netns', 'exec', ctx.topo.node, process.execPath, join(REPO, 'test/substrate/unix-bridge.mjs'), '127.0.0.1', String(KPX_BRIDGE_PORT), forwarder.socketPath], {
+    reject: false,
+    buffer: false,
+    stdin: 'ignore',
+  });
+  procs.push(bridge);
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the apiserver bridge did not start in 10 s')), 10_000);
+    bridge.stdout!.on('data', (d: Buffer) => {
+      if (d.toString().includes('READY')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+  const kubeconfig = join(ctx.dir, 'kpx.kubeconfig');
+  await writeFile(
+    kubeconfig,
+    JSON.stringify({
+      apiVersion: 'v1',
+      kind: 'Config',
+      clusters: [{ name: 'test', cluster: { server: `https://127.0.0.1:${KPX_BRIDGE_PORT}`, 'certificate-authority-data': Buffer.from(await ctx.api.caPem()).toString('base64') } }],
+      users: [{ name: 'kpx', user: { token: await kpxToken(ctx.api.admin) } }],
+      contexts: [{ name: 'kpx', context: { cluster: 'test', user: 'kpx' } }],
+      'current-context': 'kpx',
+    }),
+    { mode: 0o600 },
+  );
+  const sync = mode === 'ipvs' ? ['--ipvs-sync-period', ctx.syncPeriod, '--ipvs-min-sync-period', ctx.minSyncPeriod] : ['--iptables-sync-period', ctx.syncPeriod, '--iptables-min-sync-period', ctx.minSyncPeriod];
+  const logFile = join(ctx.dir, 'kpx.log');
+  const log = createWriteStream(logFile);
+  let tail = '';
+  const startedAt = Date.now();
+  const proc = execa(
+    'ip',
+    [
+      'netns', 'exec', ctx.topo.node, process.execPath, KPX_BIN, 'run',
+      '--proxy-mode', mode, '--kubeconfig', kubeconfig, '--hostname-override', NODE_NAME, '--cluster-cidr', NET.podCIDR,
+      '--nodeport-addresses', 'primary', '--metrics-bind-address', '127.0.0.1:10249', '--healthz-bind-address', '127.0.0.1:10256', ...sync,
+    ],
+    { reject: false, buffer: false, stdin: 'ignore', stdout: 'ignore', env: { KPX_LOG_LEVEL: 'info' } },
+  );
+  procs.unshift(proc);
+  proc.stderr!.on('data', (d: Buffer) => {
+    log.write(d);
+    tail = (tail + d.toString()).slice(-6000);
+  });
+  const exited = proc.then((r) => ({ exitCode: r.exitCode, signal: r.signal }));
+  return {
+    pid: proc.pid!,
+    startedAt,
+    logFile,
+    exited,
+    logTail: () => tail,
+    metrics: async () => {
+      const r = await nsGet(ctx.topo.node, METRICS_URL);
+      if (r.status !== 200) throw new Error(`GET ${METRICS_URL}: status ${r.status}`);
+      return r.body;
+    },
+    stop: async () => {
+      for (const p of procs) p.kill('SIGTERM');
+      await Promise.allSettled(procs.map((p) => Promise.race([p, sleep(5000)])));
+      for (const p of procs) p.kill('SIGKILL');
+      await forwarder.stop();
+      await new Promise<void>((r) => log.end(r));
+    },
+  };
+}
+
+// ---- upstream kube-proxy ----
+
+async function startUpstream(ctx: ProxyContext, mode: KubeProxyMode): Promise<RunningProxy> {
+  if (!ctx.kubeProxyBin) throw new Error('no kube-proxy binary');
+  const kp = await startKubeProxy({
+    bin: ctx.kubeProxyBin,
+    netns: ctx.topo.node,
+    apiserver: ctx.api,
+    mode,
+    node: { name: NODE_NAME, internalIP: NET.nodeIP, podCIDR: NET.podCIDR },
+    clusterCIDR: NET.podCIDR,
+    syncPeriod: ctx.syncPeriod,
+    minSyncPeriod: ctx.minSyncPeriod,
+    verbosity: 1,
+    dir: ctx.dir,
+    waitForSync: false,
+  });
+  return { pid: kp.pid, startedAt: kp.startedAt, logFile: kp.logFile, exited: kp.exited, logTail: kp.logTail, metrics: kp.metrics, stop: kp.stop };
+}
+
+// ---- the table ----
+
+export const PROXIES: ProxyDef[] = [
+  { name: 'kpx-iptables', impl: 'kpx', mode: 'iptables', needs: [], start: (c) => startKpx(c, 'iptables'), counts: iptablesCounts },
+  { name: 'kpx-ipvs', impl: 'kpx', mode: 'ipvs', needs: ['ipvs'], start: (c) => startKpx(c, 'ipvs'), counts: ipvsCounts },
+  { name: 'kube-proxy-iptables', impl: 'kube-proxy', mode: 'iptables', needs: ['kube-proxy-binary'], start: (c) => startUpstream(c, 'iptables'), counts: iptablesCounts },
+  { name: 'kube-proxy-nftables', impl: 'kube-proxy', mode: 'nftables', needs: ['kube-proxy-binary'], start: (c) => startUpstream(c, 'nftables'), counts: nftCounts },
+  { name: 'kube-proxy-ipvs', impl: 'kube-proxy', mode: 'ipvs', needs: ['ipvs', 'kube-proxy-binary'], start: (c) => startUpstream(c, 'ipvs'), counts: ipvsCounts },
+];
+
+export function proxyByName(name: string): ProxyDef {
+  const p = PROXIES.find((x) => x.name === name);
+  if (!p) throw new Error(`unknown proxy "${name}" (known: ${PROXIES.map((x) => x.name).join(', ')})`);
+  return p;
+}
