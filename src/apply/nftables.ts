@@ -183,6 +183,11 @@ export class NftablesApplier {
     return this.trusted;
   }
 
+  /** The digest of what this applier last programmed (null before its first sync). */
+  get digest(): bigint | null {
+    return this.memory?.digest ?? null;
+  }
+
   /** Chains and sets retired and not yet deleted. */
   get staleCount(): number {
     return this.stale.size;
@@ -384,65 +389,54 @@ export class NftablesApplier {
     }
     Object.assign(counts, deleting);
 
-    // memory after commit
-    const next: Programmed = {
-      chains: new Map(memory.chains),
-      sets: new Map(memory.sets),
-      elements: new Map([...memory.elements].map(([s, m]) => [s, new Map(m)])),
-      digest: memory.digest,
-      stateChain: memory.stateChain,
-    };
+    // The digest after commit; memory itself is changed in place once nft succeeded (a
+    // copy would cost O(table) per partial sync).
+    let digest = memory.digest;
+    const setHashes = new Map<string, bigint>();
     for (const [name, spec] of ch.addSets) {
       const hsh = setHash(spec);
-      next.sets.set(name, { kind: spec.kind, hash: hsh });
-      next.digest ^= hsh;
+      setHashes.set(name, hsh);
+      digest ^= hsh;
     }
-    for (const name of ch.removeSets) {
-      next.digest ^= next.sets.get(name)!.hash;
-      next.sets.delete(name);
-    }
+    for (const name of ch.removeSets) digest ^= memory.sets.get(name)!.hash;
     for (const { def, hash: hsh } of writes) {
-      const old = next.chains.get(def.name);
-      if (old !== undefined) next.digest ^= old;
-      next.chains.set(def.name, hsh);
-      next.digest ^= hsh;
+      const old = memory.chains.get(def.name);
+      if (old !== undefined) digest ^= old;
+      digest ^= hsh;
     }
-    for (const name of ch.removeChains) {
-      next.digest ^= next.chains.get(name)!;
-      next.chains.delete(name);
-    }
+    for (const name of ch.removeChains) digest ^= memory.chains.get(name)!;
     for (const [set, keys] of ch.removeElements) {
-      const m = next.elements.get(set)!;
-      for (const k of keys) {
-        next.digest ^= elementHash(set, k, m.get(k)!);
-        m.delete(k);
-      }
+      const m = memory.elements.get(set)!;
+      for (const k of keys) digest ^= elementHash(set, k, m.get(k)!);
     }
-    for (const [set, els] of ch.addElements) {
-      let m = next.elements.get(set);
-      if (!m) next.elements.set(set, (m = new Map()));
-      for (const [k, v] of els) {
-        m.set(k, v);
-        next.digest ^= elementHash(set, k, v);
-      }
+    for (const [set, els] of ch.addElements) for (const [k, v] of els) digest ^= elementHash(set, k, v);
+    const stateChain = memory.stateChain;
+    if (!tx.empty) {
+      if (stateChain) tx.flushChain(CHAIN.state);
+      tx.addChain(CHAIN.state, [stateRule(digest)]);
     }
-    if (!tx.empty) this.writeState(tx, next);
     return {
       tx,
       counts,
       commit: () => {
-        this.memory = next;
+        for (const [name, spec] of ch.addSets) memory.sets.set(name, { kind: spec.kind, hash: setHashes.get(name)! });
+        for (const name of ch.removeSets) memory.sets.delete(name);
+        for (const { def, hash: hsh } of writes) memory.chains.set(def.name, hsh);
+        for (const name of ch.removeChains) memory.chains.delete(name);
+        for (const [set, keys] of ch.removeElements) for (const k of keys) memory.elements.get(set)!.delete(k);
+        for (const [set, els] of ch.addElements) {
+          let m = memory.elements.get(set);
+          if (!m) memory.elements.set(set, (m = new Map()));
+          for (const [k, v] of els) m.set(k, v);
+        }
+        memory.digest = digest;
+        if (!tx.empty) memory.stateChain = true;
+        this.memory = memory;
         for (const n of unstale) this.stale.delete(n);
-        for (const [n, s] of retiring) this.stale.set(n, s);
+        for (const [n, st] of retiring) this.stale.set(n, st);
         for (const n of deleted) this.stale.delete(n);
       },
     };
-  }
-
-  private writeState(tx: Transaction, m: Programmed): void {
-    if (m.stateChain) tx.flushChain(CHAIN.state);
-    tx.addChain(CHAIN.state, [stateRule(m.digest)]);
-    m.stateChain = true;
   }
 
   /** Adds deletions of the stale entries old enough; returns their names. */
@@ -584,8 +578,8 @@ export async function checkNftables(runner: CommandRunner): Promise<{ version: s
   probe
     .addTable()
     .addSet({ kind: 'set', name: 'aff', type: 'ipv4_addr', flags: ['dynamic', 'timeout'], timeout: 10 })
-    .addChain('ep', ['ip saddr 198.18.0.1 jump mark', 'update @aff { ip saddr }', 'meta l4proto tcp dnat to 198.18.0.1:80'])
     .addChain('mark', ['mark set mark or 0x4000'])
+    .addChain('ep', ['ip saddr 198.18.0.1 jump mark', 'update @aff { ip saddr }', 'meta l4proto tcp dnat to 198.18.0.1:80'])
     .addChain('svc', ['ip saddr @aff goto ep', 'numgen random mod 2 0 goto ep', 'numgen random mod 2 vmap { 0 : goto ep, 1 : goto ep }'])
     .addSet({ kind: 'map', name: 'ips', type: 'ipv4_addr . inet_proto . inet_service', data: 'verdict' }, [{ key: '198.18.0.2 . tcp . 80', value: 'goto svc' }])
     .addChain('nat', ['ip daddr . meta l4proto . th dport vmap @ips', 'fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap { tcp . 30000 : goto svc }'], {

@@ -298,7 +298,7 @@ function parseSetBody(kind: 'set' | 'map', name: string, body: string): { spec: 
 /** "10800s", "3h", "1d2h3m4s" -> seconds. */
 export function parseDuration(text: string): number {
   let total = 0;
-  const re = /(\d+)(d|h|m|s|ms)/g;
+  const re = /(\d+)(ms|d|h|m|s)/g;
   let m: RegExpExecArray | null;
   let seen = false;
   while ((m = re.exec(text.trim()))) {

@@ -276,7 +276,8 @@ describe.skipIf(!env.ok)(`nftables mode, real packets${env.ok ? '' : ` — skipp
       const a = new NftablesApplier(f, runner, silentLogger);
       const rep = await a.apply(r, r.render(state.view(f), configs.get(f)!, 'all'));
       expect(rep.statements, f).toBe(0);
-      expect(await a.readDigest()).toBe(await appliers.get(f)!.readDigest());
+      // the kernel holds the digest the first applier kept up to date through every partial sync
+      expect(await a.readDigest()).toBe(appliers.get(f)!.digest);
     }
     expect((await t.probe('client', 'tcp', IP.web, 80, { count: 5 })).names).toEqual({ b: 5 });
   });

@@ -24,7 +24,7 @@ function objects(n: number, eps: (i: number) => string[]): Array<{ kind: Change[
   return out;
 }
 
-const eps10 = (i: number) => Array.from({ length: 10 }, (_, j) => `198.18.${(i >> 5) & 255}.${(i & 31) * 8 + j}`);
+const eps10 = (i: number) => Array.from({ length: 10 }, (_, j) => `198.18.${(i >> 4) & 255}.${(i & 15) * 16 + j}`);
 
 function setup(n = 50) {
   const s = new ClusterState('node-a', silentLogger);
@@ -159,10 +159,10 @@ describe('nftables applier', () => {
     s.apply({ kind: 'Service', previous: objects(4, eps10)[6]!.obj } as Change);
     const del = await applier.apply(r, r.render(s.view('IPv4'), cfg, ['default/s3']));
     expect(del.chainsDeleted).toBe(10); // s1's; s2's are younger than the 1 s delay
-    expect(applier.staleCount).toBe(10 + 11);
+    expect(applier.staleCount).toBe(10 + 12); // s2's endpoint chains; s3's endpoint, service and external chains
     advance(30_000);
     const late = await change(4, '198.18.99.4');
-    expect(late.chainsDeleted).toBe(10 + 11);
+    expect(late.chainsDeleted).toBe(10 + 12);
     advance(5000);
     const c = await applier.cleanup({ force: true });
     expect(c.chainsDeleted).toBe(10);
