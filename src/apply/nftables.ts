@@ -577,20 +577,25 @@ export async function checkNftables(runner: CommandRunner): Promise<{ version: s
   const probe = new Transaction('ip', 'kpx-probe');
   probe
     .addTable()
-    .addSet({ kind: 'set', name: 'aff', type: 'ipv4_addr', flags: ['dynamic', 'timeout'], timeout: 10 })
-    .addChain('mark', ['mark set mark or 0x4000'])
-    .addChain('ep', ['ip saddr 198.18.0.1 jump mark', 'update @aff { ip saddr }', 'meta l4proto tcp dnat to 198.18.0.1:80'])
-    .addChain('svc', ['ip saddr @aff goto ep', 'numgen random mod 2 0 goto ep', 'numgen random mod 2 vmap { 0 : goto ep, 1 : goto ep }'])
-    .addSet({ kind: 'map', name: 'ips', type: 'ipv4_addr . inet_proto . inet_service', data: 'verdict' }, [{ key: '198.18.0.2 . tcp . 80', value: 'goto svc' }])
-    .addChain('nat', ['ip daddr . meta l4proto . th dport vmap @ips', 'fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap { tcp . 30000 : goto svc }'], {
-      type: 'nat',
-      hook: 'prerouting',
-      priority: -100,
-    })
-    .addChain('post', ['mark and 0x4000 == 0 return', 'masquerade fully-random'], { type: 'nat', hook: 'postrouting', priority: 100 })
-    .addChain('filter', ['ct state new ip daddr 198.18.0.3 reject'], { type: 'filter', hook: 'input', priority: -110 });
+    .addSet({ kind: 'set', name: 'probe-affinity', type: 'ipv4_addr', flags: ['dynamic', 'timeout'], timeout: 10 })
+    .addChain('probe-masq', ['mark set mark or 0x4000'])
+    .addChain('probe-endpoint', ['ip saddr 198.18.0.1 jump probe-masq', 'update @probe-affinity { ip saddr }', 'meta l4proto tcp dnat to 198.18.0.1:80'])
+    .addChain('probe-service', [
+      'ip saddr @probe-affinity goto probe-endpoint',
+      'numgen random mod 2 0 goto probe-endpoint',
+      'numgen random mod 2 vmap { 0 : goto probe-endpoint, 1 : goto probe-endpoint }',
+    ])
+    .addSet({ kind: 'map', name: 'probe-ips', type: 'ipv4_addr . inet_proto . inet_service', data: 'verdict' }, [{ key: '198.18.0.2 . tcp . 80', value: 'goto probe-service' }])
+    .addChain(
+      'probe-nat',
+      ['ip daddr . meta l4proto . th dport vmap @probe-ips', 'fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap { tcp . 30000 : goto probe-service }'],
+      { type: 'nat', hook: 'prerouting', priority: -100 },
+    )
+    .addChain('probe-post', ['mark and 0x4000 == 0 return', 'masquerade fully-random'], { type: 'nat', hook: 'postrouting', priority: 100 })
+    .addChain('probe-filter', ['ct state new ip daddr 198.18.0.3 reject'], { type: 'filter', hook: 'input', priority: -110 });
   const r = await runner.run('nft', ['--check', '-f', '-'], { input: probe.text });
   if (r.exitCode !== 0) {
+    if (/syntax error/.test(r.stderr)) throw new Error(`kpx's nftables probe does not parse (a bug in kpx): ${nftReason(r.stderr)}`);
     throw new NftablesUnavailable(
       `the kernel (${release()}) refuses the nf_tables features kpx uses (verdict maps with concatenations, numgen, fib, dynamic sets with timeouts, NAT): ${nftReason(r.stderr)}. kube-proxy's nftables mode needs kernel 5.13 or newer`,
     );
