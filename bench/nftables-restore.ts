@@ -7,7 +7,10 @@
 //   full sync   the applier's first sync into an empty namespace: the whole table in ONE
 //               `nft -f` transaction (add table; delete table; add table; ...)
 //   nft floor   a bare `nft -f` of exactly that transaction text into a fresh namespace
-//   partial     one endpoint of one service changed: render + apply (median of 5)
+//   partial     one endpoint of one service changed: render + apply (median of 5), and the
+//               part of it spent in `nft -f` (partial nft; on kernel 6.18 any transaction
+//               that adds a rule makes the kernel validate every chain reachable from the
+//               base chains once, so it grows with the table for kube-proxy too)
 //   delete      one service deleted (element deletions: nft 1.0.6 reads every chain first)
 //   restart     a new renderer and applier with the same input: reads kpx-state, writes nothing
 import { execa } from 'execa';
@@ -35,7 +38,21 @@ const cfg: NftablesRenderConfig = {
   endpointSelection: mode,
 };
 
-const inNs = (ns: string): CommandRunner => ({ run: (c, a, o) => execRunner.run('ip', ['netns', 'exec', ns, c, ...a], o) });
+/** time spent in `nft -f` since the last take() */
+let nftMs = 0;
+const takeNft = () => {
+  const v = nftMs;
+  nftMs = 0;
+  return v;
+};
+const inNs = (ns: string): CommandRunner => ({
+  run: async (c, a, o) => {
+    const t = performance.now();
+    const r = await execRunner.run('ip', ['netns', 'exec', ns, c, ...a], o);
+    if (a[0] === '-f') nftMs += performance.now() - t;
+    return r;
+  },
+});
 const ms = (t0: number) => performance.now() - t0;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const fmt = (x: number) => (x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${x.toFixed(0)} ms`);
@@ -74,14 +91,18 @@ async function scale(n: number): Promise<Record<string, string>> {
       return fmt(ms(t));
     });
     const partial: number[] = [];
+    const partialNft: number[] = [];
     for (let k = 0; k < 5; k++) {
       state.apply({ kind: 'EndpointSlice', current: cluster.slice(7, k + 1) } as Change);
+      takeNft();
       t0 = performance.now();
       const p = await applier.apply(r, r.render(state.view('IPv4'), cfg, [`${cluster.name(7).namespace}/${cluster.name(7).name}`]));
       partial.push(ms(t0));
+      partialNft.push(takeNft());
       if (p.slowStatements) row.note = 'partial sync deleted';
     }
     row.partial = fmt(median(partial));
+    row['partial nft'] = fmt(median(partialNft));
     state.apply({ kind: 'Service', previous: cluster.service(3) } as Change);
     t0 = performance.now();
     await applier.apply(r, r.render(state.view('IPv4'), cfg, [`${cluster.name(3).namespace}/${cluster.name(3).name}`]));

@@ -206,11 +206,12 @@ export class NftablesApplier {
     if (this.trusted && this.memory && !result.full && !opts.full) return this.run(this.planPartial(r, result.delta, this.memory), false);
     const desired = desiredOf(r);
     if (!this.trusted) {
-      const digest = await this.readDigest();
+      const state = await this.readState();
+      const digest = state?.digest ?? null;
       if (this.memory && digest === this.memory.digest) {
         this.trusted = true;
       } else if (digest === desired.digest) {
-        await this.adopt(desired);
+        await this.adopt(desired, state!.stale);
         return this.report(true, false, null);
       } else {
         return this.run(this.planRecreate(desired), true, desired);
@@ -226,12 +227,17 @@ export class NftablesApplier {
     const c = { chainsDeleted: 0, setsDeleted: 0 };
     this.deleteStale(tx, opts.force ? Infinity : this.now(), c);
     if (tx.empty) return this.report(false, false, null);
-    // retired objects are not part of the digest: kpx-state stays as it is
+    tx.flushChain(CHAIN.state).addChain(CHAIN.state, [stateRule(this.memory.digest, this.stale.size - this.deletedByCleanup.length)]);
     return this.run({ tx, counts: { ...ZERO, ...c }, commit: () => this.commitStale() }, false);
   }
 
   /** The digest in the kernel's kpx-state chain (null: no table, no state, unreadable). */
   async readDigest(): Promise<bigint | null> {
+    return (await this.readState())?.digest ?? null;
+  }
+
+  /** kpx-state: the digest, and how many retired chains and sets wait to be deleted. */
+  async readState(): Promise<{ digest: bigint; stale: number } | null> {
     const r = await this.runner.run('nft', ['-j', 'list', 'chain', this.fam, TABLE, CHAIN.state]);
     if (r.exitCode !== 0) {
       if (!/No such file or directory/.test(r.stderr)) this.log.warn({ family: this.family, err: nftReason(r.stderr) }, 'cannot read kpx-state');
@@ -239,18 +245,20 @@ export class NftablesApplier {
     }
     try {
       const t = parseListing(r.stdout).get(`${this.fam} ${TABLE}`);
-      const comment = t?.chains.get(CHAIN.state)?.rules[0]?.comment;
-      return comment?.startsWith(STATE_PREFIX) ? BigInt(`0x${comment.slice(STATE_PREFIX.length)}`) : null;
+      const m = /^kpx ([0-9a-f]{16}) retired=(\d+)$/.exec(t?.chains.get(CHAIN.state)?.rules[0]?.comment ?? '');
+      return m ? { digest: BigInt(`0x${m[1]}`), stale: Number(m[2]) } : null;
     } catch {
       return null;
     }
   }
 
   /** The kernel holds the desired state: remember it, and retire whatever else is in the table. */
-  private async adopt(desired: Desired): Promise<void> {
+  private async adopt(desired: Desired, retired: number): Promise<void> {
     this.memory = memoryOf(desired, true);
     this.trusted = true;
     this.stale.clear();
+    // kpx-state counts the retired chains and sets: list names only when there are some
+    if (retired === 0) return;
     const since = this.now() - this.staleMaxAgeMs;
     for (const what of ['chains', 'sets'] as const) {
       const r = await this.runner.run('nft', ['-j', 'list', what, this.fam]);
@@ -285,7 +293,7 @@ export class NftablesApplier {
       counts.elementsAdded += list.length;
     }
     const memory = memoryOf(desired, true);
-    tx.addChain(CHAIN.state, [stateRule(memory.digest)]);
+    tx.addChain(CHAIN.state, [stateRule(memory.digest, 0)]);
     return {
       tx,
       counts,
@@ -412,8 +420,9 @@ export class NftablesApplier {
     for (const [set, els] of ch.addElements) for (const [k, v] of els) digest ^= elementHash(set, k, v);
     const stateChain = memory.stateChain;
     if (!tx.empty) {
+      const retired = this.stale.size - unstale.length + retiring.size - deleted.length;
       if (stateChain) tx.flushChain(CHAIN.state);
-      tx.addChain(CHAIN.state, [stateRule(digest)]);
+      tx.addChain(CHAIN.state, [stateRule(digest, retired)]);
     }
     return {
       tx,
@@ -520,7 +529,8 @@ interface Plan {
   readonly commit: () => void;
 }
 
-const stateRule = (digest: bigint): string => `return comment "${STATE_PREFIX}${toHex(digest)}"`;
+/** kpx-state's one rule: never reached (nothing jumps to kpx-state); its comment is the record. */
+const stateRule = (digest: bigint, retired: number): string => `return comment "${STATE_PREFIX}${toHex(digest)} retired=${retired}"`;
 
 function memoryOf(d: Desired, stateChain: boolean): Programmed {
   return {

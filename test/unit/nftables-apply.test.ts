@@ -48,7 +48,7 @@ describe('nftables applier', () => {
     expect(lines.slice(0, 3)).toEqual(['add table ip kpx', 'delete table ip kpx', 'add table ip kpx { comment "rules for kpx" ; }']);
     // 50 services x (10 endpoint chains + service + external)
     expect(rep.chainsWritten).toBe(50 * 12 + 16);
-    expect(fake.table()!.chains.get('kpx-state')!.rules[0]).toMatch(/^return comment "kpx [0-9a-f]{16}"$/);
+    expect(fake.table()!.chains.get('kpx-state')!.rules[0]).toMatch(/^return comment "kpx [0-9a-f]{16} retired=0"$/);
     expect(fake.table()!.sets.get('service-ips')!.elements.size).toBe(50);
     expect(fake.table()!.sets.get('service-nodeports')!.elements.size).toBe(50);
   });
@@ -84,12 +84,34 @@ describe('nftables applier', () => {
     expect(nftRuns(a.fake)).toBe(1);
     expect(a.fake.dump()).toBe(before);
     const reads = a.fake.calls.slice(calls).map((c) => c.args.join(' '));
-    expect(reads).toEqual(['-j list chain ip kpx kpx-state', '-j list chains ip', '-j list sets ip']);
+    // kpx-state says no retired chains wait: nothing but kpx-state is read
+    expect(reads).toEqual(['-j list chain ip kpx kpx-state']);
     // and the next partial sync is a diff again
     a.s.apply({ kind: 'Service', previous: objects(1, eps10)[0]!.obj } as Change);
     const p = await restarted.apply(r2, r2.render(a.s.view('IPv4'), cfg, ['default/s0']));
     expect(p.recreated).toBe(false);
     expect(p.elementsRemoved).toBe(3); // cluster-ips, service-ips, service-nodeports
+  });
+
+  it('a new process finds retired chains through kpx-state, lists names once, and deletes them later', async () => {
+    const a = setup(5);
+    await a.applier.apply(a.r, a.r.render(a.s.view('IPv4'), cfg, 'all'));
+    a.s.apply({ kind: 'EndpointSlice', current: endpointSlice({ service: 's1', ports: [{ name: 'p', port: 8080 }], endpoints: [{ ip: '198.18.99.1' }] }) } as Change);
+    await a.applier.apply(a.r, a.r.render(a.s.view('IPv4'), cfg, ['default/s1']));
+    expect(a.fake.table()!.chains.get('kpx-state')!.rules[0]).toMatch(/ retired=10"$/);
+    const r2 = new NftablesRenderer();
+    const restarted = new NftablesApplier('IPv4', a.fake, silentLogger, { staleDelayMs: 0 });
+    const calls = a.fake.calls.length;
+    expect((await restarted.apply(r2, r2.render(a.s.view('IPv4'), cfg, 'all'))).statements).toBe(0);
+    expect(a.fake.calls.slice(calls).map((c) => c.args.join(' '))).toEqual(['-j list chain ip kpx kpx-state', '-j list chains ip', '-j list sets ip']);
+    expect(restarted.staleCount).toBe(10);
+    const c = await restarted.cleanup();
+    expect(c.chainsDeleted).toBe(10);
+    expect(a.fake.table()!.chains.get('kpx-state')!.rules[0]).toMatch(/ retired=0"$/);
+    const fresh = new FakeNft();
+    const r3 = new NftablesRenderer();
+    await new NftablesApplier('IPv4', fresh, silentLogger).apply(r3, r3.render(a.s.view('IPv4'), cfg, 'all'));
+    expect(a.fake.dump()).toBe(fresh.dump());
   });
 
   it('re-creates the table when a new process finds other contents', async () => {
@@ -120,7 +142,7 @@ describe('nftables applier', () => {
     expect(rep.elementsRemoved).toBe(3);
     expect(fake.calls.at(-2)!.args.join(' ')).toBe('-j list chain ip kpx kpx-state');
     // an edit behind kpx's back: the digest no longer matches, so the table is rebuilt
-    fake.table()!.chains.get('kpx-state')!.rules = ['return comment "kpx 0000000000000000"'];
+    fake.table()!.chains.get('kpx-state')!.rules = ['return comment "kpx 0000000000000000 retired=0"'];
     applier.invalidate();
     const again = await applier.apply(r, r.render(s.view('IPv4'), cfg, []));
     expect(again.recreated).toBe(true);
