@@ -10,8 +10,9 @@
 // `nft -j list chain` (tens of ms at any size), where listing the rules of a large table is
 // very slow in nft 1.0.6 (19 s at 5,000 services x 10 endpoints, 72 s at 10,000: it grows
 // with the square of the size). At start:
-// - digest == the desired state's: the kernel already holds it; nothing is written (the
-//   chain names are listed once to find leftovers of an interrupted cleanup);
+// - digest == the desired state's: the kernel already holds it; nothing is written (when
+//   kpx-state counts retired chains waiting for deletion, chain and set names are listed
+//   once to find them);
 // - digest == what this process last programmed (after a failed transaction, which the
 //   kernel rolled back): the memory is still right; the next transaction is a diff;
 // - anything else (no table, another kpx version, a table edited by hand): the table is
@@ -25,9 +26,22 @@
 // src/nftables/format.ts), so stale chains are deleted in a transaction that pays that
 // anyway, or once they are older than `staleMaxAgeMs`, or on cleanup().
 //
-// Full sync in one transaction, measured on this machine (2 shared cores, kernel 6.18, nft
-// 1.0.6), restoring the rendered text into an empty namespace (see the reply/notes in
-// bench/nftables-restore.ts for how): see NFT_RESTORE_FIGURES below.
+// Measured on this machine (2 shared cores, kernel 6.18, nft 1.0.6), N services x 10
+// endpoints (every tenth a NodePort), each in a fresh namespace, by
+// bench/nftables-restore.ts ("nft floor" = a bare `nft -f` of the same text):
+//
+//   services  full sync (ONE transaction)  nft floor  partial (1 endpoint)  delete 1 service  restart
+//   1,000     0.96 s                       0.94 s     51 ms                 79 ms             0.23 s
+//   5,000     5.5 s                        4.9 s      167 ms                0.85 s            0.71 s
+//   10,000    10.8 s                       9.9 s      312 ms                3.6 s             3.0 s
+//   30,000    41.8 s                       34.9 s     872 ms                29 s              (*)
+//   kube-proxy's anonymous vmaps (endpointSelection 'vmap'): 1,000: 1.44 s, 5,000: 61 s.
+// (*) 37.6 s before kpx-state counted retired chains (it listed every chain name).
+// The full sync is the kernel's and nft's work (the floor); linear with 'rules', quadratic
+// with anonymous vmaps (__nft_set_trans_bind walks the transaction for each anonymous set).
+// A partial sync is nearly all `nft -f`: any transaction that adds a rule makes kernel 6.18
+// validate every chain reachable from the base chains (nft_table_validate), which grows
+// with the table whatever writes it. Deletions add nft 1.0.6's read of every chain.
 import { hash } from 'node:crypto';
 import { release } from 'node:os';
 import type { Logger } from '../util/log.js';
@@ -36,13 +50,6 @@ import { nftFamily, parseListing, Transaction, type BaseChainSpec, type Element,
 import { CHAIN, chainRank, TABLE } from '../render/nftables/names.js';
 import type { NftablesRenderer, NftChainDef, NftDelta, NftRenderResult } from '../render/nftables/ruleset.js';
 import type { CommandRunner } from './exec.js';
-
-/**
- * `nft -f` of a rendered full sync into an empty table, services x 10 endpoints, seconds
- * (median of 3; 'rules' endpoint selection, kpx's default / kube-proxy's anonymous vmaps):
- * filled in from bench/nftables-restore.ts runs; see the note there.
- */
-export const NFT_RESTORE_FIGURES = '1k: 1.2 / 1.5, 5k: 6.6 / 59, 10k: 13 / -, 30k: 41 / - (vmap not run past 5k: quadratic)';
 
 const STATE_PREFIX = 'kpx ';
 

@@ -180,7 +180,7 @@ export function renderServicePort(sp: ServicePort, endpoints: readonly Endpoint[
  *   rule is an anonymous set, and for every anonymous set the kernel walks the whole
  *   transaction so far (__nft_set_trans_bind), so a full sync in one transaction grows
  *   with the square of the service count: measured here, 5,000 services x 10 endpoints take
- *   59 s this way and 7 s with 'rules' (src/apply/nftables.ts has the figures).
+ *   61 s this way and 5.5 s with 'rules' (src/apply/nftables.ts has the figures).
  */
 export function selectEndpoint(chains: readonly string[], mode: 'rules' | 'vmap'): string[] {
   const n = chains.length;
