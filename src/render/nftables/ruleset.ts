@@ -28,7 +28,7 @@
 import type { IPFamily } from '../../util/ip.js';
 import { isLoopback } from '../../util/ip.js';
 import type { BaseChainSpec, SetSpec } from '../../nftables/format.js';
-import type { ModelView } from '../iptables/ruleset.js';
+import type { ModelView } from '../../model/types.js';
 import type { NftablesRenderConfig } from './config.js';
 import { CHAIN, chainRank, SET } from './names.js';
 import { addrType, ipOf, renderServicePort, type NftChain, type NftServiceFragment, type OwnedElement } from './service.js';

@@ -52,7 +52,7 @@ export function renderServicePort(sp: ServicePort, endpoints: readonly Endpoint[
   const ip = ipOf(cfg);
   const proto = sp.protocol.toLowerCase();
   const names = servicePortNames(sp.serviceKey, proto, sp.portName);
-  const cat = categorizeEndpoints(sp, endpoints, cfg.nodeName, cfg.zone);
+  const cat = categorizeEndpoints(sp, endpoints, { nodeName: cfg.nodeName, zone: cfg.zone });
   const { cluster, local, allReachable, hasAny } = cat;
 
   const usesClusterChain = cluster.length > 0;
