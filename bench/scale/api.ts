@@ -27,7 +27,7 @@ export class Http2Api {
     if (!cluster) throw new Error('kubeconfig has no current cluster');
     api.server = cluster.server;
     const o: { ca?: unknown; cert?: unknown; key?: unknown; headers?: Record<string, string> } = {};
-    await kc.applyToHTTPSOptions(o as never);
+    await kc.applyToHTTPSOptions(o);
     api.opts = { ca: o.ca as string, cert: o.cert as string, key: o.key as string };
     api.headers = { ...(o.headers ?? {}) };
     return api;

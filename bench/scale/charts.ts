@@ -103,7 +103,7 @@ export function chartSpecs(res: ScaleResults): Chart[] {
           `dashed: API write to the first connection reaching the new endpoint (sampled changes)`,
           `one panel per cluster size; minSyncPeriod ${cfg.minSyncPeriod} for all; lower is better`,
         ],
-        data: prog.map((p) => ({ ...p, size: `${p.services.toLocaleString('en')} services` })) as Point[],
+        data: prog.map((p) => ({ ...p, size: `${p.services.toLocaleString('en')} services` })),
         y: 'p99, seconds',
         x: { field: 'rate', title: 'endpoint changes per second' },
         logX: false,

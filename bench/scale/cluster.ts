@@ -96,7 +96,7 @@ export class ScaleTopology {
   private async startAgent(): Promise<void> {
     const p = execa('ip', ['netns', 'exec', this.topo.pod('client').ns, process.execPath, AGENT], { reject: false, buffer: false, stdin: 'pipe' });
     this.agent = p;
-    const rl = createInterface({ input: p.stdout! });
+    const rl = createInterface({ input: p.stdout });
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error('probe agent did not start in 10 s')), 10_000);
       rl.on('line', (line) => {

@@ -380,7 +380,7 @@ async function main(): Promise<void> {
         });
         runs.push(r);
         if (r.status !== 'ok') log(`${d.name} at ${size}: ${r.status}: ${r.reason}`);
-        if (r.figures['fullSync.metric']?.status === 'dnf') gaveUp.set(d.name, `its full sync did not finish at ${size} services (limit ${r.figures['fullSync.metric']!.limit} s)`);
+        if (r.figures['fullSync.metric']?.status === 'dnf') gaveUp.set(d.name, `its full sync did not finish at ${size} services (limit ${r.figures['fullSync.metric'].limit} s)`);
         if (r.status === 'failed') gaveUp.set(d.name, `it failed at ${size} services: ${(r.reason ?? '').split('\n')[0]}`);
         done++;
         bar?.update(done, { what: `${d.name} @ ${size}: ${r.status} in ${Math.round(r.seconds ?? 0)} s` });

@@ -165,7 +165,7 @@ async function startKpx(ctx: ProxyContext, mode: 'iptables' | 'ipvs'): Promise<R
   procs.push(bridge);
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('the apiserver bridge did not start in 10 s')), 10_000);
-    bridge.stdout!.on('data', (d: Buffer) => {
+    bridge.stdout.on('data', (d: Buffer) => {
       if (d.toString().includes('READY')) {
         clearTimeout(timer);
         resolve();
@@ -200,7 +200,7 @@ async function startKpx(ctx: ProxyContext, mode: 'iptables' | 'ipvs'): Promise<R
     { reject: false, buffer: false, stdin: 'ignore', stdout: 'ignore', env: { KPX_LOG_LEVEL: 'info' } },
   );
   procs.unshift(proc);
-  proc.stderr!.on('data', (d: Buffer) => {
+  proc.stderr.on('data', (d: Buffer) => {
     log.write(d);
     tail = (tail + d.toString()).slice(-6000);
   });

@@ -227,6 +227,11 @@ export class NftablesApplier {
     return this.run(this.planFull(r, desired, this.memory!), true);
   }
 
+  /** The whole render as one transaction that builds the table from nothing (dry runs, kpx render). */
+  textFromEmpty(r: NftablesRenderer): string {
+    return this.planRecreate(desiredOf(r), false).tx.text;
+  }
+
   /** Deletes retired chains and sets (all of them with `force`, else those old enough). */
   async cleanup(opts: { force?: boolean } = {}): Promise<NftApplyReport> {
     if (!this.trusted || !this.memory) return this.report(false, false, null);
@@ -280,9 +285,10 @@ export class NftablesApplier {
     if (this.stale.size) this.log.info({ family: this.family, leftovers: this.stale.size }, 'kpx table holds leftovers; they are deleted with a later transaction');
   }
 
-  private planRecreate(desired: Desired): Plan {
+  private planRecreate(desired: Desired, replace = true): Plan {
     const tx = new Transaction(this.fam, TABLE);
-    tx.addTable().deleteTable().addTable('rules for kpx');
+    if (replace) tx.addTable().deleteTable();
+    tx.addTable('rules for kpx');
     const counts = { ...ZERO };
     for (const { spec } of desired.sets.values()) {
       tx.addSet(spec);

@@ -18,6 +18,11 @@ import { isKpxChain } from '../render/iptables/names.js';
 import type { Proxier } from '../sync/driver.js';
 import { IptablesProxier } from '../sync/iptables-mode.js';
 import { IpvsProxier } from '../sync/ipvs-mode.js';
+import { NftablesProxier } from '../sync/nftables-mode.js';
+import { removeNftablesTables } from '../apply/nftables.js';
+import type { KpxMode } from '../config/modes.js';
+import type { ProxierOptions } from '../sync/driver.js';
+
 import { removeIpvsState } from '../apply/ipvs.js';
 import { Controller, type SyncObserver } from '../sync/controller.js';
 import { PostSync } from '../sync/post-sync.js';
@@ -55,6 +60,9 @@ function runnable(flags: Flags): { config: KpxConfig; loaded: LoadedConfig } {
   return { config: { ...loaded.kpx, renderOnly: flags.renderOnly === true }, loaded };
 }
 
+/** One proxier per mode kpx runs. */
+const PROXIERS: Record<KpxMode, new (opts: ProxierOptions) => Proxier> = { iptables: IptablesProxier, ipvs: IpvsProxier, nftables: NftablesProxier };
+
 export async function build(flags: Flags, print: (text: string) => void = out): Promise<Built> {
   const { config, loaded } = runnable(flags);
   const log = createLogger({ level: config.logLevel });
@@ -65,10 +73,7 @@ export async function build(flags: Flags, print: (text: string) => void = out): 
     onWatchEnd: (kind, reason) => metricsRef?.apiWatchEnds.inc({ resource: kind, reason }),
   });
   const state = new ClusterState(config.hostname, log);
-  const proxier: Proxier =
-    config.mode === 'ipvs'
-      ? new IpvsProxier({ config, state, runner: execRunner, log, print })
-      : new IptablesProxier({ config, state, runner: execRunner, log, print });
+  const proxier: Proxier = new PROXIERS[config.mode]({ config, state, runner: execRunner, log, print });
   const health = new ProxyHealth(2 * config.syncPeriodMs);
   const live = !config.dryRun;
   const healthServers = live
@@ -149,12 +154,18 @@ export function chooseAction(flags: CliFlags): RunAction {
   return 'run';
 }
 
-/** `kpx cleanup`: IPVS mode's virtual servers and dummy, then the rules, then the sets they used. */
+/** `kpx cleanup`: IPVS mode's virtual servers and dummy, then the rules, then the sets they used, then kpx's nftables tables. */
 async function cleanupKpx(logLevel: string | undefined): Promise<number> {
   const log = createLogger({ level: logLevel });
   const errors = (await removeIpvsState(execRunner, log, { sets: false })).errors;
   errors.push(...(await cleanupIptables(execRunner, log, isKpxChain)).errors);
   errors.push(...(await removeIpvsState(execRunner, log, { sets: true })).errors);
+  const nft = await removeNftablesTables(execRunner, log).catch((err: Error) => {
+    errors.push(err.message);
+    log.error({ err: err.message }, 'cleanup failed');
+    return { removed: [] };
+  });
+  if (nft.removed.length) log.info({ tables: nft.removed.map((f) => `${f} kpx`) }, 'removed kpx nftables tables');
   return errors.length ? 1 : 0;
 }
 

@@ -13,7 +13,7 @@ interface ModeInfo {
 export const PROXY_MODES = {
   iptables: { linux: true, kpx: true },
   ipvs: { linux: true, kpx: true },
-  nftables: { linux: true, kpx: false, why: 'is not supported by kpx yet (kpx runs iptables and ipvs; nftables is planned)' },
+  nftables: { linux: true, kpx: true },
   kernelspace: { linux: false, kpx: false, why: "is kube-proxy's Windows mode (on Linux kube-proxy accepts iptables, ipvs and nftables)" },
 } as const satisfies Record<string, ModeInfo>;
 

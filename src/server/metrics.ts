@@ -30,6 +30,7 @@ export class KpxMetrics implements SyncObserver {
   readonly rulesTotal = new Gauge({ name: 'kubeproxy_sync_proxy_rules_iptables_total', help: 'Total number of iptables rules owned by kube-proxy', labelNames: ['table', 'ip_family'], registers: [this.registry] });
   readonly rulesLast = new Gauge({ name: 'kubeproxy_sync_proxy_rules_iptables_last', help: 'Number of iptables rules written by kube-proxy in last sync', labelNames: ['table', 'ip_family'], registers: [this.registry] });
   readonly restoreFailures = new Counter({ name: 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total', help: 'Cumulative proxy iptables restore failures', labelNames: this.family, registers: [this.registry] });
+  readonly nftablesSyncFailures = new Counter({ name: 'kubeproxy_sync_proxy_rules_nftables_sync_failures_total', help: 'Cumulative proxy nftables sync failures', labelNames: this.family, registers: [this.registry] });
   readonly partialRestoreFailures = new Counter({ name: 'kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total', help: 'Cumulative proxy iptables partial restore failures', labelNames: this.family, registers: [this.registry] });
   readonly noLocalEndpoints = new Gauge({ name: 'kubeproxy_sync_proxy_rules_no_local_endpoints_total', help: 'Number of services with a Local traffic policy and no endpoints', labelNames: ['traffic_policy', 'ip_family'], registers: [this.registry] });
   readonly healthz = new Counter({ name: 'kubeproxy_proxy_healthz_total', help: 'Cumulative proxy healthz HTTP status', labelNames: ['code'], registers: [this.registry] });
@@ -73,7 +74,8 @@ export class KpxMetrics implements SyncObserver {
       const ip_family = f.family;
       const sync = f.full ? 'full' : 'partial';
       if (f.error) {
-        this.restoreFailures.inc({ ip_family });
+        // kube-proxy's nftables mode counts its failed transactions under its own name
+        (f.mode === 'nftables' ? this.nftablesSyncFailures : this.restoreFailures).inc({ ip_family });
         if (!f.full) this.partialRestoreFailures.inc({ ip_family });
         continue;
       }

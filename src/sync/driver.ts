@@ -7,6 +7,7 @@
 // the model is lost (kube-proxy's deferred needFullSync). A mode is its backends (see
 // modes.ts); adding one adds files, not branches here.
 import type { KpxConfig } from '../config/config.js';
+import type { KpxMode } from '../config/modes.js';
 import { changedServices, type ClusterState, type PendingChanges } from '../model/state.js';
 import type { ModelView, NodeFacts, ServicePortState } from '../model/types.js';
 import type { Logger } from '../util/log.js';
@@ -15,7 +16,7 @@ import type { CommandRunner } from '../apply/exec.js';
 import type { HostFacts } from '../apply/host.js';
 import type { SavedChain } from '../iptables/save.js';
 
-export type ProxyMode = 'iptables' | 'ipvs';
+export type ProxyMode = KpxMode;
 
 /** Where in a sync a failure happened. */
 export type SyncStage = 'host facts' | 'config' | 'reading the kernel' | 'render' | 'plan' | 'apply';

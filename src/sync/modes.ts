@@ -5,11 +5,13 @@
 import type { Logger } from '../util/log.js';
 import type { CommandRunner } from '../apply/exec.js';
 import { removeIpvsState } from '../apply/ipvs.js';
+import { cleanupIptables } from '../apply/cleanup.js';
+import { removeNftablesTables } from '../apply/nftables.js';
 import type { IPFamily } from '../util/ip.js';
 import type { FamilyBackend, ModeDetail, ProxierOptions, ProxyMode } from './driver.js';
 
 /** Kernel state a mode programs. */
-type Resource = 'iptables chains' | 'ipvs state';
+type Resource = 'iptables chains' | 'ipvs state' | 'nftables tables';
 
 interface ResourceCleanup {
   /**
@@ -20,9 +22,24 @@ interface ResourceCleanup {
 }
 
 const RESOURCES: Record<Resource, ResourceCleanup> = {
-  // KPX- chains and jumps: the iptables-based modes share them, and each one's full sync
-  // replaces the other's (stale chains are deleted), so there is nothing more to do here
-  'iptables chains': { remove: () => Promise.resolve(null) },
+  // KPX- chains and jumps: the iptables-based modes share them (each one's full sync
+  // replaces the other's). A mode without them removes them once its own rules serve: until
+  // then they keep serving established and new connections
+  'iptables chains': {
+    remove(runner, log) {
+      return Promise.resolve(async () => {
+        const { errors } = await cleanupIptables(runner, log);
+        if (errors.length) throw new Error(`removing kpx's iptables rules: ${errors.join('; ')}`);
+      });
+    },
+  },
+  // kpx's own tables (ip kpx, ip6 kpx): nothing refers to them from outside, but both
+  // would DNAT the same traffic, so they go once the new mode's first sync is in place
+  'nftables tables': {
+    remove(runner, log) {
+      return Promise.resolve(async () => void (await removeNftablesTables(runner, log)));
+    },
+  },
   // virtual servers and the dummy now; the ipsets after the first sync, when no rule
   // refers to them any more
   'ipvs state': {
@@ -37,6 +54,7 @@ const RESOURCES: Record<Resource, ResourceCleanup> = {
 export const MODES: Record<ProxyMode, { readonly owns: readonly Resource[] }> = {
   iptables: { owns: ['iptables chains'] },
   ipvs: { owns: ['iptables chains', 'ipvs state'] },
+  nftables: { owns: ['nftables tables'] },
 };
 
 /**
@@ -76,6 +94,7 @@ export abstract class Families<C, D extends ModeDetail, F extends FamilyBackend<
   async afterSuccess(): Promise<void> {
     const rest = this.leftovers;
     this.leftovers = null;
-    await rest?.();
+    // the new mode serves already: a leftover that cannot go is worth an error, not a failed sync
+    await rest?.().catch((err: Error) => this.opts.log.error({ err: err.message }, "cannot remove another proxy mode's leftovers; `kpx cleanup` removes them"));
   }
 }

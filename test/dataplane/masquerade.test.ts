@@ -1,17 +1,17 @@
 // Masquerade decisions with packets: masqueradeAll and every detectLocalMode, and service
 // traffic surviving a FORWARD policy of DROP thanks to kpx's forward rules.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NET, Topology, dataplaneEnv } from '../substrate/netns.js';
+import { DATAPLANE_MODES, NET, Topology, dataplaneEnv } from '../substrate/netns.js';
 import { endpointSlice, node, service, yamlDocs } from '../substrate/manifests.js';
 
 const env = await dataplaneEnv();
 const P = { a: '198.18.1.11', client: '198.18.1.50' };
 const CIP = '198.19.5.1';
 
-describe.skipIf(!env.ok)(`masquerade and detect-local modes${env.ok ? '' : ` — skipped: ${env.reason}`}`, () => {
+describe.skipIf(!env.ok).each(DATAPLANE_MODES)(`masquerade and detect-local modes, %s mode${env.ok ? '' : ` — skipped: ${env.reason}`}`, (mode) => {
   let t: Topology;
   let dir: string;
-  const sync = (...extra: string[]) => t.sync(['--manifests', dir, '--hostname-override', 'node-a', ...extra]);
+  const sync = (...extra: string[]) => t.sync(['--proxy-mode', mode, '--manifests', dir, '--hostname-override', 'node-a', ...extra]);
   /** the client address the endpoint saw, for a pod, the node and an external client */
   const seen = async () => {
     const one = async (from: string) => Object.keys((await t.probe(from, 'tcp', CIP, 80, { count: 3 })).clients);
@@ -59,7 +59,9 @@ describe.skipIf(!env.ok)(`masquerade and detect-local modes${env.ok ? '' : ` —
     expect(await seen()).toEqual({ pod: [P.client], node: [NET.nodeIP], ext: [NET.extIP] });
   });
 
-  it('service traffic survives a FORWARD policy of DROP (kpx accepts marked and established packets)', async () => {
+  // kube-proxy's nftables mode does not accept packets for another table's FORWARD policy
+  // (an accept in one table is not final for another): the iptables modes only
+  it.skipIf(mode === 'nftables')('service traffic survives a FORWARD policy of DROP (kpx accepts marked and established packets)', async () => {
     await sync('--cluster-cidr', NET.podCIDR);
     await t.exec('node', 'iptables', ['-P', 'FORWARD', 'DROP']);
     try {

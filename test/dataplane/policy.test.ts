@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { NET, Topology, dataplaneEnv } from '../substrate/netns.js';
+import { DATAPLANE_MODES, NET, Topology, dataplaneEnv } from '../substrate/netns.js';
 import { endpointSlice, node, service, yamlDocs, type EndpointSpec } from '../substrate/manifests.js';
 
 const env = await dataplaneEnv();
@@ -62,7 +62,7 @@ function objects() {
   ];
 }
 
-describe.skipIf(!env.ok)(`traffic policies and endpoint selection${env.ok ? '' : ` — skipped: ${env.reason}`}`, () => {
+describe.skipIf(!env.ok).each(DATAPLANE_MODES)(`traffic policies and endpoint selection, %s mode${env.ok ? '' : ` — skipped: ${env.reason}`}`, (mode) => {
   let t: Topology;
   let dir: string;
   let kpx: ReturnType<Topology['spawnKpx']>;
@@ -78,7 +78,7 @@ describe.skipIf(!env.ok)(`traffic policies and endpoint selection${env.ok ? '' :
     });
     dir = await t.manifestsDir();
     await t.writeManifest(dir, 'all.yaml', yamlDocs(...objects()));
-    kpx = t.spawnKpx(['--manifests', dir, '--hostname-override', 'node-a', '--cluster-cidr', NET.podCIDR, '--iptables-min-sync-period', '100ms', '--metrics-bind-address', '', '--healthz-bind-address', '']);
+    kpx = t.spawnKpx(['--proxy-mode', mode, '--manifests', dir, '--hostname-override', 'node-a', '--cluster-cidr', NET.podCIDR, '--iptables-min-sync-period', '100ms', '--metrics-bind-address', '', '--healthz-bind-address', '']);
     for (let i = 0; i < 100 && (await t.httpGet('ext', `http://${NET.nodeIP}:32201/`)).status !== 200; i++) await sleep(100);
   });
   afterAll(async () => {

@@ -63,11 +63,18 @@ export interface Env {
 }
 
 let envCache: Env | null = null;
+/**
+ * The modes the mode-independent dataplane suites run in (each in its own topology). IPVS
+ * needs a kernel with ip_vs: its suites run in the qemu VM (test/ipvs).
+ */
+export const DATAPLANE_MODES = ['iptables', 'nftables'] as const;
+export type DataplaneMode = (typeof DATAPLANE_MODES)[number];
+
 export async function dataplaneEnv(): Promise<Env> {
   if (envCache) return envCache;
   if (process.platform !== 'linux') return (envCache = { ok: false, reason: 'not Linux' });
   if (process.getuid?.() !== 0) return (envCache = { ok: false, reason: 'needs root (network namespaces, iptables)' });
-  for (const bin of ['ip', 'iptables-nft-restore', 'iptables-legacy-restore', 'ip6tables-nft-restore', 'conntrack']) {
+  for (const bin of ['ip', 'iptables-nft-restore', 'iptables-legacy-restore', 'ip6tables-nft-restore', 'conntrack', 'nft']) {
     const r = await execa('sh', ['-c', `command -v ${bin}`], { reject: false });
     if (r.exitCode !== 0) return (envCache = { ok: false, reason: `${bin} not installed (run hack/install-deps.sh)` });
   }
