@@ -2,7 +2,7 @@
 // (exact deltas, and a property test: incremental renders applied to the fake end where a
 // fresh render applied to an empty fake does).
 import { describe, expect, it } from 'vitest';
-import { ClusterState, type Change } from '../../src/model/state.js';
+import { ClusterState, changedServices, type Change } from '../../src/model/state.js';
 import { NftablesRenderer, renderNftables, type NftRenderResult } from '../../src/render/nftables/ruleset.js';
 import type { NftablesRenderConfig } from '../../src/render/nftables/config.js';
 import { affinitySetName, endpointChainName, escapeComponent, servicePortNames } from '../../src/render/nftables/names.js';
@@ -258,17 +258,26 @@ describe('nftables renderer: services', () => {
     expect(elementsOf(r, 'service-ips')).toEqual(new Map([['2001:2:0:ff::10 . tcp . 80', `goto ${n.cluster}`]]));
   });
 
-  it('gives a claimed address and port to one service, deterministically, and hands it over when that one goes', () => {
+  it('gives a claimed address and port to the older service, and hands it over when that one goes', () => {
+    const older = { metadata: { creationTimestamp: '2026-01-01T00:00:00Z' } };
     const a = svc('a', '198.19.0.1', [local('198.18.1.11')], { spec: { externalIPs: ['198.19.200.9'] } });
     const b = svc('b', '198.19.0.2', [local('198.18.1.12')], { spec: { externalIPs: ['198.19.200.9'] } });
-    const s = stateOf([...b, ...a]);
+    const aOld = { ...(a[0]!.obj as { metadata: object }), metadata: { ...(a[0]!.obj as { metadata: object }).metadata, ...older.metadata } };
+    const s = stateOf([b[0]!, { kind: 'Service', obj: aOld }, a[1]!, b[1]!]);
     const r = new NftablesRenderer();
     r.render(s.view('IPv4'), cfg, 'all');
     expect(elementsOf(r, 'service-ips').get('198.19.200.9 . tcp . 80')).toBe(`goto ${names('a').external}`);
-    s.apply({ kind: 'Service', previous: a[0]!.obj } as Change);
-    const res = r.render(s.view('IPv4'), cfg, ['default/a']);
+    s.takePending();
+    s.apply({ kind: 'Service', previous: aOld } as Change);
+    const res = r.render(s.view('IPv4'), cfg, changedServices(s.takePending()));
     expect(res.delta.removeElements.get('service-ips')).toEqual(new Set(['198.19.0.1 . tcp . 80', '198.19.200.9 . tcp . 80']));
-    expect(res.delta.addElements.get('service-ips')).toEqual(new Map([['198.19.200.9 . tcp . 80', `goto ${names('b').external}`]]));
+    // b was skipped whole while a served its frontend (the model names it); now all of it is served
+    expect(res.delta.addElements.get('service-ips')).toEqual(
+      new Map([
+        ['198.19.0.2 . tcp . 80', `goto ${names('b').cluster}`],
+        ['198.19.200.9 . tcp . 80', `goto ${names('b').external}`],
+      ]),
+    );
   });
 });
 
@@ -372,7 +381,7 @@ describe('nftables: incremental renders applied to the fake equal fresh renders'
       let result: NftRenderResult = r.render(s.view('IPv4'), c, 'all');
       await applier.apply(r, result);
       for (let step = 0; step < 40; step++) {
-        const changed = new Set<string>();
+        s.takePending();
         for (let k = 0; k < 1 + Math.floor(rand() * 3); k++) {
           const i = Math.floor(rand() * 8);
           const old = current.get(i);
@@ -384,9 +393,10 @@ describe('nftables: incremental renders applied to the fake equal fresh renders'
             for (const o of next) s.apply({ kind: o.kind, current: o.obj } as Change);
             current.set(i, next);
           }
-          changed.add(`default/s${i}`);
         }
-        result = r.render(s.view('IPv4'), c, changed);
+        // what the model says changed: a change to one service can hand a frontend it
+        // claimed to another one (the older Service wins a shared address and port)
+        result = r.render(s.view('IPv4'), c, changedServices(s.takePending()));
         await applier.apply(r, result);
         await applier.cleanup({ force: true });
         const fresh = new FakeNft();
