@@ -113,11 +113,11 @@ export function countNft(json: string): { nftRules: number; nftSetElements: numb
   return { nftRules: rules, nftSetElements: elems };
 }
 
-async function nftCounts(topo: Topology): Promise<Counts> {
-  // kube-proxy's tables only (iptables-nft's own tables are counted as iptables rules)
+async function nftCounts(topo: Topology, table = 'kube-proxy'): Promise<Counts> {
+  // the proxy's own tables only (iptables-nft's own tables are counted as iptables rules)
   const out: Counts = { nftRules: 0, nftSetElements: 0 };
   for (const family of ['ip', 'ip6']) {
-    const c = countNft(await run(topo, 'nft', ['-j', 'list', 'table', family, 'kube-proxy']));
+    const c = countNft(await run(topo, 'nft', ['-j', 'list', 'table', family, table]));
     out.nftRules! += c.nftRules;
     out.nftSetElements! += c.nftSetElements;
   }
@@ -153,7 +153,7 @@ export async function kpxToken(admin: KubeConfig): Promise<string> {
 
 const KPX_BRIDGE_PORT = 16443;
 
-async function startKpx(ctx: ProxyContext, mode: 'iptables' | 'ipvs'): Promise<RunningProxy> {
+async function startKpx(ctx: ProxyContext, mode: 'iptables' | 'ipvs' | 'nftables'): Promise<RunningProxy> {
   const procs: ResultPromise[] = [];
   const forwarder = new FaultProxy(join(ctx.dir, 'apiserver.sock'), ctx.api.target());
   await forwarder.start();
@@ -250,6 +250,7 @@ async function startUpstream(ctx: ProxyContext, mode: KubeProxyMode): Promise<Ru
 
 export const PROXIES: ProxyDef[] = [
   { name: 'kpx-iptables', impl: 'kpx', mode: 'iptables', needs: [], start: (c) => startKpx(c, 'iptables'), counts: iptablesCounts },
+  { name: 'kpx-nftables', impl: 'kpx', mode: 'nftables', needs: [], start: (c) => startKpx(c, 'nftables'), counts: (t) => nftCounts(t, 'kpx') },
   { name: 'kpx-ipvs', impl: 'kpx', mode: 'ipvs', needs: ['ipvs'], start: (c) => startKpx(c, 'ipvs'), counts: ipvsCounts },
   { name: 'kube-proxy-iptables', impl: 'kube-proxy', mode: 'iptables', needs: ['kube-proxy-binary'], start: (c) => startUpstream(c, 'iptables'), counts: iptablesCounts },
   { name: 'kube-proxy-nftables', impl: 'kube-proxy', mode: 'nftables', needs: ['kube-proxy-binary'], start: (c) => startUpstream(c, 'nftables'), counts: nftCounts },
