@@ -98,7 +98,22 @@ export class Http2Api {
   }
 }
 
-/** Runs fn over items with at most `concurrency` in flight; rejects on the first error. */
+/** What pool() rejects with when fn threw something that is not an Error; `value` is what it threw. */
+export class PoolFailure extends Error {
+  constructor(readonly value: unknown) {
+    super(`pool: a task threw a non-Error value: ${describe(value)}`);
+  }
+}
+
+function describe(value: unknown): string {
+  try {
+    return typeof value === 'string' ? value : (JSON.stringify(value) ?? String(value));
+  } catch {
+    return String(value);
+  }
+}
+
+/** Runs fn over items with at most `concurrency` in flight; rejects on the first error (non-Errors wrapped in PoolFailure). */
 export async function pool<T>(items: readonly T[], concurrency: number, fn: (item: T, index: number) => Promise<void>, signal?: AbortSignal): Promise<void> {
   let next = 0;
   let failed: unknown = null;
@@ -115,5 +130,5 @@ export async function pool<T>(items: readonly T[], concurrency: number, fn: (ite
       }
     }),
   );
-  if (failed !== null) throw failed;
+  if (failed !== null) throw failed instanceof Error ? failed : new PoolFailure(failed);
 }

@@ -18,7 +18,7 @@ import { Http2Api } from './api.js';
 import { chartSpecs, renderSvg, type Chart } from './charts.js';
 import { endpointPool, NODE_NAME, Population, type PoolShape } from './cluster.js';
 import { parseDuration } from './metrics.js';
-import { proxyByName, PROXIES, type ProxyDef } from './proxies.js';
+import { proxyByName, PROXIES } from './proxies.js';
 import { markdownReport, summaryTable, evaluateTargets, toCSV } from './report.js';
 import { runOne, StepTimeout, type RunSettings } from './run.js';
 import type { Environment, RunConfig, RunResult, ScaleResults } from './types.js';

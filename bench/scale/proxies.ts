@@ -243,7 +243,7 @@ async function startUpstream(ctx: ProxyContext, mode: KubeProxyMode): Promise<Ru
     dir: ctx.dir,
     waitForSync: false,
   });
-  return { pid: kp.pid, startedAt: kp.startedAt, logFile: kp.logFile, exited: kp.exited, logTail: kp.logTail, metrics: kp.metrics, stop: kp.stop };
+  return { pid: kp.pid, startedAt: kp.startedAt, logFile: kp.logFile, exited: kp.exited, logTail: () => kp.logTail(), metrics: () => kp.metrics(), stop: () => kp.stop() };
 }
 
 // ---- the table ----

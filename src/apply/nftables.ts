@@ -140,7 +140,7 @@ function desiredOf(r: NftablesRenderer): Desired {
   const elements = new Map<string, Map<string, string>>();
   for (const [set, key, value] of r.elements()) {
     let m = elements.get(set);
-    if (!m) elements.set(set, (m = new Map()));
+    if (!m) elements.set(set, (m = new Map<string, string>()));
     m.set(key, value ?? '');
     digest ^= elementHash(set, key, value ?? '');
   }
@@ -346,16 +346,7 @@ export class NftablesApplier {
     }
     for (const name of delta.removeChains) if (memory.chains.has(name)) ch.removeChains.add(name);
     for (const [set, keys] of delta.removeElements) for (const k of keys) if (memory.elements.get(set)?.has(k)) ch.remove(set, k);
-    for (const [set, els] of delta.addElements) {
-      const have = memory.elements.get(set);
-      for (const [k, v] of els) {
-        const value = v ?? '';
-        const cur = have?.get(k);
-        if (cur === value && !ch.removes(set, k)) continue;
-        if (cur !== undefined && !ch.removes(set, k)) ch.remove(set, k);
-        ch.add(set, k, value);
-      }
-    }
+    for (const [set, els] of delta.addElements) addElementChanges(ch, set, els, memory.elements.get(set));
     return this.planChanges(r, ch, memory);
   }
 
@@ -365,6 +356,39 @@ export class NftablesApplier {
     const counts = { ...ZERO };
     const now = this.now();
     const unstale: string[] = [];
+    const writes = this.writeChanges(tx, r, ch, memory, counts, unstale);
+    const { retiring, deleted } = this.retire(tx, ch, memory, now, unstale, counts);
+
+    // The digest after commit; memory itself is changed in place once nft succeeded (a
+    // copy would cost O(table) per partial sync).
+    const { digest, setHashes } = digestAfter(memory, ch, writes);
+    const stateChain = memory.stateChain;
+    if (!tx.empty) {
+      const retired = this.stale.size - unstale.length + retiring.size - deleted.length;
+      if (stateChain) tx.flushChain(CHAIN.state);
+      tx.addChain(CHAIN.state, [stateRule(digest, retired)]);
+    }
+    return {
+      tx,
+      counts,
+      commit: () => {
+        updateMemory(memory, ch, writes, setHashes);
+        memory.digest = digest;
+        if (!tx.empty) memory.stateChain = true;
+        this.memory = memory;
+        for (const n of unstale) this.stale.delete(n);
+        for (const [n, st] of retiring) this.stale.set(n, st);
+        for (const n of deleted) this.stale.delete(n);
+      },
+    };
+  }
+
+  /**
+   * Writes the changes into the transaction (sets, chains in rank order, elements, chain
+   * flushes) and counts them; names of retired entries wanted again go to `unstale`.
+   * Returns the chain writes in the order written.
+   */
+  private writeChanges(tx: Transaction, r: NftablesRenderer, ch: Changes, memory: Programmed, counts: typeof ZERO, unstale: string[]): ChainWrite[] {
     for (const [name, spec] of ch.addSets) {
       if (this.stale.has(name)) unstale.push(name);
       else tx.addSet(spec);
@@ -394,8 +418,22 @@ export class NftablesApplier {
       tx.flushChain(name);
       counts.chainsRetired++;
     }
-    // Retired chains and sets go in a transaction that deletes something anyway (nft reads
-    // every chain for it already), or once the oldest has waited staleMaxAgeMs.
+    return writes;
+  }
+
+  /**
+   * The chains and sets the changes retire, and the deletions of retired ones added to the
+   * transaction: retired chains and sets go in a transaction that deletes something anyway
+   * (nft reads every chain for it already), or once the oldest has waited staleMaxAgeMs.
+   */
+  private retire(
+    tx: Transaction,
+    ch: Changes,
+    memory: Programmed,
+    now: number,
+    unstale: readonly string[],
+    counts: typeof ZERO,
+  ): { retiring: Map<string, Stale>; deleted: string[] } {
     const retiring = new Map<string, Stale>();
     for (const name of ch.removeChains) retiring.set(name, { kind: 'chain', since: now });
     for (const name of ch.removeSets) retiring.set(name, { kind: memory.sets.get(name)!.kind, since: now });
@@ -409,56 +447,7 @@ export class NftablesApplier {
       deleted = this.deleteFrom(tx, pending, now, deleting);
     }
     Object.assign(counts, deleting);
-
-    // The digest after commit; memory itself is changed in place once nft succeeded (a
-    // copy would cost O(table) per partial sync).
-    let digest = memory.digest;
-    const setHashes = new Map<string, bigint>();
-    for (const [name, spec] of ch.addSets) {
-      const hsh = setHash(spec);
-      setHashes.set(name, hsh);
-      digest ^= hsh;
-    }
-    for (const name of ch.removeSets) digest ^= memory.sets.get(name)!.hash;
-    for (const { def, hash: hsh } of writes) {
-      const old = memory.chains.get(def.name);
-      if (old !== undefined) digest ^= old;
-      digest ^= hsh;
-    }
-    for (const name of ch.removeChains) digest ^= memory.chains.get(name)!;
-    for (const [set, keys] of ch.removeElements) {
-      const m = memory.elements.get(set)!;
-      for (const k of keys) digest ^= elementHash(set, k, m.get(k)!);
-    }
-    for (const [set, els] of ch.addElements) for (const [k, v] of els) digest ^= elementHash(set, k, v);
-    const stateChain = memory.stateChain;
-    if (!tx.empty) {
-      const retired = this.stale.size - unstale.length + retiring.size - deleted.length;
-      if (stateChain) tx.flushChain(CHAIN.state);
-      tx.addChain(CHAIN.state, [stateRule(digest, retired)]);
-    }
-    return {
-      tx,
-      counts,
-      commit: () => {
-        for (const [name, spec] of ch.addSets) memory.sets.set(name, { kind: spec.kind, hash: setHashes.get(name)! });
-        for (const name of ch.removeSets) memory.sets.delete(name);
-        for (const { def, hash: hsh } of writes) memory.chains.set(def.name, hsh);
-        for (const name of ch.removeChains) memory.chains.delete(name);
-        for (const [set, keys] of ch.removeElements) for (const k of keys) memory.elements.get(set)!.delete(k);
-        for (const [set, els] of ch.addElements) {
-          let m = memory.elements.get(set);
-          if (!m) memory.elements.set(set, (m = new Map()));
-          for (const [k, v] of els) m.set(k, v);
-        }
-        memory.digest = digest;
-        if (!tx.empty) memory.stateChain = true;
-        this.memory = memory;
-        for (const n of unstale) this.stale.delete(n);
-        for (const [n, st] of retiring) this.stale.set(n, st);
-        for (const n of deleted) this.stale.delete(n);
-      },
-    };
+    return { retiring, deleted };
   }
 
   /** Adds deletions of the stale entries old enough; returns their names. */
@@ -516,25 +505,83 @@ export class NftablesApplier {
     recreated: boolean,
     w: ({ text: string; statements: number; slow: number } & typeof ZERO) | null,
   ): NftApplyReport {
+    const written = w ?? NOTHING_WRITTEN;
     return {
       family: this.family,
       full,
       recreated,
-      statements: w?.statements ?? 0,
-      slowStatements: w?.slow ?? 0,
-      chainsWritten: w?.chainsWritten ?? 0,
-      chainsRetired: w?.chainsRetired ?? 0,
-      chainsDeleted: w?.chainsDeleted ?? 0,
-      setsAdded: w?.setsAdded ?? 0,
-      setsDeleted: w?.setsDeleted ?? 0,
-      elementsAdded: w?.elementsAdded ?? 0,
-      elementsRemoved: w?.elementsRemoved ?? 0,
-      text: w?.text ?? '',
+      statements: written.statements,
+      slowStatements: written.slow,
+      chainsWritten: written.chainsWritten,
+      chainsRetired: written.chainsRetired,
+      chainsDeleted: written.chainsDeleted,
+      setsAdded: written.setsAdded,
+      setsDeleted: written.setsDeleted,
+      elementsAdded: written.elementsAdded,
+      elementsRemoved: written.elementsRemoved,
+      text: written.text,
     };
   }
 }
 
 const ZERO = { chainsWritten: 0, chainsRetired: 0, chainsDeleted: 0, setsAdded: 0, setsDeleted: 0, elementsAdded: 0, elementsRemoved: 0 };
+
+/** A report's figures when no transaction ran. */
+const NOTHING_WRITTEN: { text: string; statements: number; slow: number } & typeof ZERO = { text: '', statements: 0, slow: 0, ...ZERO };
+
+type ChainWrite = { readonly def: NftChainDef; readonly hash: bigint };
+
+/**
+ * Adds a delta's elements of one set to the changes: an element that holds another value
+ * is removed first; one that holds the same value is left alone (unless it is being removed).
+ */
+function addElementChanges(ch: Changes, set: string, els: Iterable<readonly [string, string | undefined]>, have: ReadonlyMap<string, string> | undefined): void {
+  for (const [k, v] of els) {
+    const value = v ?? '';
+    const cur = have?.get(k);
+    if (cur === value && !ch.removes(set, k)) continue;
+    if (cur !== undefined && !ch.removes(set, k)) ch.remove(set, k);
+    ch.add(set, k, value);
+  }
+}
+
+/** The table's digest once the changes are committed, and the hashes of the added sets. */
+function digestAfter(memory: Programmed, ch: Changes, writes: readonly ChainWrite[]): { digest: bigint; setHashes: Map<string, bigint> } {
+  let digest = memory.digest;
+  const setHashes = new Map<string, bigint>();
+  for (const [name, spec] of ch.addSets) {
+    const hsh = setHash(spec);
+    setHashes.set(name, hsh);
+    digest ^= hsh;
+  }
+  for (const name of ch.removeSets) digest ^= memory.sets.get(name)!.hash;
+  for (const { def, hash: hsh } of writes) {
+    const old = memory.chains.get(def.name);
+    if (old !== undefined) digest ^= old;
+    digest ^= hsh;
+  }
+  for (const name of ch.removeChains) digest ^= memory.chains.get(name)!;
+  for (const [set, keys] of ch.removeElements) {
+    const m = memory.elements.get(set)!;
+    for (const k of keys) digest ^= elementHash(set, k, m.get(k)!);
+  }
+  for (const [set, els] of ch.addElements) for (const [k, v] of els) digest ^= elementHash(set, k, v);
+  return { digest, setHashes };
+}
+
+/** Memory's chains, sets and elements after a committed transaction of these changes. */
+function updateMemory(memory: Programmed, ch: Changes, writes: readonly ChainWrite[], setHashes: ReadonlyMap<string, bigint>): void {
+  for (const [name, spec] of ch.addSets) memory.sets.set(name, { kind: spec.kind, hash: setHashes.get(name)! });
+  for (const name of ch.removeSets) memory.sets.delete(name);
+  for (const { def, hash: hsh } of writes) memory.chains.set(def.name, hsh);
+  for (const name of ch.removeChains) memory.chains.delete(name);
+  for (const [set, keys] of ch.removeElements) for (const k of keys) memory.elements.get(set)!.delete(k);
+  for (const [set, els] of ch.addElements) {
+    let m = memory.elements.get(set);
+    if (!m) memory.elements.set(set, (m = new Map<string, string>()));
+    for (const [k, v] of els) m.set(k, v);
+  }
+}
 
 interface Plan {
   readonly tx: Transaction;
@@ -566,7 +613,7 @@ class Changes {
 
   add(set: string, key: string, value: string): void {
     let m = this.addElements.get(set);
-    if (!m) this.addElements.set(set, (m = new Map()));
+    if (!m) this.addElements.set(set, (m = new Map<string, string>()));
     m.set(key, value);
   }
 

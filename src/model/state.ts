@@ -142,11 +142,20 @@ export class ClusterState {
     // an update that changes nothing kpx uses keeps the old ports (and their identity)
     if (had && samePorts(had, ports)) return;
     const created = cur?.metadata.creationTimestamp ? Date.parse(String(cur.metadata.creationTimestamp)) : NaN;
-    const { changed, conflicts } = this.frontends.set(key, ports, Number.isNaN(created) ? Infinity : created);
+    this.setFrontends(key, ports, Number.isNaN(created) ? Infinity : created, change.origin);
+  }
+
+  /**
+   * Hands a Service's ports to the frontend conflict bookkeeping and takes in the outcome:
+   * the served ports of every Service that changed, and the Services skipped for a conflict
+   * (warned about when they become conflicted, and on each change of their own).
+   */
+  private setFrontends(key: string, ports: readonly ServicePort[], created: number, origin: string | undefined): void {
+    const { changed, conflicts } = this.frontends.set(key, ports, created);
     for (const c of conflicts) {
       if (!this.conflicted.has(c.service) || c.service === key) {
         this.log.warn(
-          { kind: 'Service', object: c.service, origin: c.service === key ? change.origin : undefined, reason: `${c.frontend} is already served by Service ${c.servedBy} (the older object)` },
+          { kind: 'Service', object: c.service, origin: c.service === key ? origin : undefined, reason: `${c.frontend} is already served by Service ${c.servedBy} (the older object)` },
           'conflicting Service skipped',
         );
       }

@@ -345,47 +345,72 @@ export function parseTransaction(text: string): Statement[] {
   return out;
 }
 
+/** A statement's leading words, `<op> <object> <family> <table> [<name>]`, and its braces. */
+interface StatementHead {
+  readonly line: string;
+  readonly op: 'add' | 'delete' | 'flush';
+  readonly obj: string;
+  readonly family: string;
+  readonly table: string;
+  /** the fifth word: the chain, set or map name */
+  readonly name: string | undefined;
+  /** what is inside the braces; null without braces */
+  readonly body: string | null;
+}
+
 function parseStatement(line: string): Statement {
   const { head, body } = braceBody(line);
   const words = head.split(/\s+/);
   const [op, obj, family, table] = words as [string, string, string, string];
   if (!['add', 'delete', 'flush'].includes(op)) throw new Error(`unknown command ${op}`);
   if (!family || !table) throw new Error(`incomplete statement: ${line}`);
+  const h: StatementHead = { line, op: op as StatementHead['op'], obj, family, table, name: words[4], body };
   switch (obj) {
-    case 'table': {
-      const comment = body ? parseChainBody(body).comment : undefined;
-      return { op: op as 'add', obj: 'table', family, table, ...(comment !== undefined ? { comment } : {}) };
-    }
-    case 'chain': {
-      const name = words[4];
-      if (!name) throw new Error('chain without a name');
-      if (op === 'add') return { op, obj: 'chain', family, table, name, ...(body !== null ? parseChainBody(body) : { rules: [] }) };
-      return { op: op as 'flush', obj: 'chain', family, table, name };
-    }
-    case 'rule': {
-      const chain = words[4];
-      if (op !== 'add' || !chain) throw new Error(`cannot read ${line}`);
-      const rule = line.slice(line.indexOf(chain, `${op} ${obj} ${family} ${table}`.length) + chain.length).trim();
-      return { op, obj: 'rule', family, table, chain, rule };
-    }
+    case 'table':
+      return parseTableStatement(h);
+    case 'chain':
+      return parseChainStatement(h);
+    case 'rule':
+      return parseRuleStatement(h);
     case 'set':
-    case 'map': {
-      const name = words[4];
-      if (!name) throw new Error(`${obj} without a name`);
-      if (op === 'add') {
-        if (body === null) throw new Error(`${obj} ${name} has no declaration`);
-        return { op, obj: 'set', family, table, ...parseSetBody(obj, name, body) };
-      }
-      return { op: op as 'flush', obj: 'set', family, table, kind: obj, name };
-    }
-    case 'element': {
-      const name = words[4];
-      if (!name || body === null || op === 'flush') throw new Error(`cannot read ${line}`);
-      return { op: op as 'add', obj: 'element', family, table, name, elements: body.trim() ? parseElements(body) : [] };
-    }
+    case 'map':
+      return parseSetStatement(h, obj);
+    case 'element':
+      return parseElementStatement(h);
     default:
       throw new Error(`unknown object ${obj}`);
   }
+}
+
+function parseTableStatement({ op, family, table, body }: StatementHead): Statement {
+  const comment = body ? parseChainBody(body).comment : undefined;
+  return { op: op as 'add', obj: 'table', family, table, ...(comment !== undefined ? { comment } : {}) };
+}
+
+function parseChainStatement({ op, family, table, name, body }: StatementHead): Statement {
+  if (!name) throw new Error('chain without a name');
+  if (op === 'add') return { op, obj: 'chain', family, table, name, ...(body !== null ? parseChainBody(body) : { rules: [] }) };
+  return { op: op as 'flush', obj: 'chain', family, table, name };
+}
+
+function parseRuleStatement({ line, op, obj, family, table, name: chain }: StatementHead): Statement {
+  if (op !== 'add' || !chain) throw new Error(`cannot read ${line}`);
+  const rule = line.slice(line.indexOf(chain, `${op} ${obj} ${family} ${table}`.length) + chain.length).trim();
+  return { op, obj: 'rule', family, table, chain, rule };
+}
+
+function parseSetStatement({ op, family, table, name, body }: StatementHead, kind: 'set' | 'map'): Statement {
+  if (!name) throw new Error(`${kind} without a name`);
+  if (op === 'add') {
+    if (body === null) throw new Error(`${kind} ${name} has no declaration`);
+    return { op, obj: 'set', family, table, ...parseSetBody(kind, name, body) };
+  }
+  return { op: op as 'flush', obj: 'set', family, table, kind, name };
+}
+
+function parseElementStatement({ line, op, family, table, name, body }: StatementHead): Statement {
+  if (!name || body === null || op === 'flush') throw new Error(`cannot read ${line}`);
+  return { op: op as 'add', obj: 'element', family, table, name, elements: body.trim() ? parseElements(body) : [] };
 }
 
 /** Names of the chains a rule jumps or goes to (also inside anonymous verdict maps). */

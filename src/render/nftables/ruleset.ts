@@ -190,7 +190,7 @@ class ElementRegistry {
   add(owner: string, e: OwnedElement): void {
     this.touch(e.set, e.key);
     let keys = this.sets.get(e.set);
-    if (!keys) this.sets.set(e.set, (keys = new Map()));
+    if (!keys) this.sets.set(e.set, (keys = new Map<string, Array<readonly [string, string | undefined]>>()));
     const owners = keys.get(e.key);
     if (!owners) {
       keys.set(e.key, [[owner, e.value]]);
@@ -223,7 +223,7 @@ class ElementRegistry {
       }
       if (after !== null) {
         let m = delta.addElements.get(set);
-        if (!m) delta.addElements.set(set, (m = new Map()));
+        if (!m) delta.addElements.set(set, (m = new Map<string, string | undefined>()));
         m.set(key, after);
       }
     }

@@ -6,7 +6,7 @@ import type { Endpoint, ServicePort } from '../../model/types.js';
 import { joinHostPort, parseCIDR, cidrContains } from '../../util/ip.js';
 import { quoted, type SetSpec } from '../../nftables/format.js';
 import type { LocalDetector } from '../iptables/config.js';
-import { affinitySetName, CHAIN, endpointChainName, SET, servicePortNames } from './names.js';
+import { affinitySetName, CHAIN, endpointChainName, SET, servicePortNames, type ServicePortNames } from './names.js';
 import type { NftablesRenderConfig } from './config.js';
 
 export interface NftChain {
@@ -48,22 +48,69 @@ export function localMatch(ip: 'ip' | 'ip6', d: LocalDetector, negate: boolean):
   return `iifname ${op}"${iface}"`;
 }
 
+/** What the helpers below need to know about one service port. */
+interface PortContext {
+  readonly sp: ServicePort;
+  readonly cfg: NftablesRenderConfig;
+  readonly ip: 'ip' | 'ip6';
+  readonly proto: string;
+  readonly names: ServicePortNames;
+  readonly hasAny: boolean;
+  readonly hasInternalEndpoints: boolean;
+  readonly hasExternalEndpoints: boolean;
+  readonly usesFirewallChain: boolean;
+}
+
+/** The endpoint chains of one service port, with the affinity set of each endpoint. */
+interface EndpointChains {
+  readonly chains: NftChain[];
+  readonly sets: SetSpec[];
+  readonly chainOf: ReadonlyMap<Endpoint, string>;
+  /** empty without ClientIP affinity */
+  readonly setOf: ReadonlyMap<Endpoint, string>;
+}
+
 export function renderServicePort(sp: ServicePort, endpoints: readonly Endpoint[], cfg: NftablesRenderConfig): NftServiceFragment {
-  const ip = ipOf(cfg);
   const proto = sp.protocol.toLowerCase();
-  const names = servicePortNames(sp.serviceKey, proto, sp.portName);
   const cat = categorizeEndpoints(sp, endpoints, { nodeName: cfg.nodeName, zone: cfg.zone });
-  const { cluster, local, allReachable, hasAny } = cat;
-
-  const usesClusterChain = cluster.length > 0;
-  const usesLocalChain = local.length > 0;
-  const internalChain = sp.internalPolicyLocal ? names.local : names.cluster;
-  const hasInternalEndpoints = sp.internalPolicyLocal ? usesLocalChain : hasAny;
-  const hasExternalEndpoints = sp.externalPolicyLocal ? usesLocalChain : hasAny;
+  const { hasAny } = cat;
+  const usesLocalChain = cat.local.length > 0;
   const external = externallyAccessible(sp);
-  const usesExternalChain = hasAny && external;
-  const usesFirewallChain = sp.loadBalancerVIPs.length > 0 && sp.loadBalancerSourceRanges.length > 0;
+  const ctx: PortContext = {
+    sp,
+    cfg,
+    ip: ipOf(cfg),
+    proto,
+    names: servicePortNames(sp.serviceKey, proto, sp.portName),
+    hasAny,
+    hasInternalEndpoints: sp.internalPolicyLocal ? usesLocalChain : hasAny,
+    hasExternalEndpoints: sp.externalPolicyLocal ? usesLocalChain : hasAny,
+    usesFirewallChain: sp.loadBalancerVIPs.length > 0 && sp.loadBalancerSourceRanges.length > 0,
+  };
 
+  const eps = endpointChains(ctx, cat.allReachable);
+  const chains: NftChain[] = [...eps.chains, ...policyChains(ctx, cat, eps)];
+  if (hasAny && external) chains.push(externalChain(ctx));
+  if (ctx.usesFirewallChain) chains.push(firewallChain(ctx));
+
+  return {
+    servicePort: sp,
+    endpoints,
+    categorized: cat,
+    chains,
+    sets: eps.sets,
+    elements: serviceElements(ctx),
+    noLocalEndpoints: {
+      internal: sp.internalPolicyLocal && hasAny && !usesLocalChain,
+      external: sp.externalPolicyLocal && external && hasAny && !usesLocalChain,
+    },
+  };
+}
+
+/** The port's elements in the shared maps and sets: where its addresses and NodePort go. */
+function serviceElements(ctx: PortContext): OwnedElement[] {
+  const { sp, proto, names, hasAny, hasExternalEndpoints } = ctx;
+  const internalChain = sp.internalPolicyLocal ? names.local : names.cluster;
   // no endpoints anywhere: reject; endpoints elsewhere but none here under Local policy: drop
   const internalVerdict = hasAny ? 'drop' : `goto ${CHAIN.reject}`;
   const externalVerdict = internalVerdict;
@@ -71,7 +118,7 @@ export function renderServicePort(sp: ServicePort, endpoints: readonly Endpoint[
   const elements: OwnedElement[] = [];
   const key = (addr: string, port: number) => `${addr} . ${proto} . ${port}`;
   elements.push({ set: SET.clusterIPs, key: sp.clusterIP });
-  if (hasInternalEndpoints) elements.push({ set: SET.serviceIPs, key: key(sp.clusterIP, sp.port), value: `goto ${internalChain}` });
+  if (ctx.hasInternalEndpoints) elements.push({ set: SET.serviceIPs, key: key(sp.clusterIP, sp.port), value: `goto ${internalChain}` });
   else elements.push({ set: SET.noEndpointServices, key: key(sp.clusterIP, sp.port), value: internalVerdict });
   for (const x of sp.externalIPs) {
     if (hasAny) elements.push({ set: SET.serviceIPs, key: key(x, sp.port), value: `goto ${names.external}` });
@@ -79,7 +126,7 @@ export function renderServicePort(sp: ServicePort, endpoints: readonly Endpoint[
   }
   for (const vip of sp.loadBalancerVIPs) {
     if (hasAny) elements.push({ set: SET.serviceIPs, key: key(vip, sp.port), value: `goto ${names.external}` });
-    if (usesFirewallChain) elements.push({ set: SET.firewallIPs, key: key(vip, sp.port), value: `goto ${names.firewall}` });
+    if (ctx.usesFirewallChain) elements.push({ set: SET.firewallIPs, key: key(vip, sp.port), value: `goto ${names.firewall}` });
     if (!hasExternalEndpoints) elements.push({ set: SET.noEndpointServices, key: key(vip, sp.port), value: externalVerdict });
   }
   if (sp.nodePort) {
@@ -87,89 +134,93 @@ export function renderServicePort(sp: ServicePort, endpoints: readonly Endpoint[
     if (hasAny) elements.push({ set: SET.serviceNodePorts, key: `${proto} . ${sp.nodePort}`, value: `goto ${names.external}` });
     if (!hasExternalEndpoints) elements.push({ set: SET.noEndpointNodePorts, key: `${proto} . ${sp.nodePort}`, value: externalVerdict });
   }
+  return elements;
+}
 
+/** One chain per reachable endpoint (masquerade hairpin traffic, record affinity, DNAT). */
+function endpointChains(ctx: PortContext, reachable: readonly Endpoint[]): EndpointChains {
+  const { sp, cfg, ip, proto, names } = ctx;
+  const affinity = sp.affinitySeconds > 0;
   const chains: NftChain[] = [];
   const sets: SetSpec[] = [];
-  const affinity = sp.affinitySeconds > 0;
-  const epChain = new Map<Endpoint, string>();
-  const epSet = new Map<Endpoint, string>();
-  for (const ep of allReachable) {
+  const chainOf = new Map<Endpoint, string>();
+  const setOf = new Map<Endpoint, string>();
+  for (const ep of reachable) {
     const chain = endpointChainName(names.base, ep.ip, ep.port);
-    epChain.set(ep, chain);
+    chainOf.set(ep, chain);
     const rules = [`${ip} saddr ${ep.ip} jump ${CHAIN.markMasq}`];
     if (affinity) {
       const set = affinitySetName(names.base, ep.ip, ep.port, sp.affinitySeconds);
-      epSet.set(ep, set);
+      setOf.set(ep, set);
       sets.push({ kind: 'set', name: set, type: addrType(cfg), flags: ['dynamic', 'timeout'], timeout: sp.affinitySeconds });
       rules.push(`update @${set} { ${ip} saddr }`);
     }
     rules.push(`meta l4proto ${proto} dnat to ${joinHostPort(ep.ip, ep.port)}`);
     chains.push({ name: chain, rules });
   }
+  return { chains, sets, chainOf, setOf };
+}
 
-  // off-cluster traffic to the cluster IP is masqueraded (it may leave the node again)
-  const masq: string[] = [];
-  if (hasInternalEndpoints) {
-    const head = `${ip} daddr ${sp.clusterIP} ${proto} dport ${sp.port}`;
-    if (cfg.masqueradeAll) masq.push(`${head} jump ${CHAIN.markMasq}`);
-    else {
-      const notLocal = localMatch(ip, cfg.localDetector, true);
-      if (notLocal) masq.push(`${head} ${notLocal} jump ${CHAIN.markMasq}`);
-    }
-  }
-  const pick = (eps: readonly Endpoint[]): string[] => {
+/** Off-cluster traffic to the cluster IP is masqueraded (it may leave the node again). */
+function clusterIPMasqueradeRules(ctx: PortContext): string[] {
+  const { sp, cfg, ip, proto } = ctx;
+  if (!ctx.hasInternalEndpoints) return [];
+  const head = `${ip} daddr ${sp.clusterIP} ${proto} dport ${sp.port}`;
+  if (cfg.masqueradeAll) return [`${head} jump ${CHAIN.markMasq}`];
+  const notLocal = localMatch(ip, cfg.localDetector, true);
+  return notLocal ? [`${head} ${notLocal} jump ${CHAIN.markMasq}`] : [];
+}
+
+/** The Cluster-policy chain (all endpoints) and the Local-policy chain (this node's), when they have endpoints. */
+function policyChains(ctx: PortContext, cat: CategorizedEndpoints, eps: EndpointChains): NftChain[] {
+  const { sp, cfg, ip, names } = ctx;
+  const masq = clusterIPMasqueradeRules(ctx);
+  const pick = (picked: readonly Endpoint[]): string[] => {
     const out: string[] = [];
-    if (affinity) for (const ep of eps) out.push(`${ip} saddr @${epSet.get(ep)!} goto ${epChain.get(ep)!}`);
-    out.push(...selectEndpoint(eps.map((ep) => epChain.get(ep)!), cfg.endpointSelection ?? 'rules'));
+    if (sp.affinitySeconds > 0) for (const ep of picked) out.push(`${ip} saddr @${eps.setOf.get(ep)!} goto ${eps.chainOf.get(ep)!}`);
+    out.push(...selectEndpoint(picked.map((ep) => eps.chainOf.get(ep)!), cfg.endpointSelection ?? 'rules'));
     return out;
   };
-  if (usesClusterChain) chains.push({ name: names.cluster, rules: [...(sp.internalPolicyLocal ? [] : masq), ...pick(cluster)] });
-  if (usesLocalChain) chains.push({ name: names.local, rules: [...(sp.internalPolicyLocal ? masq : []), ...pick(local)] });
+  const chains: NftChain[] = [];
+  if (cat.cluster.length > 0) chains.push({ name: names.cluster, rules: [...(sp.internalPolicyLocal ? [] : masq), ...pick(cat.cluster)] });
+  if (cat.local.length > 0) chains.push({ name: names.local, rules: [...(sp.internalPolicyLocal ? masq : []), ...pick(cat.local)] });
+  return chains;
+}
 
-  if (usesExternalChain) {
-    const rules: string[] = [];
-    if (!sp.externalPolicyLocal) {
-      // the endpoint may be on another node: masquerade so that replies come back here
-      rules.push(`jump ${CHAIN.markMasq}`);
-    } else {
-      // Pods and the node itself reach any endpoint, as if they went out to the load
-      // balancer and came back; only traffic from outside is held to local endpoints.
-      const fromPod = localMatch(ip, cfg.localDetector, false);
-      if (fromPod) rules.push(`${fromPod} goto ${names.cluster} comment "short-circuit pod traffic"`);
-      rules.push(`fib saddr type local jump ${CHAIN.markMasq} comment "masquerade local traffic"`);
-      rules.push(`fib saddr type local goto ${names.cluster} comment "short-circuit local traffic"`);
-    }
-    if (hasExternalEndpoints) rules.push(`goto ${sp.externalPolicyLocal ? names.local : names.cluster}`);
-    chains.push({ name: names.external, rules });
+/** NodePort, externalIP and LoadBalancer IP traffic, under the external traffic policy. */
+function externalChain(ctx: PortContext): NftChain {
+  const { sp, cfg, ip, names } = ctx;
+  const rules: string[] = [];
+  if (!sp.externalPolicyLocal) {
+    // the endpoint may be on another node: masquerade so that replies come back here
+    rules.push(`jump ${CHAIN.markMasq}`);
+  } else {
+    // Pods and the node itself reach any endpoint, as if they went out to the load
+    // balancer and came back; only traffic from outside is held to local endpoints.
+    const fromPod = localMatch(ip, cfg.localDetector, false);
+    if (fromPod) rules.push(`${fromPod} goto ${names.cluster} comment "short-circuit pod traffic"`);
+    rules.push(`fib saddr type local jump ${CHAIN.markMasq} comment "masquerade local traffic"`);
+    rules.push(`fib saddr type local goto ${names.cluster} comment "short-circuit local traffic"`);
   }
+  if (ctx.hasExternalEndpoints) rules.push(`goto ${sp.externalPolicyLocal ? names.local : names.cluster}`);
+  return { name: names.external, rules };
+}
 
-  if (usesFirewallChain) {
-    // Allowed sources return to the hook chain (and go on to the DNAT); the rest is dropped.
-    // One rule per range rather than an anonymous set: each anonymous set makes the kernel
-    // walk the whole transaction once (see docs in src/apply/nftables.ts).
-    const rules = sp.loadBalancerSourceRanges.map((r) => `${ip} saddr ${r} return`);
-    // A node reaching its own LB IP may do so with the VIP as source; allowed when the
-    // node's address is.
-    const ranges = sp.loadBalancerSourceRanges.map((r) => parseCIDR(r)!);
-    if (cfg.nodeIPs.some((n) => ranges.some((r) => cidrContains(r, n)))) {
-      for (const vip of sp.loadBalancerVIPs) rules.push(`${ip} saddr ${vip} return`);
-    }
-    rules.push(`drop comment ${quoted(`${sp.name} loadBalancerSourceRanges`)}`);
-    chains.push({ name: names.firewall, rules });
+/** loadBalancerSourceRanges for the LoadBalancer IPs. */
+function firewallChain(ctx: PortContext): NftChain {
+  const { sp, cfg, ip, names } = ctx;
+  // Allowed sources return to the hook chain (and go on to the DNAT); the rest is dropped.
+  // One rule per range rather than an anonymous set: each anonymous set makes the kernel
+  // walk the whole transaction once (see docs in src/apply/nftables.ts).
+  const rules = sp.loadBalancerSourceRanges.map((r) => `${ip} saddr ${r} return`);
+  // A node reaching its own LB IP may do so with the VIP as source; allowed when the
+  // node's address is.
+  const ranges = sp.loadBalancerSourceRanges.map((r) => parseCIDR(r)!);
+  if (cfg.nodeIPs.some((n) => ranges.some((r) => cidrContains(r, n)))) {
+    for (const vip of sp.loadBalancerVIPs) rules.push(`${ip} saddr ${vip} return`);
   }
-
-  return {
-    servicePort: sp,
-    endpoints,
-    categorized: cat,
-    chains,
-    sets,
-    elements,
-    noLocalEndpoints: {
-      internal: sp.internalPolicyLocal && hasAny && !usesLocalChain,
-      external: sp.externalPolicyLocal && external && hasAny && !usesLocalChain,
-    },
-  };
+  rules.push(`drop comment ${quoted(`${sp.name} loadBalancerSourceRanges`)}`);
+  return { name: names.firewall, rules };
 }
 
 /**
