@@ -2,7 +2,7 @@
 // traffic surviving a FORWARD policy of DROP thanks to kpx's forward rules.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DATAPLANE_MODES, NET, Topology, dataplaneEnv } from '../substrate/netns.js';
-import { endpointSlice, node, service, yamlDocs } from '../substrate/manifests.js';
+import { webNodePortDocs } from '../substrate/manifests.js';
 
 const env = await dataplaneEnv();
 const P = { a: '198.18.1.11', client: '198.18.1.50' };
@@ -21,15 +21,7 @@ describe.skipIf(!env.ok).each(DATAPLANE_MODES)(`masquerade and detect-local mode
   beforeAll(async () => {
     t = await Topology.create({ pods: [{ name: 'a', ip: P.a, ports: [8080] }, { name: 'client', ip: P.client }] });
     dir = await t.manifestsDir();
-    await t.writeManifest(
-      dir,
-      'all.yaml',
-      yamlDocs(
-        node({ ips: [NET.nodeIP], podCIDRs: [NET.podCIDR] }),
-        service({ name: 'web', type: 'NodePort', clusterIP: CIP, ports: [{ name: 'http', port: 80, targetPort: 8080, nodePort: 30401 }] }),
-        endpointSlice({ service: 'web', ports: [{ name: 'http', port: 8080 }], endpoints: [{ ip: P.a }] }),
-      ),
-    );
+    await t.writeManifest(dir, 'all.yaml', webNodePortDocs({ nodeIP: NET.nodeIP, podCIDR: NET.podCIDR, clusterIP: CIP, nodePort: 30401, endpoints: [P.a] }));
   });
   afterAll(async () => {
     await t?.destroy();

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { NET, Topology, dataplaneEnv } from '../substrate/netns.js';
-import { endpointSlice, node, service, yamlDocs } from '../substrate/manifests.js';
+import { webNodePortDocs } from '../substrate/manifests.js';
 
 const env = await dataplaneEnv();
 const P = { a: '198.18.1.11', b: '198.18.1.12', client: '198.18.1.50' };
@@ -56,15 +56,7 @@ describe.skipIf(!env.ok)(`switching proxy modes${env.ok ? '' : ` — skipped: ${
   beforeAll(async () => {
     t = await Topology.create({ pods: [{ name: 'a', ip: P.a, ports: [8080] }, { name: 'b', ip: P.b, ports: [8080] }, { name: 'client', ip: P.client }] });
     dir = await t.manifestsDir();
-    await t.writeManifest(
-      dir,
-      'all.yaml',
-      yamlDocs(
-        node({ ips: [NET.nodeIP], podCIDRs: [NET.podCIDR] }),
-        service({ name: 'web', type: 'NodePort', clusterIP: CIP, ports: [{ name: 'http', port: 80, targetPort: 8080, nodePort: 30601 }] }),
-        endpointSlice({ service: 'web', ports: [{ name: 'http', port: 8080 }], endpoints: [{ ip: P.a }, { ip: P.b }] }),
-      ),
-    );
+    await t.writeManifest(dir, 'all.yaml', webNodePortDocs({ nodeIP: NET.nodeIP, podCIDR: NET.podCIDR, clusterIP: CIP, nodePort: 30601, endpoints: [P.a, P.b] }));
   });
   afterAll(async () => {
     await t?.destroy();

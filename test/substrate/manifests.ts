@@ -99,3 +99,12 @@ export function node(o: { name?: string; ips: string[]; podCIDRs?: string[]; zon
 export function yamlDocs(...objects: object[]): string {
   return objects.map((o) => JSON.stringify(o, null, 2)).join('\n---\n') + '\n';
 }
+
+/** A node and one NodePort Service "web" (port 80 -> 8080) served by `endpoints`: the smallest setup a suite needs. */
+export function webNodePortDocs(o: { nodeIP: string; podCIDR: string; clusterIP: string; nodePort: number; endpoints: string[] }): string {
+  return yamlDocs(
+    node({ ips: [o.nodeIP], podCIDRs: [o.podCIDR] }),
+    service({ name: 'web', type: 'NodePort', clusterIP: o.clusterIP, ports: [{ name: 'http', port: 80, targetPort: 8080, nodePort: o.nodePort }] }),
+    endpointSlice({ service: 'web', ports: [{ name: 'http', port: 8080 }], endpoints: o.endpoints.map((ip) => ({ ip })) }),
+  );
+}
