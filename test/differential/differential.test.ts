@@ -75,7 +75,7 @@ const CASES: Case[] = [
   { name: 'cluster-ip', row: 'ClusterIP, Masquerade, Protocols', clusterIP: '198.19.0.101', ports: [tcp(80), udp(53)], endpoints: [local('a'), local('b'), remote('r1')] },
   {
     name: 'node-port',
-    row: 'NodePort, nodePortAddresses, Localhost NodePorts',
+    row: 'NodePort, nodePortAddresses primary: loopback and bridge address are not NodePort addresses',
     type: 'NodePort',
     clusterIP: '198.19.0.102',
     ports: [tcp(80, 30101), udp(53, 30102)],
@@ -323,6 +323,11 @@ describe.skipIf(!!skip)(`differential: kpx vs upstream kube-proxy, iptables mode
     steps.push({ name: 'recreate', ...r });
     expect(r.kp.get(probeId(probes[0]!))!.endpoints).toBe('b,r2');
     expect(steps.flatMap((s) => differences(s.cmp))).toEqual([]);
+  });
+
+  it('every DELIBERATE row still matches a probe (a stale row fails)', () => {
+    const used = (d: Deliberate) => rows.some((r) => r.verdict === 'deliberate' && r.case === d.case && r.probe === d.probe);
+    expect(DELIBERATE.filter((d) => !used(d))).toEqual([]);
   });
 
   it('metrics: every kubeproxy_* metric kube-proxy exposes in iptables mode exists in kpx', async () => {
