@@ -153,6 +153,8 @@ export class ConntrackCleaner {
     private readonly log: Logger,
     /** flows deleted (metrics) */
     private readonly onDeleted: (family: IPFamily, flows: number) => void = () => {},
+    /** one cleanup's duration in seconds (metrics) */
+    private readonly onCleaned: (family: IPFamily, seconds: number) => void = () => {},
   ) {}
 
   /** Frontends served before this process started (from the kernel's rules). */
@@ -163,7 +165,15 @@ export class ConntrackCleaner {
 
   /** Deletes stale flows for one family; returns how many filters were applied. */
   async clean(family: IPFamily, fragments: Iterable<ServicePortState>): Promise<number> {
-    const ports = [...fragments];
+    const started = performance.now();
+    try {
+      return await this.cleanFamily(family, [...fragments]);
+    } finally {
+      this.onCleaned(family, (performance.now() - started) / 1000);
+    }
+  }
+
+  private async cleanFamily(family: IPFamily, ports: ServicePortState[]): Promise<number> {
     await this.cleanUnNatedTcp(family, ports);
     const current = frontendsOf(ports);
     const fe = withDeleted(current, this.last.get(family));

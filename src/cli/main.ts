@@ -82,7 +82,7 @@ export async function build(flags: Flags, print: (text: string) => void = out): 
   const metrics = new KpxMetrics(() => state.peekPending(), () => proxier.knownFamilies());
   metricsRef = metrics;
   const conntrack = live
-    ? new ConntrackCleaner(execRunner, log.child({ component: 'conntrack' }), (family, n) => metrics.conntrackDeleted.inc({ ip_family: family }, n))
+    ? new ConntrackCleaner(execRunner, log.child({ component: 'conntrack' }), (family, n) => metrics.conntrackDeleted.inc({ ip_family: family }, n), (family, s) => metrics.conntrackDuration.observe({ ip_family: family }, s))
     : null;
   const observers: SyncObserver[] = [new PostSync(log, health, () => proxier.knownFamilies(), conntrack, healthServers), metrics];
   const controller = new Controller({ config, log, source, state, proxier, observers });

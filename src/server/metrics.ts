@@ -35,6 +35,8 @@ export class KpxMetrics implements SyncObserver {
   readonly noLocalEndpoints = new Gauge({ name: 'kubeproxy_sync_proxy_rules_no_local_endpoints_total', help: 'Number of services with a Local traffic policy and no endpoints', labelNames: ['traffic_policy', 'ip_family'], registers: [this.registry] });
   readonly healthz = new Counter({ name: 'kubeproxy_proxy_healthz_total', help: 'Cumulative proxy healthz HTTP status', labelNames: ['code'], registers: [this.registry] });
   readonly livez = new Counter({ name: 'kubeproxy_proxy_livez_total', help: 'Cumulative proxy livez HTTP status', labelNames: ['code'], registers: [this.registry] });
+  /** kube-proxy's buckets for it: 1 ms doubling, 15 of them */
+  readonly conntrackDuration = new Histogram({ name: 'kubeproxy_conntrack_reconciler_sync_duration_seconds', help: 'ReconcileConntrackFlowsLatency latency in seconds', labelNames: this.family, buckets: Array.from({ length: 15 }, (_, i) => 0.001 * 2 ** i), registers: [this.registry] });
   readonly conntrackDeleted = new Counter({ name: 'kubeproxy_conntrack_reconciler_deleted_entries_total', help: 'Cumulative conntrack flows deleted by conntrack reconciler', labelNames: this.family, registers: [this.registry] });
   // kpx's own split of a sync
   readonly renderDuration = new Histogram({ name: 'kpx_sync_render_duration_seconds', help: 'Time spent rendering rules in a sync', labelNames: ['ip_family', 'sync'], buckets: SYNC_BUCKETS, registers: [this.registry] });

@@ -43,8 +43,8 @@ export interface PodSpec {
   ip6?: string;
   /** remote pods sit behind the ext router, standing in for pods on other nodes */
   remote?: boolean;
-  /** ports for the echo server (TCP and UDP); none = no server */
-  ports?: number[];
+  /** ports for the echo server (TCP and UDP; "PORT/hold": long-lived TCP connections); none = no server */
+  ports?: Array<number | `${number}/hold`>;
   /** more IPv4 addresses on the pod's eth0 (e.g. many clients in one namespace) */
   extraIPs?: string[];
 }
@@ -198,7 +198,7 @@ export class Topology {
   }
 
   /** Starts the echo server in a pod and waits until it listens. */
-  async startEcho(podName: string, ports: number[]): Promise<void> {
+  async startEcho(podName: string, ports: Array<number | `${number}/hold`>): Promise<void> {
     const pod = this.pod(podName);
     const proc = execa('ip', ['netns', 'exec', pod.ns, process.execPath, ECHO, podName, ...ports.map(String)], {
       reject: false,
