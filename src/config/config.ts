@@ -180,9 +180,10 @@ function kpxString(flags: CliFlags, name: string): string | undefined {
   return typeof v === 'string' ? v : undefined;
 }
 
-function kpxDuration(flags: CliFlags, name: string, dflt: number): number {
+/** A kpx-only duration flag, in milliseconds (`dfltMs` when not given). */
+function kpxDuration(flags: CliFlags, name: string, dfltMs: number): number {
   const v = kpxString(flags, name);
-  if (v === undefined) return dflt;
+  if (v === undefined) return dfltMs;
   const ns = parseGoDuration(v);
   if (ns === null || ns < 0) throw new ConfigError(`--${name}=${v}: invalid duration (use e.g. 30s, 1m, 500ms)`);
   return ns / 1e6;
@@ -217,7 +218,7 @@ function ipvsConfig(c: Internal, mode: KpxMode, flags: CliFlags, locate: (p: str
     tcpTimeoutMs: ms(c.ipvs.tcpTimeout),
     tcpFinTimeoutMs: ms(c.ipvs.tcpFinTimeout),
     udpTimeoutMs: ms(c.ipvs.udpTimeout),
-    drainTimeoutMs: kpxDuration(flags, 'ipvs-drain-timeout', 15 * 60e9),
+    drainTimeoutMs: kpxDuration(flags, 'ipvs-drain-timeout', 15 * 60_000),
   };
 }
 
@@ -251,8 +252,8 @@ function toKpxConfig(c: Internal, mode: KpxMode, flags: CliFlags, machineHostnam
     ipvs: ipvsConfig(c, mode, flags, locate),
     kubeconfig: c.clientConnection.kubeconfig || undefined,
     master: kpxString(flags, 'master') || undefined,
-    apiWatchIdleTimeoutMs: kpxDuration(flags, 'api-watch-idle-timeout', 150e9),
-    apiRelistPeriodMs: kpxDuration(flags, 'api-relist-period', 30 * 60e9),
+    apiWatchIdleTimeoutMs: kpxDuration(flags, 'api-watch-idle-timeout', 150_000),
+    apiRelistPeriodMs: kpxDuration(flags, 'api-relist-period', 30 * 60_000),
     manifests: kpxString(flags, 'manifests'),
     iptablesBackend: backend(flags),
     logLevel: logLevel(c, flags),

@@ -41,6 +41,13 @@ describe('durations', () => {
     const printed = ['0s', '1s', '30s', '15m0s', '1h0m0s', '24h0m0s', '1m30s', '1.5s', '250ms', '1.5µs', '100ns', '-2ms', '36h0m0s'];
     expect(['0s', '1s', '30s', '900s', '60m', '24h', '90s', '1500ms', '250ms', '1500ns', '100ns', '-2ms', '36h'].map((s) => formatGoDuration(parseGoDuration(s)!))).toEqual(printed);
   });
+
+  it("kpx's own duration flags are milliseconds, given or defaulted", () => {
+    const d = resolveConfig({}, 'h');
+    expect([d.apiWatchIdleTimeoutMs, d.apiRelistPeriodMs, d.ipvs.drainTimeoutMs]).toEqual([150_000, 1_800_000, 900_000]);
+    const g = resolveConfig({ apiWatchIdleTimeout: '1m', apiRelistPeriod: '10m', ipvsDrainTimeout: '5m' }, 'h');
+    expect([g.apiWatchIdleTimeoutMs, g.apiRelistPeriodMs, g.ipvs.drainTimeoutMs]).toEqual([60_000, 600_000, 300_000]);
+  });
 });
 
 describe('loading a KubeProxyConfiguration', () => {
