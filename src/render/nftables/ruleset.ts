@@ -119,6 +119,7 @@ export function fixedSets(cfg: NftablesRenderConfig): SetSpec[] {
     { kind: 'map', name: SET.noEndpointServices, type: dispatch, data: 'verdict', comment: 'service IPs without (local) endpoints' },
     { kind: 'map', name: SET.noEndpointNodePorts, type: port, data: 'verdict', comment: 'NodePorts without (local) endpoints' },
     { kind: 'map', name: SET.firewallIPs, type: dispatch, data: 'verdict', comment: 'destinations subject to loadBalancerSourceRanges' },
+    { kind: 'set', name: SET.hairpin, type: `${addr} . ${addr} . inet_proto . inet_service`, comment: 'local endpoints reached by themselves through a service' },
   ];
 }
 
@@ -140,7 +141,12 @@ export function fixedChains(cfg: NftablesRenderConfig): NftChainDef[] {
     { name: CHAIN.reject, rules: ['reject'] },
     {
       name: CHAIN.masquerading,
-      rules: [`mark and ${mark} == 0 return`, `mark set mark xor ${mark}`, cfg.randomFully ? 'masquerade fully-random' : 'masquerade'],
+      rules: [
+        `ct status dnat ${ip} saddr . ${ip} daddr . meta l4proto . th dport @${SET.hairpin} mark set mark or ${mark}`,
+        `mark and ${mark} == 0 return`,
+        `mark set mark xor ${mark}`,
+        cfg.randomFully ? 'masquerade fully-random' : 'masquerade',
+      ],
     },
     {
       name: CHAIN.services,
