@@ -24,7 +24,8 @@
 //     @no-endpoint-nodeports -> goto reject-chain (no endpoints) or drop (no local ones)
 //   firewall-check: vmap @firewall-ips -> goto firewall-<svc> (loadBalancerSourceRanges)
 //   cluster-ips-check: daddr @cluster-ips reject (a cluster IP's undefined ports)
-//   masquerading: traffic marked by mark-for-masquerade is masqueraded (fully-random)
+//   masquerading: traffic marked by mark-for-masquerade is masqueraded (fully-random), and
+//     so is a DNATed connection in hairpin-connections (a local endpoint reaching itself)
 import type { IPFamily } from '../../util/ip.js';
 import { isLoopback } from '../../util/ip.js';
 import type { BaseChainSpec, SetSpec } from '../../nftables/format.js';

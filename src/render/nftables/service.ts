@@ -1,6 +1,12 @@
-// What one service port contributes to kpx's nftables table: its own chains (endpoint,
-// service / local policy, external, firewall), its affinity sets, and its elements in the
-// shared maps and sets. Follows the semantics of kube-proxy's nftables mode.
+// What one service port contributes to kpx's nftables table: its own chains (service /
+// local policy, external, firewall; endpoint chains only with ClientIP affinity), its
+// affinity sets, and its elements in the shared maps and sets. Follows the semantics and
+// the layout of kube-proxy's (v1.36) nftables mode: without affinity the policy chain DNATs
+// straight to the endpoint it picks, and a local endpoint that reaches itself through the
+// service is masqueraded through hairpin-connections (in the masquerading chain). Fewer
+// chains are what makes a full sync cheap: nft's and the kernel's cost per chain and per
+// rule dominates (11 chains and ~32 rules per 10-endpoint service before, 1-2 chains and
+// ~12 rules now; 1,000 services: `nft -f` 0.9-1.1 s -> 0.35 s on this machine).
 import { categorizeEndpoints, externallyAccessible, type CategorizedEndpoints } from '../../model/topology.js';
 import type { Endpoint, ServicePort } from '../../model/types.js';
 import { joinHostPort, parseCIDR, cidrContains } from '../../util/ip.js';
@@ -234,7 +240,7 @@ function firewallChain(ctx: PortContext): NftChain {
 }
 
 /**
- * Picks one of the endpoint chains at random, each with probability 1/n.
+ * With affinity: picks one of the endpoint chains at random, each with probability 1/n.
  * - 'rules' (default): rule i draws `numgen random mod (n-i)` and goes to endpoint i on 0,
  *   the last rule goes to the last endpoint: no set at all.
  * - 'vmap': kube-proxy's single `numgen random mod n vmap { 0 : goto ep0, ... }`. Each such
