@@ -46,14 +46,14 @@ describe('nftables applier', () => {
     expect(nftRuns(fake)).toBe(1);
     const lines = fake.transactions()[0]!.split('\n');
     expect(lines.slice(0, 3)).toEqual(['add table ip kpx', 'delete table ip kpx', 'add table ip kpx { comment "rules for kpx" ; }']);
-    // 50 services x (10 endpoint chains + service + external)
-    expect(rep.chainsWritten).toBe(50 * 12 + 16);
+    // 50 services x (service + external): no endpoint chains without session affinity
+    expect(rep.chainsWritten).toBe(50 * 2 + 16);
     expect(fake.table()!.chains.get('kpx-state')!.rules[0]).toMatch(/^return comment "kpx [0-9a-f]{16} retired=0"$/);
     expect(fake.table()!.sets.get('service-ips')!.elements.size).toBe(50);
     expect(fake.table()!.sets.get('service-nodeports')!.elements.size).toBe(50);
   });
 
-  it('writes only what changed on a partial sync: one endpoint -> the service chain, a new endpoint chain, the old one flushed', async () => {
+  it('writes only what changed on a partial sync: one endpoint -> the service chain and its hairpin elements', async () => {
     const { s, r, fake, applier } = setup();
     await applier.apply(r, r.render(s.view('IPv4'), cfg, 'all'));
     const eps = eps10(7);
@@ -61,15 +61,15 @@ describe('nftables applier', () => {
     const rep = await applier.apply(r, r.render(s.view('IPv4'), cfg, ['default/s7']));
     const tx = fake.transactions().at(-1)!.trim().split('\n');
     expect(rep.full).toBe(false);
-    expect(rep.chainsWritten).toBe(2);
-    expect(rep.chainsRetired).toBe(1);
-    expect(rep.slowStatements).toBe(0);
-    expect(tx.map((l) => l.split(' ').slice(0, 2).join(' '))).toEqual(['add chain', 'flush chain', 'add chain', 'flush chain', 'flush chain', 'add chain']);
-    expect(tx.some((l) => l.includes('element'))).toBe(false);
-    // the retired chain is empty, and still there until a later deleting transaction
-    const old = [...fake.table()!.chains.keys()].find((n) => n.includes(`/s7/tcp/p__${eps[0]}/`))!;
-    expect(fake.table()!.chains.get(old)!.rules).toEqual([]);
-    expect(applier.staleCount).toBe(1);
+    expect(rep.chainsWritten).toBe(1);
+    expect(rep.chainsRetired).toBe(0);
+    expect(rep.elementsAdded).toBe(1);
+    expect(rep.elementsRemoved).toBe(1);
+    // the element removed is the one slow statement (nft reads every chain first)
+    expect(rep.slowStatements).toBe(1);
+    expect(tx.filter((l) => l.includes('element')).length).toBe(2); // delete element, add set ... elements
+    expect(tx.join('\n')).toContain(`dnat to 198.18.99.1:8080`);
+    expect(applier.staleCount).toBe(0);
   });
 
   it('writes nothing when a new process finds the kernel holding exactly what it wants, and reads no rules', async () => {
@@ -90,23 +90,24 @@ describe('nftables applier', () => {
     a.s.apply({ kind: 'Service', previous: objects(1, eps10)[0]!.obj } as Change);
     const p = await restarted.apply(r2, r2.render(a.s.view('IPv4'), cfg, ['default/s0']));
     expect(p.recreated).toBe(false);
-    expect(p.elementsRemoved).toBe(3); // cluster-ips, service-ips, service-nodeports
+    expect(p.elementsRemoved).toBe(13); // cluster-ips, service-ips, service-nodeports, 10 hairpin-connections
   });
 
   it('a new process finds retired chains through kpx-state, lists names once, and deletes them later', async () => {
     const a = setup(5);
     await a.applier.apply(a.r, a.r.render(a.s.view('IPv4'), cfg, 'all'));
-    a.s.apply({ kind: 'EndpointSlice', current: endpointSlice({ service: 's1', ports: [{ name: 'p', port: 8080 }], endpoints: [{ ip: '198.18.99.1' }] }) } as Change);
+    // without endpoints, s1's service and external chains are retired
+    a.s.apply({ kind: 'EndpointSlice', current: endpointSlice({ service: 's1', ports: [{ name: 'p', port: 8080 }], endpoints: [] }) } as Change);
     await a.applier.apply(a.r, a.r.render(a.s.view('IPv4'), cfg, ['default/s1']));
-    expect(a.fake.table()!.chains.get('kpx-state')!.rules[0]).toMatch(/ retired=10"$/);
+    expect(a.fake.table()!.chains.get('kpx-state')!.rules[0]).toMatch(/ retired=2"$/);
     const r2 = new NftablesRenderer();
     const restarted = new NftablesApplier('IPv4', a.fake, silentLogger, { staleDelayMs: 0 });
     const calls = a.fake.calls.length;
     expect((await restarted.apply(r2, r2.render(a.s.view('IPv4'), cfg, 'all'))).statements).toBe(0);
     expect(a.fake.calls.slice(calls).map((c) => c.args.join(' '))).toEqual(['-j list chain ip kpx kpx-state', '-j list chains ip', '-j list sets ip']);
-    expect(restarted.staleCount).toBe(10);
+    expect(restarted.staleCount).toBe(2);
     const c = await restarted.cleanup();
-    expect(c.chainsDeleted).toBe(10);
+    expect(c.chainsDeleted).toBe(2);
     expect(a.fake.table()!.chains.get('kpx-state')!.rules[0]).toMatch(/ retired=0"$/);
     const fresh = new FakeNft();
     const r3 = new NftablesRenderer();
@@ -139,7 +140,7 @@ describe('nftables applier', () => {
     const rep = await applier.apply(r, r.render(s.view('IPv4'), cfg, []));
     expect(rep.recreated).toBe(false);
     expect(rep.full).toBe(true);
-    expect(rep.elementsRemoved).toBe(3);
+    expect(rep.elementsRemoved).toBe(13);
     expect(fake.calls.at(-2)!.args.join(' ')).toBe('-j list chain ip kpx kpx-state');
     // an edit behind kpx's back: the digest no longer matches, so the table is rebuilt
     fake.table()!.chains.get('kpx-state')!.rules = ['return comment "kpx 0000000000000000 retired=0"'];
@@ -166,28 +167,33 @@ describe('nftables applier', () => {
   it('deletes retired chains with the next transaction that deletes anyway, or once they are old, or on cleanup', async () => {
     const { s, r, fake, applier, advance } = setup(5);
     await applier.apply(r, r.render(s.view('IPv4'), cfg, 'all'));
-    const change = (svc: number, ip: string) => {
-      s.apply({ kind: 'EndpointSlice', current: endpointSlice({ service: `s${svc}`, ports: [{ name: 'p', port: 8080 }], endpoints: [{ ip }] }) } as Change);
+    // a service that loses its endpoints retires its service and external chains
+    const change = (svc: number) => {
+      s.apply({ kind: 'EndpointSlice', current: endpointSlice({ service: `s${svc}`, ports: [{ name: 'p', port: 8080 }], endpoints: [] }) } as Change);
       return applier.apply(r, r.render(s.view('IPv4'), cfg, [`default/s${svc}`]));
     };
-    const first = await change(1, '198.18.99.1');
-    expect(first.chainsRetired).toBe(10);
+    const first = await change(1);
+    expect(first.chainsRetired).toBe(2);
     expect(first.chainsDeleted).toBe(0);
     advance(2000);
     // a transaction without deletions leaves them (nft would have to read every chain)
-    expect((await change(2, '198.18.99.2')).chainsDeleted).toBe(0);
+    for (const o of objects(6, eps10).slice(10)) s.apply({ kind: o.kind, current: o.obj } as Change);
+    const added = await applier.apply(r, r.render(s.view('IPv4'), cfg, ['default/s5']));
+    expect(added.slowStatements).toBe(0);
+    expect(added.chainsDeleted).toBe(0);
+    await change(2); // deletes elements: s1's chains are old enough and go with it
     advance(500);
     // deleting a service deletes elements: the retired chains (old enough) go with it
     s.apply({ kind: 'Service', previous: objects(4, eps10)[6]!.obj } as Change);
     const del = await applier.apply(r, r.render(s.view('IPv4'), cfg, ['default/s3']));
-    expect(del.chainsDeleted).toBe(10); // s1's; s2's are younger than the 1 s delay
-    expect(applier.staleCount).toBe(10 + 12); // s2's endpoint chains; s3's endpoint, service and external chains
+    expect(del.chainsDeleted).toBe(0); // s2's are younger than the 1 s delay
+    expect(applier.staleCount).toBe(2 + 2); // s2's and s3's service and external chains
     advance(30_000);
-    const late = await change(4, '198.18.99.4');
-    expect(late.chainsDeleted).toBe(10 + 12);
+    const late = await change(4);
+    expect(late.chainsDeleted).toBe(2 + 2);
     advance(5000);
     const c = await applier.cleanup({ force: true });
-    expect(c.chainsDeleted).toBe(10);
+    expect(c.chainsDeleted).toBe(2);
     expect(applier.staleCount).toBe(0);
     expect([...fake.table()!.chains.values()].filter((ch) => ch.rules.length === 0).length).toBe(0);
   });
@@ -199,10 +205,10 @@ describe('nftables applier', () => {
       s.apply({ kind: 'EndpointSlice', current: endpointSlice({ service: 's0', ports: [{ name: 'p', port: 8080 }], endpoints: ips.map((ip) => ({ ip })) }) } as Change);
       return applier.apply(r, r.render(s.view('IPv4'), cfg, ['default/s0']));
     };
-    await set(['198.18.99.1']);
-    expect(applier.staleCount).toBe(10);
+    await set([]);
+    expect(applier.staleCount).toBe(2);
     await set(eps10(0));
-    expect(applier.staleCount).toBe(1);
+    expect(applier.staleCount).toBe(0);
     const fresh = new FakeNft();
     const r2 = new NftablesRenderer();
     await new NftablesApplier('IPv4', fresh, silentLogger).apply(r2, r2.render(s.view('IPv4'), cfg, 'all'));

@@ -69,7 +69,12 @@ describe('nftables renderer: layout', () => {
       'ip daddr . meta l4proto . th dport vmap @service-ips',
       'fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports',
     ]);
-    expect(c.get('masquerading')).toEqual(['mark and 0x4000 == 0 return', 'mark set mark xor 0x4000', 'masquerade fully-random']);
+    expect(c.get('masquerading')).toEqual([
+      'ct status dnat ip saddr . ip daddr . meta l4proto . th dport @hairpin-connections mark set mark or 0x4000',
+      'mark and 0x4000 == 0 return',
+      'mark set mark xor 0x4000',
+      'masquerade fully-random',
+    ]);
     expect(c.get('mark-for-masquerade')).toEqual(['mark set mark or 0x4000']);
     expect(c.get('reject-chain')).toEqual(['reject']);
     expect(c.get('nodeport-endpoints-check')).toEqual(['ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports']);
@@ -82,9 +87,10 @@ describe('nftables renderer: layout', () => {
       'map no-endpoint-services ipv4_addr . inet_proto . inet_service : verdict',
       'map no-endpoint-nodeports inet_proto . inet_service : verdict',
       'map firewall-ips ipv4_addr . inet_proto . inet_service : verdict',
+      'set hairpin-connections ipv4_addr . ipv4_addr . inet_proto . inet_service',
     ]);
     // without random-fully support, plain masquerade
-    expect(chainsOf(renderNftables(stateOf([]).view('IPv4'), { ...cfg, randomFully: false })).get('masquerading')![2]).toBe('masquerade');
+    expect(chainsOf(renderNftables(stateOf([]).view('IPv4'), { ...cfg, randomFully: false })).get('masquerading')![3]).toBe('masquerade');
   });
 
   it('lists every chain after the chains its rules refer to', () => {
@@ -105,23 +111,29 @@ describe('nftables renderer: layout', () => {
 });
 
 describe('nftables renderer: services', () => {
-  it('sends a ClusterIP through service-ips to a chain that picks an endpoint uniformly', () => {
+  it('sends a ClusterIP through service-ips to a chain that DNATs to an endpoint picked uniformly', () => {
     const r = renderNftables(stateOf(svc('web', '198.19.0.10', [local('198.18.1.11'), local('198.18.1.12'), remote('198.18.2.13')])).view('IPv4'), cfg);
     const n = names('web');
     expect(n.cluster).toMatch(/^service-[A-Z2-7]{8}-default\/web\/tcp\/http$/);
     expect(elementsOf(r, 'service-ips')).toEqual(new Map([['198.19.0.10 . tcp . 80', `goto ${n.cluster}`]]));
     expect(elementsOf(r, 'cluster-ips')).toEqual(new Map([['198.19.0.10', undefined]]));
-    const ep = (ip: string) => endpointChainName(n.base, ip, 8080);
     expect(chainsOf(r).get(n.cluster)).toEqual([
       'ip daddr 198.19.0.10 tcp dport 80 ip saddr != 198.18.1.0/24 jump mark-for-masquerade',
-      `numgen random mod 3 0 goto ${ep('198.18.1.11')}`,
-      `numgen random mod 2 0 goto ${ep('198.18.1.12')}`,
-      `goto ${ep('198.18.2.13')}`,
+      'numgen random mod 3 0 meta l4proto tcp dnat to 198.18.1.11:8080',
+      'numgen random mod 2 0 meta l4proto tcp dnat to 198.18.1.12:8080',
+      'meta l4proto tcp dnat to 198.18.2.13:8080',
     ]);
-    expect(chainsOf(r).get(ep('198.18.1.11'))).toEqual(['ip saddr 198.18.1.11 jump mark-for-masquerade', 'meta l4proto tcp dnat to 198.18.1.11:8080']);
-    // kube-proxy's anonymous vmap, when asked for
+    // no endpoint chains without affinity; local endpoints reaching themselves are masqueraded
+    expect(chainsOf(r).has(endpointChainName(n.base, '198.18.1.11', 8080))).toBe(false);
+    expect(elementsOf(r, 'hairpin-connections')).toEqual(
+      new Map([
+        ['198.18.1.11 . 198.18.1.11 . tcp . 8080', undefined],
+        ['198.18.1.12 . 198.18.1.12 . tcp . 8080', undefined],
+      ]),
+    );
+    // kube-proxy's anonymous map, when asked for
     const v = renderNftables(stateOf(svc('web', '198.19.0.10', [local('198.18.1.11'), local('198.18.1.12')])).view('IPv4'), { ...cfg, endpointSelection: 'vmap' });
-    expect(chainsOf(v).get(n.cluster)![1]).toBe(`numgen random mod 2 vmap { 0 : goto ${ep('198.18.1.11')}, 1 : goto ${ep('198.18.1.12')} }`);
+    expect(chainsOf(v).get(n.cluster)![1]).toBe('meta l4proto tcp dnat ip addr . port to numgen random mod 2 map { 0 : 198.18.1.11 . 8080, 1 : 198.18.1.12 . 8080 }');
   });
 
   it('masquerades by detect-local mode: source CIDR, interface, interface prefix, masqueradeAll, none', () => {
@@ -130,7 +142,7 @@ describe('nftables renderer: services', () => {
     expect(first({ ...cfg, localDetector: { inInterface: 'kpxbr0' } })).toBe('ip daddr 198.19.0.10 tcp dport 80 iifname != "kpxbr0" jump mark-for-masquerade');
     expect(first({ ...cfg, localDetector: { inInterface: 'veth+' } })).toBe('ip daddr 198.19.0.10 tcp dport 80 iifname != "veth*" jump mark-for-masquerade');
     expect(first({ ...cfg, masqueradeAll: true })).toBe('ip daddr 198.19.0.10 tcp dport 80 jump mark-for-masquerade');
-    expect(first({ ...cfg, localDetector: null })).toMatch(/^goto endpoint-/);
+    expect(first({ ...cfg, localDetector: null })).toBe('meta l4proto tcp dnat to 198.18.1.11:8080');
   });
 
   it('rejects a service without endpoints on its cluster IP and NodePort, with no chain of its own', () => {
@@ -154,7 +166,7 @@ describe('nftables renderer: services', () => {
       `fib saddr type local goto ${n.cluster} comment "short-circuit local traffic"`,
       `goto ${n.local}`,
     ]);
-    expect(chainsOf(r).get(n.local)).toEqual([`goto ${endpointChainName(n.base, '198.18.1.11', 8080)}`]);
+    expect(chainsOf(r).get(n.local)).toEqual(['meta l4proto tcp dnat to 198.18.1.11:8080']);
     expect(elementsOf(r, 'service-ips')).toEqual(
       new Map([
         ['198.19.3.1 . tcp . 80', `goto ${n.cluster}`],
@@ -185,7 +197,7 @@ describe('nftables renderer: services', () => {
     expect(elementsOf(r, 'service-ips')).toEqual(new Map([['198.19.3.3 . tcp . 80', `goto ${n.local}`]]));
     expect(chainsOf(r).get(n.local)).toEqual([
       'ip daddr 198.19.3.3 tcp dport 80 ip saddr != 198.18.1.0/24 jump mark-for-masquerade',
-      `goto ${endpointChainName(n.base, '198.18.1.12', 8080)}`,
+      'meta l4proto tcp dnat to 198.18.1.12:8080',
     ]);
     expect(chainsOf(r).has(n.cluster)).toBe(false);
     const none = renderNftables(stateOf(svc('itp', '198.19.3.3', [remote('198.18.2.21')], { spec: { internalTrafficPolicy: 'Local' } })).view('IPv4'), cfg);
@@ -235,9 +247,9 @@ describe('nftables renderer: services', () => {
   it('falls back to serving terminating endpoints and follows topology hints (shared categorizeEndpoints)', () => {
     const n = names('t');
     const term = renderNftables(stateOf(svc('t', '198.19.3.5', [local('198.18.1.11', { ready: false, serving: true, terminating: true }), remote('198.18.2.21', { ready: false, serving: false, terminating: true })])).view('IPv4'), cfg);
-    expect(chainsOf(term).get(n.cluster)!.slice(1)).toEqual([`goto ${endpointChainName(n.base, '198.18.1.11', 8080)}`]);
+    expect(chainsOf(term).get(n.cluster)!.slice(1)).toEqual(['meta l4proto tcp dnat to 198.18.1.11:8080']);
     const topo = renderNftables(stateOf([{ kind: 'Node', obj: node({ ips: ['198.18.0.10'], zone: 'z1' }) }, ...svc('t', '198.19.3.8', [local('198.18.1.11', { zoneHints: ['z1'] }), remote('198.18.2.21', { zoneHints: ['z2'] })])]).view('IPv4'), cfg);
-    expect(chainsOf(topo).get(n.cluster)!.slice(1)).toEqual([`goto ${endpointChainName(n.base, '198.18.1.11', 8080)}`]);
+    expect(chainsOf(topo).get(n.cluster)!.slice(1)).toEqual(['meta l4proto tcp dnat to 198.18.1.11:8080']);
   });
 
   it('renders IPv6 with ip6 matches, ipv6_addr maps and bracketed DNAT targets', () => {
@@ -249,7 +261,7 @@ describe('nftables renderer: services', () => {
     const n = names('v6');
     const ep = endpointChainName(n.base, '2001:2:1::11', 8080);
     expect(ep).toMatch(/__2001\.2\.1\.\.11\/8080$/);
-    expect(chainsOf(r).get(ep)).toEqual(['ip6 saddr 2001:2:1::11 jump mark-for-masquerade', 'meta l4proto tcp dnat to [2001:2:1::11]:8080']);
+    expect(chainsOf(r).get(n.cluster)!.at(-1)).toBe('meta l4proto tcp dnat to [2001:2:1::11]:8080');
     expect(chainsOf(r).get('services')).toEqual([
       'ip6 daddr . meta l4proto . th dport vmap @service-ips',
       'fib daddr type local ip6 daddr != ::1 meta l4proto . th dport vmap @service-nodeports',
@@ -300,16 +312,18 @@ describe('nftables names', () => {
 // Incremental renders.
 
 describe('nftables renderer: incremental', () => {
-  it('reports exactly what an endpoint change touches: the service chain and the endpoint chains, no element', () => {
+  it('reports exactly what an endpoint change touches: the service chain and the hairpin elements of local endpoints', () => {
     const s = stateOf([...svc('web', '198.19.0.10', [local('198.18.1.11'), local('198.18.1.12')]), ...svc('other', '198.19.0.11', [local('198.18.1.13')])]);
     const r = new NftablesRenderer();
     r.render(s.view('IPv4'), cfg, 'all');
     s.apply({ kind: 'EndpointSlice', current: svc('web', '198.19.0.10', [local('198.18.1.11'), local('198.18.1.14')])[1]!.obj } as Change);
     const { delta } = r.render(s.view('IPv4'), cfg, ['default/web']);
     const n = names('web');
-    expect([...delta.writeChains.keys()].sort()).toEqual([endpointChainName(n.base, '198.18.1.14', 8080), n.cluster].sort());
-    expect([...delta.removeChains]).toEqual([endpointChainName(n.base, '198.18.1.12', 8080)]);
-    expect(delta.addElements.size + delta.removeElements.size + delta.addSets.size + delta.removeSets.size).toBe(0);
+    expect([...delta.writeChains.keys()]).toEqual([n.cluster]);
+    expect([...delta.removeChains]).toEqual([]);
+    expect(delta.removeElements).toEqual(new Map([['hairpin-connections', new Set(['198.18.1.12 . 198.18.1.12 . tcp . 8080'])]]));
+    expect(delta.addElements).toEqual(new Map([['hairpin-connections', new Map([['198.18.1.14 . 198.18.1.14 . tcp . 8080', undefined]])]]));
+    expect(delta.addSets.size + delta.removeSets.size).toBe(0);
     // nothing changed: nothing to do
     const again = r.render(s.view('IPv4'), cfg, ['default/web', 'default/other']);
     expect(again.delta.writeChains.size + again.delta.removeChains.size + again.delta.addElements.size + again.delta.removeElements.size).toBe(0);
@@ -322,7 +336,12 @@ describe('nftables renderer: incremental', () => {
     s.apply({ kind: 'EndpointSlice', current: svc('web', '198.19.0.10', [local('198.18.1.11')])[1]!.obj } as Change);
     const { delta } = r.render(s.view('IPv4'), cfg, ['default/web']);
     expect(delta.removeElements).toEqual(new Map([['no-endpoint-services', new Set(['198.19.0.10 . tcp . 80'])]]));
-    expect(delta.addElements).toEqual(new Map([['service-ips', new Map([['198.19.0.10 . tcp . 80', `goto ${names('web').cluster}`]])]]));
+    expect(delta.addElements).toEqual(
+      new Map<string, Map<string, string | undefined>>([
+        ['service-ips', new Map([['198.19.0.10 . tcp . 80', `goto ${names('web').cluster}`]])],
+        ['hairpin-connections', new Map<string, string | undefined>([['198.18.1.11 . 198.18.1.11 . tcp . 8080', undefined]])],
+      ]),
+    );
   });
 });
 

@@ -9,7 +9,7 @@
 //   local-ULMVA6XW-ns1/svc1/tcp/http              Local traffic policy endpoints
 //   external-ULMVA6XW-ns1/svc1/tcp/http           NodePort, externalIP and LB IP traffic
 //   firewall-ULMVA6XW-ns1/svc1/tcp/http           loadBalancerSourceRanges
-//   endpoint-5OJB2KTY-ns1/svc1/tcp/http__10.180.0.1/80
+//   endpoint-5OJB2KTY-ns1/svc1/tcp/http__10.180.0.1/80   (ClientIP affinity only)
 //   affinity-2BX3Q7VD-ns1/svc1/tcp/http__10.180.0.1/80   (a set; its hash also covers the timeout)
 // Escaping: nft takes [A-Za-z0-9_./-] in names. Namespace, service and port names are
 // DNS labels ([a-z0-9-]) once the apiserver has validated them; any other character (and
@@ -50,6 +50,7 @@ export const SET = {
   noEndpointServices: 'no-endpoint-services',
   noEndpointNodePorts: 'no-endpoint-nodeports',
   firewallIPs: 'firewall-ips',
+  hairpin: 'hairpin-connections',
 } as const;
 
 const BASE32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';

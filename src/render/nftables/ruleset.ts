@@ -24,7 +24,8 @@
 //     @no-endpoint-nodeports -> goto reject-chain (no endpoints) or drop (no local ones)
 //   firewall-check: vmap @firewall-ips -> goto firewall-<svc> (loadBalancerSourceRanges)
 //   cluster-ips-check: daddr @cluster-ips reject (a cluster IP's undefined ports)
-//   masquerading: traffic marked by mark-for-masquerade is masqueraded (fully-random)
+//   masquerading: traffic marked by mark-for-masquerade is masqueraded (fully-random), and
+//     so is a DNATed connection in hairpin-connections (a local endpoint reaching itself)
 import type { IPFamily } from '../../util/ip.js';
 import { isLoopback } from '../../util/ip.js';
 import type { BaseChainSpec, SetSpec } from '../../nftables/format.js';
@@ -119,6 +120,7 @@ export function fixedSets(cfg: NftablesRenderConfig): SetSpec[] {
     { kind: 'map', name: SET.noEndpointServices, type: dispatch, data: 'verdict', comment: 'service IPs without (local) endpoints' },
     { kind: 'map', name: SET.noEndpointNodePorts, type: port, data: 'verdict', comment: 'NodePorts without (local) endpoints' },
     { kind: 'map', name: SET.firewallIPs, type: dispatch, data: 'verdict', comment: 'destinations subject to loadBalancerSourceRanges' },
+    { kind: 'set', name: SET.hairpin, type: `${addr} . ${addr} . inet_proto . inet_service`, comment: 'local endpoints reached by themselves through a service' },
   ];
 }
 
@@ -140,7 +142,12 @@ export function fixedChains(cfg: NftablesRenderConfig): NftChainDef[] {
     { name: CHAIN.reject, rules: ['reject'] },
     {
       name: CHAIN.masquerading,
-      rules: [`mark and ${mark} == 0 return`, `mark set mark xor ${mark}`, cfg.randomFully ? 'masquerade fully-random' : 'masquerade'],
+      rules: [
+        `ct status dnat ${ip} saddr . ${ip} daddr . meta l4proto . th dport @${SET.hairpin} mark set mark or ${mark}`,
+        `mark and ${mark} == 0 return`,
+        `mark set mark xor ${mark}`,
+        cfg.randomFully ? 'masquerade fully-random' : 'masquerade',
+      ],
     },
     {
       name: CHAIN.services,
