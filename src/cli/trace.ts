@@ -15,7 +15,7 @@ import { parseIP, splitHostPort, type IPFamily } from '../util/ip.js';
 import { isIptablesReport } from '../sync/iptables-mode.js';
 import type { Built } from './main.js';
 import { Tracer, tablesFromRuleset, tablesFromSave, type Outcome, type Tables, type TracePacket } from '../trace/tracer.js';
-import { explainEndpoints, findFrontend, type EndpointExplanation, type TraceSource } from '../trace/endpoints.js';
+import { explainEndpoints, findFrontend, withAffinity, type EndpointExplanation, type TraceSource } from '../trace/endpoints.js';
 import { compareWithModel, formatJourney, routeTarget, throughIpvs, type IpvsMatch, type Journey, type JourneyOutcome, type JourneyPacket } from '../trace/journey.js';
 import { routeGet, type RouteInfo } from '../trace/route.js';
 import { ipvsTraceConfig, liveIpvs, matchVirtualServer, renderedIpvs, type IpvsState } from '../trace/ipvs.js';
@@ -213,6 +213,12 @@ function ipvsOutcomes(outcomes: Outcome[], ipvs: IpvsState | undefined, pkt: Tra
   return { outcomes: throughIpvs(outcomes, vs, ipvs.masqueradeMark), vs };
 }
 
+function reachedEndpoints(outcomes: readonly Outcome[]): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const o of outcomes) if (o.verdict === 'ACCEPT' && o.dnat) m.set(o.dnat, (m.get(o.dnat) ?? 0) + o.probability);
+  return m;
+}
+
 /** The model (when there is one to read) and the rules to trace through. */
 async function modelAndRules(flags: TraceFlags, family: IPFamily): Promise<{ built: Built | null; mode: 'iptables' | 'ipvs'; rules: TraceRules } | null> {
   const proxyFlags: TraceFlags = flags.mode ? { ...flags, proxyMode: flags.mode } : flags;
@@ -252,7 +258,8 @@ export async function traceCommand(flags: TraceFlags): Promise<number> {
   const ipsets = rules.ipvs?.ipsets;
   const tracer = new Tracer(rules.tables, { localAddresses: [...local], recent, ...(ipsets ? { ipsets } : {}) });
   const { outcomes, vs } = ipvsOutcomes(tracer.trace(pkt), rules.ipvs, pkt);
-  const endpoints = explain(built, pkt, jp.from, local);
+  const explained = explain(built, pkt, jp.from, local);
+  const endpoints = explained ? withAffinity(explained, reachedEndpoints(outcomes), pkt.src, [...recent]) : explained;
   const notes: string[] = [];
   if (recent.size) notes.push(`session affinity: ${pkt.src} is in xt_recent list(s) ${[...recent].join(', ')}: it goes back to the endpoint it had while the entry lasts`);
   const journey: Journey = {

@@ -139,3 +139,19 @@ export function explainEndpoints(front: Frontend, endpoints: readonly Endpoint[]
     notes,
   };
 }
+
+/**
+ * Session affinity, live: the client is already in an xt_recent list, and the rules send it
+ * to one endpoint only. The other endpoints the policy allows are excluded for that reason.
+ */
+export function withAffinity(ex: EndpointExplanation, reached: ReadonlyMap<string, number>, client: string, lists: readonly string[]): EndpointExplanation {
+  if (!lists.length || reached.size !== 1) return ex;
+  const [bound] = [...reached.keys()];
+  if (!ex.chosen.some((c) => c.addr === bound)) return ex;
+  const reason = `session affinity: ${client} is bound to ${bound} (xt_recent ${lists.join(', ')})`;
+  return {
+    ...ex,
+    chosen: ex.chosen.filter((c) => c.addr === bound).map((c) => ({ ...c, probability: 1 })),
+    excluded: [...ex.chosen.filter((c) => c.addr !== bound).map((c) => ({ addr: c.addr, node: c.node, zone: c.zone, reason })), ...ex.excluded],
+  };
+}

@@ -12,6 +12,7 @@ const WEB_IP = '198.19.0.10';
 const NP_IP = '198.19.0.20';
 const LOCAL_IP = '198.19.0.30';
 const EMPTY_IP = '198.19.0.40';
+const STICKY_IP = '198.19.0.50';
 const pods = { 'web-a': '198.18.1.11', 'web-b': '198.18.1.12', 'web-r': '198.18.2.21', client: '198.18.1.50' } as const;
 const byIP = new Map<string, string>(Object.entries(pods).map(([n, ip]) => [ip, n]));
 
@@ -60,6 +61,8 @@ describe.skipIf(!env.ok)(`kpx trace --live against real packets${env.ok ? '' : `
         service({ name: 'local', type: 'NodePort', clusterIP: LOCAL_IP, ports: [{ ...http[0]!, nodePort: 30081 }], spec: { externalTrafficPolicy: 'Local' } }),
         slice('local', [{ ip: pods['web-a'] }, { ip: pods['web-r'], node: 'node-b' }]),
         service({ name: 'empty', clusterIP: EMPTY_IP, ports: http }),
+        service({ name: 'sticky', clusterIP: STICKY_IP, ports: http, spec: { sessionAffinity: 'ClientIP' } }),
+        slice('sticky', [{ ip: pods['web-a'] }, { ip: pods['web-b'] }]),
       ),
     );
     await t.sync([...flags(dir), '--metrics-bind-address', '', '--healthz-bind-address', '']);
@@ -123,6 +126,22 @@ describe.skipIf(!env.ok)(`kpx trace --live against real packets${env.ok ? '' : `
     expect(j.mismatches).toEqual([]);
     const r = await t.probe('client', 'tcp', EMPTY_IP, 80, { count: 3, timeoutMs: 3000 });
     expect(r.errors).toEqual({ ECONNREFUSED: 3 });
+  });
+
+  it('session affinity: once the client has an endpoint, the trace reads the kernel\'s xt_recent lists and predicts only that one', async () => {
+    const before = await trace(pods.client, `${STICKY_IP}:80`, 'pod');
+    expect(predicted(before)).toEqual({ 'web-a': 0.5, 'web-b': 0.5 });
+    const first = await t.probe('client', 'tcp', STICKY_IP, 80, { count: 1 });
+    const [bound] = Object.keys(first.names);
+    expect(['web-a', 'web-b']).toContain(bound);
+    const other = bound === 'web-a' ? 'web-b' : 'web-a';
+    const after = await trace(pods.client, `${STICKY_IP}:80`, 'pod');
+    expect(predicted(after)).toEqual({ [bound!]: 1 });
+    expect(after.endpoints?.chosen.map((c) => c.addr)).toEqual([`${pods[bound as 'web-a']}:8080`]);
+    expect(after.endpoints?.excluded).toEqual([expect.objectContaining({ addr: `${pods[other]}:8080`, reason: expect.stringContaining('session affinity') as unknown })]);
+    expect(after.mismatches).toEqual([]);
+    const r = await t.probe('client', 'tcp', STICKY_IP, 80, { count: 10 });
+    expect(r.names).toEqual({ [bound!]: 10 });
   });
 
   it('the text journey names the rules, the exclusions and the next hop', async () => {

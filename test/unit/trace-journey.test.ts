@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { Command } from 'commander';
 import { addTraceFlags, parseDestination } from '../../src/cli/trace.js';
-import { explainEndpoints, type Frontend } from '../../src/trace/endpoints.js';
+import { explainEndpoints, withAffinity, type Frontend } from '../../src/trace/endpoints.js';
 import { compareWithModel, formatJourney, throughIpvs, type Journey } from '../../src/trace/journey.js';
 import { fdbRemote, parseNeighMac, parseRouteGet, parseVxlanLink, routeGet } from '../../src/trace/route.js';
 import type { Outcome } from '../../src/trace/tracer.js';
@@ -116,6 +116,17 @@ describe('endpoint explanation', () => {
   it('session affinity is stated', () => {
     const x = explainEndpoints(front(sp({ affinitySeconds: 10800 })), [ep('198.18.1.11', 'node-a')], NODE, 'pod');
     expect(x.notes.join('\n')).toContain('sessionAffinity: ClientIP (10800 s)');
+  });
+});
+
+describe('session affinity', () => {
+  it('a client bound to one endpoint: the others are excluded naming the list; unbound, nothing changes', () => {
+    const x = explainEndpoints(front(sp({ affinitySeconds: 60 })), [ep('198.18.1.11', 'node-a'), ep('198.18.1.12', 'node-a')], NODE, 'pod');
+    const bound = withAffinity(x, new Map([['198.18.1.12:8080', 1]]), '198.18.1.50', ['KPX-SEP-B']);
+    expect(bound.chosen.map((c) => [c.addr, c.probability])).toEqual([['198.18.1.12:8080', 1]]);
+    expect(reasons(bound)).toEqual({ '198.18.1.11:8080': 'session affinity: 198.18.1.50 is bound to 198.18.1.12:8080 (xt_recent KPX-SEP-B)' });
+    expect(withAffinity(x, new Map([['198.18.1.12:8080', 1]]), '198.18.1.50', [])).toBe(x);
+    expect(withAffinity(x, new Map([['198.18.1.11:8080', 0.5], ['198.18.1.12:8080', 0.5]]), '198.18.1.50', ['KPX-SEP-B'])).toBe(x);
   });
 });
 
@@ -257,6 +268,24 @@ describe('journey', () => {
     expect(formatJourney(base)).toContain('next hop: not known (no kernel asked: --manifests; use --live on the node)');
     expect(formatJourney({ ...base, rules: 'live' })).toContain('endpoints: no model');
     expect(formatJourney({ ...base, endpoints: null })).toContain('service: none has this address, port and protocol');
+  });
+});
+
+describe('kpx trace, IPVS mode (rendered from the examples)', () => {
+  it('names the virtual server, its scheduler and real servers, the rules and ipsets met, and the masquerade mark', async () => {
+    const { execa } = await import('execa');
+    const { KPX_BIN, REPO } = await import('../substrate/netns.js');
+    const r = await execa(process.execPath, [KPX_BIN, 'trace', '--manifests', 'examples', '--hostname-override', 'node-a', '--mode', 'ipvs', '--src', '198.18.0.99', '--dst', '198.18.0.10:31762/tcp', '--json', '--log-level', 'silent'], { cwd: REPO });
+    const j = JSON.parse(r.stdout) as Journey;
+    expect(j.mode).toBe('ipvs');
+    expect(j.ipvs).toEqual({ virtualServer: 'TCP 198.18.0.10:31762', scheduler: 'rr', persistence: 0, realServers: [{ addr: '198.18.1.31:8080', weight: 1 }, { addr: '198.18.2.32:8080', weight: 1 }] });
+    expect(j.outcomes.map((o) => [o.realServer, o.probability, o.masquerade])).toEqual([
+      ['198.18.1.31:8080', 0.5, true],
+      ['198.18.2.32:8080', 0.5, true],
+    ]);
+    // the NodePort's bitmap set marked it for masquerade on the way
+    expect(j.outcomes[0]!.steps.map((s) => s.rule).join('\n')).toContain('--match-set KPX-NODE-PORT-TCP dst -j KPX-MARK-MASQ');
+    expect(j.mismatches).toEqual([]);
   });
 });
 
