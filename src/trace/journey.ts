@@ -160,7 +160,7 @@ function outcomeText(o: JourneyOutcome, i: number, j: Journey): string[] {
   for (const s of o.steps) lines.push(stepLine(s));
   if (o.realServer) lines.push(`  IPVS: forwarded to real server ${o.realServer}`);
   if (o.verdict === 'ACCEPT') lines.push(`  ${masqueradeLine(o, j.mode)}`);
-  const verdictWhy = o.decidedBy ? ` by ${o.decidedBy}` : o.delivery === 'local' ? ' (delivered to the node)' : ' (forwarded)';
+  const verdictWhy = o.decidedBy ? ` by ${o.decidedBy}` : o.delivery === 'local' && !o.realServer ? ' (delivered to the node)' : j.packet.from === 'node' ? ' (sent out)' : ' (forwarded)';
   lines.push(`  verdict: ${o.verdict}${verdictWhy}`);
   if (o.verdict === 'ACCEPT' && !(o.delivery === 'local' && !o.realServer)) lines.push(`  ${routeLine(o.route, j.rules)}`);
   return lines;

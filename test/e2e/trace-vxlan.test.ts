@@ -58,6 +58,11 @@ describe.skipIf(!!skip)(`kpx trace across nodes, vxlan${skip ? ` — skipped: ${
       // the packets go where the trace said
       const r = await c.probe(where, 'tcp', svc.clusterIP, 80, { count: 5 });
       expect(r.names).toEqual({ far: 5 });
+      if (from === 'node') {
+        const text = await execa('ip', ['netns', 'exec', c.nsOf({ node: 'node-1' }), process.execPath, KPX_BIN, 'trace', '--live', '--src', src, '--dst', `${svc.clusterIP}:80`, '--from', 'node', '--log-level', 'silent']);
+        expect(text.stdout).toContain(`vxlan flannel.1 (VNI 1): encapsulated to ${node2.internalIP}`);
+        console.log(text.stdout);
+      }
       console.log(`[trace vxlan] from ${from} ${src}: predicted ${j.outcomes[0]!.dnat} via ${route.dev} to ${route.vxlan?.remote} (node-2 is ${node2.internalIP}); measured ${JSON.stringify(r.names)}`);
     }
   });
