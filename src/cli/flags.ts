@@ -18,9 +18,11 @@ function optionFor(spec: FlagSpec, group: string): Option {
   return o;
 }
 
-export function addProxyFlags(cmd: Command): Command {
-  for (const spec of KUBE_PROXY_FLAGS as readonly FlagSpec[]) cmd.addOption(optionFor(spec, HELP_GROUPS[spec.effect]));
-  for (const spec of KPX_FLAGS as readonly FlagSpec[]) cmd.addOption(optionFor(spec, HELP_GROUPS.kpx));
+/** `only`: register just these flags (a command that uses a few of them, e.g. kpx trace). */
+export function addProxyFlags(cmd: Command, only?: ReadonlySet<string>): Command {
+  const wanted = (spec: FlagSpec) => !only || only.has(spec.name);
+  for (const spec of KUBE_PROXY_FLAGS as readonly FlagSpec[]) if (wanted(spec)) cmd.addOption(optionFor(spec, only ? 'proxy flags that change what a trace sees:' : HELP_GROUPS[spec.effect]));
+  for (const spec of KPX_FLAGS as readonly FlagSpec[]) if (wanted(spec)) cmd.addOption(optionFor(spec, only ? 'proxy flags that change what a trace sees:' : HELP_GROUPS.kpx));
   return cmd;
 }
 

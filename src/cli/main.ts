@@ -230,7 +230,11 @@ function program(setExit: (code: number) => void): Command {
       if (!flags.print) throw new ConfigError('config: nothing to do (use --print)');
       setExit(printConfig(onlyRun(flags, 'config'), out));
     });
-  addTraceFlags(addProxyFlags(p.command('trace').description('walk a packet through the rules kpx renders (or the live ones) and print the outcomes'))).action(
+  addTraceFlags(
+    p
+      .command('trace')
+      .description('the journey of one packet on this node: the rules it meets, the endpoints it may reach and why others are excluded, where the kernel sends it next (--live)'),
+  ).action(
     async (flags: TraceFlags) => setExit(await traceCommand(flags)),
   );
   p.command('cleanup')

@@ -1,93 +1,282 @@
-// `kpx trace`: where would this packet go? Renders the rules for the given source (or
-// reads the live ones with --live) and walks the packet through nat and filter.
+// `kpx trace`: the journey of one packet as the node would handle it. Walks it through the
+// rules kpx renders (or, --live, the kernel's), explains which endpoints it may reach and
+// why the others are excluded (from the model: --manifests or the API), and asks the
+// kernel where it goes next (--live: ip route get, and the remote VTEP of a vxlan device).
 import type { Command } from 'commander';
 import { Option } from 'commander';
+import { readdirSync, readFileSync } from 'node:fs';
 import { execRunner } from '../apply/exec.js';
 import { out } from './output.js';
+import { addProxyFlags } from './flags.js';
 import { binaries, detectBackend } from '../apply/backend.js';
 import { readHostFacts } from '../apply/host.js';
 import { ConfigError, type CliFlags } from '../config/config.js';
-import { parseIP, type IPFamily } from '../util/ip.js';
+import { parseIP, splitHostPort, type IPFamily } from '../util/ip.js';
 import { isIptablesReport } from '../sync/iptables-mode.js';
-import { Tracer, tablesFromRuleset, tablesFromSave, type Outcome, type Tables } from '../trace/tracer.js';
+import type { Built } from './main.js';
+import { Tracer, tablesFromRuleset, tablesFromSave, type Outcome, type Tables, type TracePacket } from '../trace/tracer.js';
+import { explainEndpoints, findFrontend, withAffinity, type EndpointExplanation, type TraceSource } from '../trace/endpoints.js';
+import { compareWithModel, formatJourney, routeTarget, throughIpvs, type IpvsMatch, type Journey, type JourneyOutcome, type JourneyPacket } from '../trace/journey.js';
+import { routeGet, type RouteInfo } from '../trace/route.js';
+import { ipvsTraceConfig, liveIpvs, matchVirtualServer, renderedIpvs, type IpvsState } from '../trace/ipvs.js';
+
+type Proto = 'tcp' | 'udp' | 'sctp';
 
 export interface TraceFlags extends CliFlags {
   src: string;
   dst: string;
-  dport: string;
-  proto: 'tcp' | 'udp' | 'sctp';
+  dport?: string;
+  proto?: Proto;
+  from?: TraceSource;
   inInterface?: string;
   fromNode?: boolean;
   localAddress?: string[];
+  mode?: 'iptables' | 'ipvs';
   live?: boolean;
   json?: boolean;
   logLevel?: string;
 }
 
+/** The proxy flags that change what a trace sees; `kpx trace --help` lists these only. */
+export const TRACE_PROXY_FLAGS: ReadonlySet<string> = new Set([
+  'config',
+  'kubeconfig',
+  'master',
+  'manifests',
+  'hostname-override',
+  'cluster-cidr',
+  'detect-local-mode',
+  'pod-bridge-interface',
+  'pod-interface-name-prefix',
+  'masquerade-all',
+  'nodeport-addresses',
+  'iptables-masquerade-bit',
+  'iptables-backend',
+  'ipvs-scheduler',
+  'log-level',
+]);
+
 export function addTraceFlags(cmd: Command): Command {
-  return cmd
+  cmd
     .requiredOption('--src <ip>', 'packet source address')
-    .requiredOption('--dst <ip>', 'packet destination address')
-    .requiredOption('--dport <port>', 'destination port')
-    .addOption(new Option('--proto <proto>', 'protocol').choices(['tcp', 'udp', 'sctp']).default('tcp'))
-    .option('--in-interface <name>', 'interface the packet arrives on (pods: the bridge) (default: eth0)')
-    .option('--from-node', 'the node itself sends the packet (default: false)')
+    .requiredOption('--dst <ip:port[/proto]>', 'destination: 198.19.0.10:80, [2001:2::10]:30080/udp (a bare address takes --dport and --proto)')
+    .option('--dport <port>', 'destination port, when --dst has none')
+    .addOption(new Option('--proto <proto>', 'protocol, when --dst has none (default: tcp)').choices(['tcp', 'udp', 'sctp']))
+    .addOption(new Option('--from <where>', 'who sends it: a pod on this node (arrives bridged on the pod bridge), the node itself, or an external client (default: external)').choices(['pod', 'node', 'external']))
+    .option('--in-interface <name>', 'interface it arrives on (default, --live: the route back to --src; else the pod bridge for pods, eth0 for external)')
+    .addOption(new Option('--from-node', 'same as --from node').hideHelp())
     .option('--local-address <ip...>', 'extra addresses of the node, for addrtype LOCAL (default: Node IPs, 127.0.0.1)')
-    .option('--live', 'trace through the rules in the kernel (iptables-save) instead of rendering (default: false)')
-    .option('--json', 'print outcomes as JSON (default: false)');
+    .addOption(new Option('--mode <mode>', 'proxy mode whose rules to trace (default: the configured one, else iptables)').choices(['iptables', 'ipvs']))
+    .option('--live', 'trace through the kernel\'s rules (iptables-save; IPVS: ipvsadm, ipset) and ask it for the next hop; endpoints are explained from --manifests or the API when one is given (default: false)')
+    .option('--json', 'print the journey as JSON (default: false)');
+  return addProxyFlags(cmd, TRACE_PROXY_FLAGS);
+}
+
+/** "198.19.0.10:80/udp", "[2001:2::1]:80", or a bare address with --dport/--proto. */
+export function parseDestination(dst: string, dport: string | undefined, proto: Proto | undefined): { ip: string; port: number; proto: Proto } {
+  const slash = dst.lastIndexOf('/');
+  let p = proto;
+  let rest = dst;
+  if (slash > 0 && /^(tcp|udp|sctp)$/i.test(dst.slice(slash + 1))) {
+    p = dst.slice(slash + 1).toLowerCase() as Proto;
+    rest = dst.slice(0, slash);
+  }
+  const hp = splitHostPort(rest);
+  const ipText = hp ? hp.host : rest;
+  const port = hp ? hp.port : Number(dport);
+  const ip = parseIP(ipText);
+  if (!ip) throw new ConfigError(`--dst: ${dst}: not an address (ip:port[/tcp|udp|sctp])`);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ConfigError(`--dst: ${dst}: a port 1-65535 (in --dst or --dport)`);
+  return { ip: ip.text, port, proto: p ?? 'tcp' };
 }
 
 /** The rules to trace through and the node's addresses (what `-m addrtype LOCAL` matches). */
 interface TraceRules {
   readonly tables: Tables;
   readonly local: readonly string[];
+  readonly ipvs?: IpvsState;
+}
+
+async function saveBinary(flags: TraceFlags, family: IPFamily): Promise<string> {
+  const backend = flags.iptablesBackend === 'legacy' || flags.iptablesBackend === 'nft' ? flags.iptablesBackend : (await detectBackend(execRunner)).backend;
+  return binaries(family, backend).save;
 }
 
 /** The live rules: iptables-save from the backend kpx run would use (given, or detected the same way). */
-async function liveRules(flags: TraceFlags, family: IPFamily): Promise<TraceRules> {
-  const backend = flags.iptablesBackend === 'legacy' || flags.iptablesBackend === 'nft' ? flags.iptablesBackend : (await detectBackend(execRunner)).backend;
-  const r = await execRunner.run(binaries(family, backend).save, []);
+async function liveRules(flags: TraceFlags, family: IPFamily, mode: 'iptables' | 'ipvs', masqueradeBit: number): Promise<TraceRules> {
+  const save = await saveBinary(flags, family);
+  if (mode === 'ipvs') {
+    const ipvs = await liveIpvs(execRunner, save, family, masqueradeBit);
+    return { tables: ipvs.tables, local: ipvs.local, ipvs };
+  }
+  const r = await execRunner.run(save, []);
   if (r.exitCode !== 0) throw new Error(`cannot read the rules: ${r.stderr.trim()}`);
   return { tables: tablesFromSave(r.stdout), local: readHostFacts().addresses[family] };
 }
 
-/** The rules kpx renders for the given flags (a dry run of one sync); null if the sync failed. */
-async function renderedRules(flags: TraceFlags, family: IPFamily): Promise<TraceRules | null> {
+/** The model, synced once from the configured source (a dry run that renders and applies nothing). */
+async function loadModel(flags: TraceFlags): Promise<Built | null> {
   const { build } = await import('./main.js');
-  const built = await build({ ...flags, once: true, dryRun: true, logLevel: flags.logLevel ?? 'warn' }, () => {});
+  const built = await build({ ...flags, once: true, dryRun: true, renderOnly: true, logLevel: flags.logLevel ?? 'warn' }, () => {});
   await built.proxier.init();
   if (!(await built.controller.runOnce())) return null;
+  return built;
+}
+
+/** The rules kpx renders for this model (the dry run's). */
+function renderedRules(built: Built, family: IPFamily): TraceRules {
+  if (built.config.mode === 'ipvs') {
+    const cfg = ipvsTraceConfig(built.config, family, built.state.node);
+    const ipvs = renderedIpvs(built.state.view(family), cfg, built.state.node?.ips[family] ?? []);
+    return { tables: ipvs.tables, local: ipvs.local, ipvs };
+  }
   const found = built.controller.lastReport?.families.find((f) => f.family === family);
   if (!found) throw new Error(`no ${family} rules rendered`);
-  if (!isIptablesReport(found)) throw new ConfigError('kpx trace walks iptables-mode rules; in IPVS mode use ipvsadm -Ln');
+  if (!isIptablesReport(found)) throw new ConfigError(`kpx trace walks iptables or IPVS mode rules, not ${found.mode}`);
   const cfg = found.config;
   const local = [...(cfg?.nodeIPs ?? []), ...(cfg && cfg.nodePortAddresses !== 'all' ? cfg.nodePortAddresses : [])];
   return { tables: tablesFromRuleset(found.ruleset), local };
 }
 
-export async function traceCommand(flags: TraceFlags): Promise<number> {
+/** A model source was named (or kpx runs in a pod): --live explains endpoints from it. */
+function hasModelSource(flags: TraceFlags): boolean {
+  return [flags.manifests, flags.kubeconfig, flags.master, flags.config].some((v) => typeof v === 'string' && v !== '') || !!process.env.KUBERNETES_SERVICE_HOST;
+}
+
+/** xt_recent lists (session affinity) the client is in now. */
+function recentListsWith(src: string): Set<string> {
+  const lists = new Set<string>();
+  const dir = '/proc/net/xt_recent';
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return lists;
+  }
+  for (const name of names) {
+    try {
+      if (readFileSync(`${dir}/${name}`, 'utf8').split('\n').some((l) => l.startsWith(`src=${src} `))) lists.add(name);
+    } catch {
+      // a list removed while reading
+    }
+  }
+  return lists;
+}
+
+function sourceOf(flags: TraceFlags): TraceSource {
+  if (flags.from) return flags.from;
+  return flags.fromNode ? 'node' : 'external';
+}
+
+async function inInterface(flags: TraceFlags, from: TraceSource, src: string): Promise<string | undefined> {
+  if (from === 'node') return undefined;
+  if (flags.inInterface) return flags.inInterface;
+  if (flags.live) {
+    const back = await routeGet(execRunner, src);
+    if (back.dev) return back.dev;
+  }
+  if (from === 'pod') return typeof flags.podBridgeInterface === 'string' && flags.podBridgeInterface ? flags.podBridgeInterface : 'cni0';
+  return 'eth0';
+}
+
+function explain(built: Built | null, pkt: TracePacket, from: TraceSource, local: ReadonlySet<string>): EndpointExplanation | null | undefined {
+  if (!built) return undefined;
+  const view = built.state.view(pkt.family);
+  const front = findFrontend(view, pkt, (ip) => local.has(ip));
+  if (!front) return null;
+  return explainEndpoints(front, view.endpointsOf(front.servicePort), { nodeName: built.config.hostname, zone: built.state.node?.zone }, from);
+}
+
+async function withRoutes(outcomes: JourneyOutcome[], pkt: JourneyPacket, live: boolean): Promise<JourneyOutcome[]> {
+  if (!live) return outcomes;
+  const cache = new Map<string, RouteInfo>();
+  const res: JourneyOutcome[] = [];
+  for (const o of outcomes) {
+    if (o.verdict !== 'ACCEPT' || (o.delivery === 'local' && !o.realServer)) {
+      res.push(o);
+      continue;
+    }
+    const target = routeTarget(o, pkt.dst);
+    let route = cache.get(target);
+    if (!route) {
+      route = await routeGet(execRunner, target, pkt.from === 'node' ? {} : { src: pkt.src, iif: pkt.inInterface });
+      cache.set(target, route);
+    }
+    res.push({ ...o, route });
+  }
+  return res;
+}
+
+function ipvsOutcomes(outcomes: Outcome[], ipvs: IpvsState | undefined, pkt: TracePacket): { outcomes: JourneyOutcome[]; vs?: IpvsMatch | null } {
+  if (!ipvs) return { outcomes };
+  const vs = matchVirtualServer(ipvs.services, pkt.proto, pkt.dst, pkt.dport);
+  return { outcomes: throughIpvs(outcomes, vs, ipvs.masqueradeMark), vs };
+}
+
+function reachedEndpoints(outcomes: readonly Outcome[]): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const o of outcomes) if (o.verdict === 'ACCEPT' && o.dnat) m.set(o.dnat, (m.get(o.dnat) ?? 0) + o.probability);
+  return m;
+}
+
+/** The model (when there is one to read) and the rules to trace through. */
+async function modelAndRules(flags: TraceFlags, family: IPFamily): Promise<{ built: Built | null; mode: 'iptables' | 'ipvs'; rules: TraceRules } | null> {
+  const proxyFlags: TraceFlags = flags.mode ? { ...flags, proxyMode: flags.mode } : flags;
+  const built = !flags.live || hasModelSource(flags) ? await loadModel(proxyFlags) : null;
+  if (!flags.live && !built) return null;
+  const mode: 'iptables' | 'ipvs' = built ? (built.config.mode === 'ipvs' ? 'ipvs' : 'iptables') : (flags.mode ?? 'iptables');
+  const masqBit = built?.config.masqueradeBit ?? (typeof flags.iptablesMasqueradeBit === 'string' ? Number(flags.iptablesMasqueradeBit) : 14);
+  const rules = flags.live ? await liveRules(flags, family, mode, masqBit) : renderedRules(built!, family);
+  return { built, mode, rules };
+}
+
+/** The packet as the tracer takes it, and as the journey shows it. */
+async function packetOf(flags: TraceFlags): Promise<{ pkt: TracePacket; jp: JourneyPacket }> {
   const src = parseIP(flags.src);
-  const dst = parseIP(flags.dst);
-  const dport = Number(flags.dport);
-  if (!src || !dst || src.family !== dst.family) throw new ConfigError('--src/--dst: two addresses of the same family');
-  if (!Number.isInteger(dport) || dport < 1 || dport > 65535) throw new ConfigError('--dport: 1-65535');
-  const family = src.family;
-  const rules = flags.live ? await liveRules(flags, family) : await renderedRules(flags, family);
-  if (!rules) return 1;
-  const local = new Set<string>([...(flags.localAddress ?? []), family === 'IPv4' ? '127.0.0.1' : '::1', ...rules.local]);
-  const tracer = new Tracer(rules.tables, { localAddresses: [...local] });
-  const outcomes = tracer.trace({
-    family,
+  const dst = parseDestination(flags.dst, flags.dport, flags.proto);
+  if (!src || src.family !== parseIP(dst.ip)?.family) throw new ConfigError('--src/--dst: two addresses of the same family');
+  const from = sourceOf(flags);
+  const iface = await inInterface(flags, from, src.text);
+  const pkt: TracePacket = {
+    family: src.family,
     src: src.text,
-    dst: dst.text,
-    dport,
-    proto: flags.proto,
-    from: flags.fromNode ? 'local' : { inIface: flags.inInterface ?? 'eth0', bridged: false },
-  });
-  out(flags.json ? `${JSON.stringify(outcomes, null, 2)}\n` : formatOutcomes(outcomes));
+    dst: dst.ip,
+    dport: dst.port,
+    proto: dst.proto,
+    from: from === 'node' ? 'local' : { inIface: iface ?? 'eth0', bridged: from === 'pod' },
+  };
+  return { pkt, jp: { src: src.text, dst: dst.ip, dport: dst.port, proto: dst.proto, from, ...(iface ? { inInterface: iface } : {}) } };
+}
+
+export async function traceCommand(flags: TraceFlags): Promise<number> {
+  const { pkt, jp } = await packetOf(flags);
+  const found = await modelAndRules(flags, pkt.family);
+  if (!found) return 1;
+  const { built, mode, rules } = found;
+  const local = new Set<string>([...(flags.localAddress ?? []), pkt.family === 'IPv4' ? '127.0.0.1' : '::1', ...rules.local]);
+  const recent = flags.live ? recentListsWith(pkt.src) : new Set<string>();
+  const ipsets = rules.ipvs?.ipsets;
+  const tracer = new Tracer(rules.tables, { localAddresses: [...local], recent, ...(ipsets ? { ipsets } : {}) });
+  const { outcomes, vs } = ipvsOutcomes(tracer.trace(pkt), rules.ipvs, pkt);
+  const explained = explain(built, pkt, jp.from, local);
+  const endpoints = explained ? withAffinity(explained, reachedEndpoints(outcomes), pkt.src, [...recent]) : explained;
+  const notes: string[] = [];
+  if (recent.size) notes.push(`session affinity: ${pkt.src} is in xt_recent list(s) ${[...recent].join(', ')}: it goes back to the endpoint it had while the entry lasts`);
+  const journey: Journey = {
+    packet: jp,
+    mode,
+    rules: flags.live ? 'live' : 'rendered',
+    outcomes: await withRoutes(outcomes, jp, !!flags.live),
+    ...(endpoints !== undefined ? { endpoints } : {}),
+    ...(vs !== undefined ? { ipvs: vs } : {}),
+    mismatches: compareWithModel(outcomes, endpoints),
+    notes,
+  };
+  out(flags.json ? `${JSON.stringify(journey, null, 2)}\n` : formatJourney(journey));
   return 0;
 }
 
+/** One line per outcome (the summary the tests of the tracer print). */
 export function formatOutcomes(outcomes: Outcome[]): string {
   const lines = outcomes.map((o) => {
     const pct = `${(o.probability * 100).toFixed(1).padStart(5)}%`;

@@ -50,6 +50,25 @@ export interface Outcome {
   recentSet: string[];
   /** the rule that decided the verdict (DROP/REJECT), if any */
   decidedBy?: string;
+  /** the packet mark when the walk ended (IPVS mode: the masquerade bit is read later) */
+  mark: number;
+  /** the rules that matched and acted, in order (the journey) */
+  steps: TraceStep[];
+}
+
+/** One rule that matched and acted on the packet. */
+export interface TraceStep {
+  readonly table: 'nat' | 'filter';
+  /** the built-in chain (netfilter hook) the walk started from */
+  readonly hook: string;
+  readonly chain: string;
+  readonly rule: string;
+  /** the target: a chain jumped to, or ACCEPT, DNAT, MARK, MASQUERADE, ... */
+  readonly target: string;
+  /** `-m statistic --probability p` on this rule, when it has one and was taken */
+  readonly chance?: number;
+  /** probability of this branch so far (after this rule) */
+  readonly probability: number;
 }
 
 interface State {
@@ -62,6 +81,8 @@ interface State {
   filter: number;
   chains: string[];
   recentSet: string[];
+  hook: string;
+  steps: TraceStep[];
 }
 
 /** continue: next rule; return: leave this chain (resume the caller); the rest are verdicts. */
@@ -116,7 +137,7 @@ export class Tracer {
   }
 
   trace(pkt: TracePacket): Outcome[] {
-    const start: State = { p: 1, mark: 0, masq: false, nat: 0, filter: 0, chains: [], recentSet: [] };
+    const start: State = { p: 1, mark: 0, masq: false, nat: 0, filter: 0, chains: [], recentSet: [], hook: '', steps: [] };
     const outs: Outcome[] = [];
     const local = pkt.from === 'local';
     const natFirst = this.hook('nat', local ? 'OUTPUT' : 'PREROUTING', pkt, start);
@@ -160,12 +181,14 @@ export class Tracer {
       chains: b.s.chains,
       recentSet: b.s.recentSet,
       ...(r.kind === 'drop' || r.kind === 'reject' ? { decidedBy: r.rule } : {}),
+      mark: b.s.mark,
+      steps: b.s.steps,
     };
   }
 
   /** A built-in chain: its rules, then policy ACCEPT. */
   private hook(table: 'nat' | 'filter', chain: string, pkt: TracePacket, s: State): Branch[] {
-    return this.walk(table, chain, pkt, s, 0).map((b) => (b.r.kind === 'return' ? { s: b.s, r: { kind: 'accept' } } : b));
+    return this.walk(table, chain, pkt, { ...s, hook: chain }, 0).map((b) => (b.r.kind === 'return' ? { s: b.s, r: { kind: 'accept' } } : b));
   }
 
   private walk(table: 'nat' | 'filter', chain: string, pkt: TracePacket, s0: State, depth: number): Branch[] {
@@ -190,7 +213,9 @@ export class Tracer {
           continue;
         }
         if (m < 1) nextLive.push({ ...s, p: s.p * (1 - m) });
-        const hit = m < 1 ? { ...s, p: s.p * m } : s;
+        const p = m < 1 ? s.p * m : s.p;
+        const step: TraceStep = { table, hook: s.hook, chain, rule: text, target: rule.target ?? '', ...(m < 1 ? { chance: m } : {}), probability: p };
+        const hit = { ...s, p, steps: rule.target ? [...s.steps, step] : s.steps };
         for (const b of this.apply(table, rule, pkt, hit, depth)) {
           if (b.r.kind === 'continue') nextLive.push(b.s);
           else done.push(b);

@@ -193,10 +193,10 @@ describe('tracer: source ranges, affinity and the CLI', () => {
     const { execa } = await import('execa');
     const { KPX_BIN, REPO } = await import('../substrate/netns.js');
     const r = await execa(process.execPath, [KPX_BIN, 'trace', '--manifests', 'examples', '--hostname-override', 'node-a', '--src', '198.18.1.5', '--dst', '198.19.224.9', '--dport', '80', '--in-interface', 'cbr0', '--log-level', 'silent'], { cwd: REPO });
-    expect(r.stdout).toMatch(/^100\.0% {2}REJECT not translated/);
+    expect(r.stdout).toContain('\noutcome 1: 100.0%  REJECT  not translated\n');
     expect(r.stdout).toContain('shop/reports:http has no endpoints');
     const np = await execa(process.execPath, [KPX_BIN, 'trace', '--manifests', 'examples', '--hostname-override', 'node-a', '--src', '198.18.0.1', '--dst', '198.18.0.10', '--dport', '31762', '--json', '--log-level', 'silent'], { cwd: REPO });
-    const outs = JSON.parse(np.stdout) as Outcome[];
+    const outs = (JSON.parse(np.stdout) as { outcomes: Outcome[] }).outcomes;
     expect(outs.map((o) => [o.dnat, o.masquerade])).toEqual([
       ['198.18.1.31:8080', true],
       ['198.18.2.32:8080', true],
