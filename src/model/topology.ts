@@ -71,6 +71,16 @@ export interface ThisNode {
   readonly zone: string | undefined;
 }
 
+/** Service ports with a Local policy and endpoints elsewhere but none here (the metric), over a renderer's fragments. */
+export function countNoLocalEndpoints(fragments: Iterable<{ readonly noLocalEndpoints: { readonly internal: boolean; readonly external: boolean } }>): { internal: number; external: number } {
+  const out = { internal: 0, external: 0 };
+  for (const f of fragments) {
+    if (f.noLocalEndpoints.internal) out.internal++;
+    if (f.noLocalEndpoints.external) out.external++;
+  }
+  return out;
+}
+
 export function categorizeEndpoints(sp: ServicePort, endpoints: readonly Endpoint[], node: ThisNode): CategorizedEndpoints {
   const { nodeName, zone } = node;
   let cluster: Endpoint[] = [];

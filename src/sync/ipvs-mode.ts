@@ -2,17 +2,16 @@
 // whole model to virtual servers, ipset members and dummy addresses, read the kernel, and
 // apply the difference. The iptables side is small and fixed per node config; it is
 // written only when it changes.
-import { isLoopback, type IPFamily } from '../util/ip.js';
+import type { IPFamily } from '../util/ip.js';
 import { IPVS_DEVICE, renderIpvs, type IpvsRenderConfig } from '../render/ipvs/ipvs.js';
 import { planIpvs } from '../render/ipvs/plan.js';
 import { ipvsIptablesRuleset } from '../render/ipvs/rules.js';
-import { masqueradeMark } from '../render/iptables/config.js';
 import { fixedPlan, IptablesApplier } from '../apply/iptables.js';
 import { IpvsApplier } from '../apply/ipvs.js';
 import type { IptablesBackend } from '../apply/backend.js';
 import { mustRun } from '../apply/exec.js';
 import { ensureSysctl, readHostFacts, type HostFacts } from '../apply/host.js';
-import { keepIfSame, localDetector, nodePortAddresses, type Capabilities } from './node-config.js';
+import { buildIpvsConfig, keepIfSame, type Capabilities } from './node-config.js';
 import { Driver, NO_COUNTS, type FamilyBackend, type ModeBackend, type NodeContext, type ProxierOptions, type SyncCounts, type SyncStep } from './driver.js';
 import { detectIptables } from './iptables-mode.js';
 import { Families } from './modes.js';
@@ -55,23 +54,7 @@ class IpvsFamily implements FamilyBackend<IpvsRenderConfig, IpvsDetail> {
   }
 
   config(ctx: NodeContext, previous: IpvsRenderConfig | undefined): IpvsRenderConfig {
-    const { config, node, host } = ctx;
-    const family = this.family;
-    const npa = nodePortAddresses(config, family, node, host);
-    const candidates = npa === 'all' ? host.addresses[family] : npa;
-    return keepIfSame(previous, {
-      family,
-      nodeName: config.hostname,
-      zone: node?.zone,
-      scheduler: config.ipvs.scheduler,
-      nodePortIPs: candidates.filter((ip) => !isLoopback(ip)),
-      localDetector: localDetector(config, family, node),
-      masqueradeAll: config.masqueradeAll,
-      masqueradeMark: masqueradeMark(config.masqueradeBit),
-      randomFully: this.mode.caps.randomFully,
-      conntrackTCPLiberal: this.mode.caps.conntrackTCPLiberal,
-      excludeCIDRs: config.ipvs.excludeCIDRs.filter((c) => c.family === family),
-    });
+    return keepIfSame(previous, buildIpvsConfig(ctx.config, this.family, ctx.node, ctx.host, this.mode.caps));
   }
 
   async sync(step: SyncStep<IpvsRenderConfig>): Promise<SyncCounts & IpvsDetail> {

@@ -6,6 +6,7 @@ import type { NodeFacts } from '../model/types.js';
 import type { HostFacts } from '../apply/host.js';
 import { cidrContains, isLoopback, parseCIDR, type IPFamily } from '../util/ip.js';
 import { masqueradeMark, type IptablesRenderConfig, type LocalDetector } from '../render/iptables/config.js';
+import type { IpvsRenderConfig } from '../render/ipvs/ipvs.js';
 
 export interface Capabilities {
   readonly randomFully: boolean;
@@ -78,6 +79,29 @@ export function buildIptablesConfig(
     localhostNodePorts: localhost,
     randomFully: caps.randomFully,
     conntrackTCPLiberal: caps.conntrackTCPLiberal,
+  };
+}
+
+/**
+ * The IPVS renderer's input. NodePorts get virtual servers on the NodePort addresses
+ * (loopback excluded: IPVS cannot serve 127/8); `extraAddresses` count as the node's own
+ * (a trace rendering for another node from its Node object).
+ */
+export function buildIpvsConfig(cfg: KpxConfig, family: IPFamily, node: NodeFacts | null, host: HostFacts, caps: Capabilities, extraAddresses: readonly string[] = []): IpvsRenderConfig {
+  const npa = nodePortAddresses(cfg, family, node, host);
+  const candidates = npa === 'all' ? [...new Set([...host.addresses[family], ...extraAddresses])] : npa;
+  return {
+    family,
+    nodeName: cfg.hostname,
+    zone: node?.zone,
+    scheduler: cfg.ipvs.scheduler,
+    nodePortIPs: candidates.filter((ip) => !isLoopback(ip)),
+    localDetector: localDetector(cfg, family, node),
+    masqueradeAll: cfg.masqueradeAll,
+    masqueradeMark: masqueradeMark(cfg.masqueradeBit),
+    randomFully: caps.randomFully,
+    conntrackTCPLiberal: caps.conntrackTCPLiberal,
+    excludeCIDRs: cfg.ipvs.excludeCIDRs.filter((c) => c.family === family),
   };
 }
 

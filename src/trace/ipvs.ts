@@ -7,11 +7,10 @@ import type { KpxConfig } from '../config/config.js';
 import { readHostFacts } from '../apply/host.js';
 import { parseIpsetSave, parseIpvsSave } from '../ipvs/format.js';
 import type { ModelView, NodeFacts } from '../model/types.js';
-import { masqueradeMark } from '../render/iptables/config.js';
 import { IPVS_DEVICE, renderIpvs, vsKey, type IpvsProto, type IpvsRenderConfig, type VirtualServer } from '../render/ipvs/ipvs.js';
 import { ipvsIptablesRuleset } from '../render/ipvs/rules.js';
-import { localDetector, nodePortAddresses } from '../sync/node-config.js';
-import { isLoopback, joinHostPort, parseIP, type IPFamily } from '../util/ip.js';
+import { buildIpvsConfig } from '../sync/node-config.js';
+import { joinHostPort, parseIP, type IPFamily } from '../util/ip.js';
 import { tablesFromRuleset, tablesFromSave, type IpsetContent, type Tables } from './tracer.js';
 import type { IpvsMatch } from './journey.js';
 
@@ -27,22 +26,8 @@ export interface IpvsState {
 /** The IPVS render config a sync would use (what IpvsFamily.config computes), for tracing. */
 export function ipvsTraceConfig(config: KpxConfig, family: IPFamily, node: NodeFacts | null): IpvsRenderConfig {
   const host = readHostFacts({ excludeDevice: IPVS_DEVICE });
-  const npa = nodePortAddresses(config, family, node, host);
   // a trace may render for another node (--manifests): its Node addresses count as its own
-  const candidates = npa === 'all' ? [...new Set([...host.addresses[family], ...(node?.ips[family] ?? [])])] : npa;
-  return {
-    family,
-    nodeName: config.hostname,
-    zone: node?.zone,
-    scheduler: config.ipvs.scheduler,
-    nodePortIPs: candidates.filter((ip) => !isLoopback(ip)),
-    localDetector: localDetector(config, family, node),
-    masqueradeAll: config.masqueradeAll,
-    masqueradeMark: masqueradeMark(config.masqueradeBit),
-    randomFully: false,
-    conntrackTCPLiberal: false,
-    excludeCIDRs: config.ipvs.excludeCIDRs.filter((c) => c.family === family),
-  };
+  return buildIpvsConfig(config, family, node, host, { randomFully: false, conntrackTCPLiberal: false }, node?.ips[family] ?? []);
 }
 
 export function renderedIpvs(view: ModelView, cfg: IpvsRenderConfig, nodeIPs: readonly string[]): IpvsState {

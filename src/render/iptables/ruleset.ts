@@ -3,6 +3,7 @@
 // is a function of the model and the node config only (the same input gives the same
 // rules, whatever the history); it keeps its last result so that a sync after a few
 // changes re-renders only the changed services and reports exactly which chains it touched.
+import { countNoLocalEndpoints } from '../../model/topology.js';
 import type { ModelView } from '../../model/types.js';
 import type { IPFamily } from '../../util/ip.js';
 import { hostCIDR, isLoopback } from '../../util/ip.js';
@@ -280,12 +281,7 @@ export class IptablesRenderer implements IptablesRuleset {
 
   /** Service ports with a Local policy and endpoints elsewhere but none here (metrics). */
   noLocalEndpoints(): { internal: number; external: number } {
-    const out = { internal: 0, external: 0 };
-    for (const f of this.fragments()) {
-      if (f.noLocalEndpoints.internal) out.internal++;
-      if (f.noLocalEndpoints.external) out.external++;
-    }
-    return out;
+    return countNoLocalEndpoints(this.fragments());
   }
 
   /** Every service port's fragment. */

@@ -26,6 +26,7 @@
 //   cluster-ips-check: daddr @cluster-ips reject (a cluster IP's undefined ports)
 //   masquerading: traffic marked by mark-for-masquerade is masqueraded (fully-random), and
 //     so is a DNATed connection in hairpin-connections (a local endpoint reaching itself)
+import { countNoLocalEndpoints } from '../../model/topology.js';
 import type { IPFamily } from '../../util/ip.js';
 import { isLoopback } from '../../util/ip.js';
 import type { BaseChainSpec, SetSpec } from '../../nftables/format.js';
@@ -288,12 +289,7 @@ export class NftablesRenderer {
   }
 
   noLocalEndpoints(): { internal: number; external: number } {
-    const out = { internal: 0, external: 0 };
-    for (const f of this.fragments()) {
-      if (f.noLocalEndpoints.internal) out.internal++;
-      if (f.noLocalEndpoints.external) out.external++;
-    }
-    return out;
+    return countNoLocalEndpoints(this.fragments());
   }
 
   /** Every chain, each after the chains its rules refer to (mark-for-masquerade first, base chains last). */
