@@ -3,12 +3,11 @@
 // it programmed. A new proxy or mode (kpx-nftables, say) is one more row.
 import { execa, type ResultPromise } from 'execa';
 import { createWriteStream } from 'node:fs';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseAllDocuments } from 'yaml';
-import { CoreV1Api, KubernetesObjectApi, type KubeConfig, type KubernetesObject } from '@kubernetes/client-node';
-import type { Apiserver } from '../../test/substrate/apiserver.js';
+import type { KubeConfig } from '@kubernetes/client-node';
+import { kpxServiceAccountToken, type Apiserver } from '../../test/substrate/apiserver.js';
 import { FaultProxy } from '../../test/substrate/fault-proxy.js';
 import { startKubeProxy, type KubeProxyMode } from '../../test/substrate/kube-proxy.js';
 import { KPX_BIN, NET, REPO, type Topology } from '../../test/substrate/netns.js';
@@ -130,24 +129,7 @@ let kpxTokenCache: { admin: KubeConfig; token: string } | null = null;
 
 /** A token of kpx's ServiceAccount, bound by the RBAC in manifests/ (as the API tests do). */
 export async function kpxToken(admin: KubeConfig): Promise<string> {
-  if (kpxTokenCache?.admin === admin) return kpxTokenCache.token;
-  const core = admin.makeApiClient(CoreV1Api);
-  const objects = KubernetesObjectApi.makeApiClient(admin);
-  let sa: { name: string; namespace: string } | null = null;
-  for (const f of (await readdir(join(REPO, 'manifests'))).filter((f) => /\.ya?ml$/.test(f) && f !== 'kustomization.yaml')) {
-    for (const doc of parseAllDocuments(await readFile(join(REPO, 'manifests', f), 'utf8'))) {
-      const o = doc.toJS() as KubernetesObject | null;
-      if (!o || !['ServiceAccount', 'ClusterRole', 'ClusterRoleBinding'].includes(o.kind ?? '')) continue;
-      o.metadata!.namespace ??= o.kind === 'ServiceAccount' ? 'kube-system' : undefined;
-      if (o.kind === 'ServiceAccount') sa = { name: o.metadata!.name!, namespace: o.metadata!.namespace! };
-      await objects.create(o).catch((err: { code?: number }) => {
-        if (err.code !== 409) throw err;
-      });
-    }
-  }
-  if (!sa) throw new Error('manifests/ has no ServiceAccount');
-  const tr = await core.createNamespacedServiceAccountToken({ name: sa.name, namespace: sa.namespace, body: { spec: { audiences: [], expirationSeconds: 86400 } } });
-  kpxTokenCache = { admin, token: tr.status!.token };
+  if (kpxTokenCache?.admin !== admin) kpxTokenCache = { admin, token: await kpxServiceAccountToken(admin, REPO, 86400) };
   return kpxTokenCache.token;
 }
 

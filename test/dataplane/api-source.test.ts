@@ -10,7 +10,7 @@ import { parseAllDocuments } from 'yaml';
 import { CoreV1Api, DiscoveryV1Api, KubernetesObjectApi, type KubernetesObject } from '@kubernetes/client-node';
 import { NET, REPO, Topology, dataplaneEnv } from '../substrate/netns.js';
 import { endpointSlice, service } from '../substrate/manifests.js';
-import { findApiserver, type Apiserver } from '../substrate/apiserver.js';
+import { findApiserver, kpxServiceAccountToken, type Apiserver } from '../substrate/apiserver.js';
 import { FaultProxy } from '../substrate/fault-proxy.js';
 import { PROXYABLE_SELECTOR } from '../../src/source/kube/api-source.js';
 
@@ -123,24 +123,9 @@ describe.skipIf(!!skip)(`the Kubernetes API source against a real apiserver${ski
     api = await choice.start();
     core = api.admin.makeApiClient(CoreV1Api);
     disc = api.admin.makeApiClient(DiscoveryV1Api);
-    const objects = KubernetesObjectApi.makeApiClient(api.admin);
 
     // RBAC exactly as shipped in manifests/: kpx runs with that service account's token
-    let sa: { name: string; namespace: string } | null = null;
-    for (const f of (await readdir(join(REPO, 'manifests'))).filter((f) => /\.ya?ml$/.test(f) && f !== 'kustomization.yaml')) {
-      for (const doc of parseAllDocuments(await readFile(join(REPO, 'manifests', f), 'utf8'))) {
-        const o = doc.toJS() as KubernetesObject | null;
-        if (!o || !['ServiceAccount', 'ClusterRole', 'ClusterRoleBinding'].includes(o.kind ?? '')) continue;
-        o.metadata!.namespace ??= o.kind === 'ServiceAccount' ? 'kube-system' : undefined;
-        if (o.kind === 'ServiceAccount') sa = { name: o.metadata!.name!, namespace: o.metadata!.namespace! };
-        await objects.create(o).catch((err: { code?: number }) => {
-          if (err.code !== 409) throw err;
-        });
-      }
-    }
-    if (!sa) throw new Error('manifests/ has no ServiceAccount');
-    const tr = await core.createNamespacedServiceAccountToken({ name: sa.name, namespace: sa.namespace, body: { spec: { audiences: [], expirationSeconds: 3600 } } });
-    const token = tr.status!.token;
+    const token = await kpxServiceAccountToken(api.admin, REPO, 3600);
 
     await core.createNamespace({ body: { metadata: { name: NS } } });
     await core.createNode({ body: { metadata: { name: NODE }, spec: { podCIDRs: [NET.podCIDR], podCIDR: NET.podCIDR } } });

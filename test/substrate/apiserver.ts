@@ -10,7 +10,9 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { KubeConfig } from '@kubernetes/client-node';
+import { CoreV1Api, KubeConfig, KubernetesObjectApi, type KubernetesObject } from '@kubernetes/client-node';
+import { readdir } from 'node:fs/promises';
+import { parseAllDocuments } from 'yaml';
 
 export const TEST_APISERVER_BIN = process.env.KPX_TEST_APISERVER_BIN ?? join(process.env.KPX_CACHE ?? join(homedir(), '.cache/kpx'), 'test-apiserver');
 
@@ -213,4 +215,27 @@ export async function findApiserver(): Promise<ApiserverChoice> {
     ok: false,
     reason: `no apiserver: set KPX_TEST_KUBECONFIG, or build the test apiserver (hack/test-apiserver/build.sh, which hack/test.sh runs) at ${TEST_APISERVER_BIN}, or provide a Docker engine for k3s`,
   };
+}
+
+/**
+ * Applies the ServiceAccount and RBAC exactly as shipped in manifests/ (existing objects are
+ * kept) and returns a token of that ServiceAccount: kpx then runs with what the DaemonSet gets.
+ */
+export async function kpxServiceAccountToken(admin: KubeConfig, repo: string, expirationSeconds: number): Promise<string> {
+  const objects = KubernetesObjectApi.makeApiClient(admin);
+  let sa: { name: string; namespace: string } | null = null;
+  for (const f of (await readdir(join(repo, 'manifests'))).filter((f) => /\.ya?ml$/.test(f) && f !== 'kustomization.yaml')) {
+    for (const doc of parseAllDocuments(await readFile(join(repo, 'manifests', f), 'utf8'))) {
+      const o = doc.toJS() as KubernetesObject | null;
+      if (!o || !['ServiceAccount', 'ClusterRole', 'ClusterRoleBinding'].includes(o.kind ?? '')) continue;
+      o.metadata!.namespace ??= o.kind === 'ServiceAccount' ? 'kube-system' : undefined;
+      if (o.kind === 'ServiceAccount') sa = { name: o.metadata!.name!, namespace: o.metadata!.namespace! };
+      await objects.create(o).catch((err: { code?: number }) => {
+        if (err.code !== 409) throw err;
+      });
+    }
+  }
+  if (!sa) throw new Error('manifests/ has no ServiceAccount');
+  const tr = await admin.makeApiClient(CoreV1Api).createNamespacedServiceAccountToken({ name: sa.name, namespace: sa.namespace, body: { spec: { audiences: [], expirationSeconds } } });
+  return tr.status!.token;
 }
