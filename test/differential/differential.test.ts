@@ -6,6 +6,7 @@
 // both twins: answered or not and how, which endpoints answered, which client address they
 // saw. A difference passes only if DELIBERATE lists it (and docs/features.md says why); a
 // DELIBERATE row that no longer matches fails too.
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CoreV1Api, DiscoveryV1Api } from '@kubernetes/client-node';
 import { NET, dataplaneEnv, type PodSpec } from '../substrate/netns.js';
@@ -232,6 +233,8 @@ describe.skipIf(!!skip)(`differential: kpx vs upstream kube-proxy, iptables mode
     for (;;) {
       const [kp, kpx] = await Promise.all(twins.twins.map((tw) => runProbes(tw.t, probes, { countOnly })));
       if (sameOutcomes(kp!, kpx!) || Date.now() >= end) return { kp: kp!, kpx: kpx! };
+      // a sync may still be running on one twin: give it time rather than a busy loop of probes
+      await sleep(250);
     }
   };
 

@@ -32,6 +32,7 @@ import { execa, type ResultPromise } from 'execa';
 import { parseAllDocuments, parseDocument } from 'yaml';
 import { CoreV1Api, DiscoveryV1Api, KubeConfig, KubernetesObjectApi, PatchStrategy, type KubernetesObject } from '@kubernetes/client-node';
 import { TEST_APISERVER_BIN, readTestApiserverReady, testApiserverArgs } from '../apiserver.js';
+import { NO_ICMP_RATELIMIT } from '../netns.js';
 import { alive, logSize, spawnDetached, stopProc, waitForLog, type ProcRecord } from './procs.js';
 import { hasSelector, LABEL_ZONE, reconcileService, type ReconcileResult } from './endpointslices.js';
 import * as plan from './plan.js';
@@ -406,7 +407,7 @@ export class NetnsCluster implements E2ECluster {
       );
     }
     await ipBatch(ns, lines);
-    await execa('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.bridge.bridge-nf-call-iptables=1', 'net.bridge.bridge-nf-call-ip6tables=1']);
+    await execa('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.bridge.bridge-nf-call-iptables=1', 'net.bridge.bridge-nf-call-ip6tables=1', ...NO_ICMP_RATELIMIT]);
   }
 
   /** This node's routes (and VXLAN forwarding entries) to every other node's pods. */
