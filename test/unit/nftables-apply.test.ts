@@ -48,7 +48,7 @@ describe('nftables applier', () => {
     expect(lines.slice(0, 3)).toEqual(['add table ip kpx', 'delete table ip kpx', 'add table ip kpx { comment "rules for kpx" ; }']);
     // 50 services x (service + external): no endpoint chains without session affinity
     expect(rep.chainsWritten).toBe(50 * 2 + 16);
-    expect(fake.table()!.chains.get('kpx-state')!.rules[0]).toMatch(/^return comment "kpx [0-9a-f]{16} retired=0"$/);
+    expect(fake.table()!.chains.get('kpx-state')!.rules[0]).toMatch(/^counter comment "kpx [0-9a-f]{16} retired=0"$/);
     expect(fake.table()!.sets.get('service-ips')!.elements.size).toBe(50);
     expect(fake.table()!.sets.get('service-nodeports')!.elements.size).toBe(50);
   });
@@ -143,7 +143,7 @@ describe('nftables applier', () => {
     expect(rep.elementsRemoved).toBe(13);
     expect(fake.calls.at(-2)!.args.join(' ')).toBe('-j list chain ip kpx kpx-state');
     // an edit behind kpx's back: the digest no longer matches, so the table is rebuilt
-    fake.table()!.chains.get('kpx-state')!.rules = ['return comment "kpx 0000000000000000 retired=0"'];
+    fake.table()!.chains.get('kpx-state')!.rules = ['counter comment "kpx 0000000000000000 retired=0"'];
     applier.invalidate();
     const again = await applier.apply(r, r.render(s.view('IPv4'), cfg, []));
     expect(again.recreated).toBe(true);
