@@ -258,6 +258,15 @@ describe('nftables capability checks and cleanup', () => {
     expect([...fake.tables.keys()]).toEqual(['ip other']);
     expect(await removeNftablesTables(fake, silentLogger)).toEqual({ removed: [] });
   });
+
+  it('removing kpx tables reads nothing: nft 1.0.6 lists the whole ruleset (iptables-nft rules too) for `list tables`', async () => {
+    const fake = new FakeNft();
+    await fake.run('nft', ['-f', '-'], { input: 'add table ip kpx\n' });
+    const commands: string[] = [];
+    const recording = { run: (c: string, a: readonly string[], o?: { input?: string }) => (commands.push([c, ...a].join(' ')), fake.run(c, a, o)) };
+    expect(await removeNftablesTables(recording as typeof fake, silentLogger)).toEqual({ removed: ['ip'] });
+    expect(commands).toEqual(['nft -f -', 'nft -f -']);
+  });
 });
 
 describe('nft format', () => {
