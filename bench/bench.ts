@@ -1,7 +1,12 @@
-// `npm run bench`: kpx's sync against its floors, measured in the same run, printed as a
-// table. Asserts nothing. Needs root: every scale runs in its own fresh network namespace
-// (deleted afterwards, also on failure); nothing touches the machine's root namespace.
+// `npm run bench`: kpx's sync against its floors, measured in the same run, printed as
+// tables, for the iptables mode and the nftables mode (bench/nftables.ts has that half).
+// Asserts nothing. Needs root: every scale and mode runs in its own fresh network
+// namespace (deleted afterwards, also on failure); nothing touches the machine's root
+// namespace.
 //
+//   npm run bench -- [--scales=1000,10000] [--modes=iptables,nftables] [--layout=apiserver|sequential]
+//
+// iptables mode:
 //   render        cold full render (first in the process) and warm full render (median):
 //                 the ruleset a sync works from; endpoint and service chain texts are not
 //                 kept but written out while a sync streams them, so
@@ -32,9 +37,11 @@ import { ClusterState, type Change } from '../src/model/state.js';
 import { IptablesProxier } from '../src/sync/iptables-mode.js';
 import { IptablesRenderer } from '../src/render/iptables/ruleset.js';
 import { resolveConfig } from '../src/config/config.js';
-import { execRunner, type CommandInput, type CommandRunner } from '../src/apply/exec.js';
+import { execRunner } from '../src/apply/exec.js';
 import { silentLogger } from '../src/util/log.js';
 import { podIP, syntheticCluster, type SyntheticCluster } from './synthetic.js';
+import { median, ms, ratio, Recorder, timed, withNetns } from './common.js';
+import { nftablesInner, type NftablesResult } from './nftables.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
 const REPO = resolve(HERE, HERE.includes('.bench-dist') ? '../..' : '..');
@@ -61,40 +68,6 @@ interface Result {
   rssMiB?: number;
   settledMiB?: number;
   peakMiB?: number;
-}
-
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-const ms = (x: number) => (x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${x.toFixed(x < 10 ? 1 : 0)} ms`);
-const ratio = (a: number, b: number) => `${(a / b).toFixed(2)}x`;
-
-/** Records the restore inputs (since the last reset) while running the real binaries. */
-class Recorder implements CommandRunner {
-  inputs: string[] = [];
-  async run(command: string, args: readonly string[], opts?: { input?: CommandInput; timeoutMs?: number }) {
-    if (!command.endsWith('-restore') || opts?.input === undefined) return execRunner.run(command, args, opts);
-    if (typeof opts.input === 'string') {
-      this.inputs.push(opts.input);
-      return execRunner.run(command, args, opts);
-    }
-    // record a streamed input as it goes, so kpx's sync streams as it does in production
-    const chunks: string[] = [];
-    const source = opts.input;
-    const tee = function* () {
-      for (const c of source) {
-        chunks.push(c);
-        yield c;
-      }
-    };
-    const r = await execRunner.run(command, args, { ...opts, input: tee() });
-    this.inputs.push(chunks.join(''));
-    return r;
-  }
-}
-
-async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
-  const t = performance.now();
-  const v = await fn();
-  return [v, performance.now() - t];
 }
 
 async function restore(text: string): Promise<number> {
@@ -235,18 +208,8 @@ async function inner(cluster: SyntheticCluster): Promise<Result> {
   };
 }
 
-async function withNetns<T>(name: string, fn: () => Promise<T>): Promise<T> {
-  await execa('ip', ['netns', 'add', name]);
-  try {
-    await execa('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
-    return await fn();
-  } finally {
-    await execa('ip', ['netns', 'del', name], { reject: false });
-  }
-}
-
 /** RSS of a real `kpx run` on a manifests directory of this scale, after its first sync. */
-async function measureRss(cluster: SyntheticCluster): Promise<{ rssMiB: number; settledMiB: number; peakMiB: number }> {
+async function measureRss(cluster: SyntheticCluster, mode: Mode): Promise<{ rssMiB: number; settledMiB: number; peakMiB: number }> {
   const dir = await mkdtemp(join(tmpdir(), 'kpx-bench-'));
   try {
     const items = [...cluster.objects()];
@@ -254,7 +217,7 @@ async function measureRss(cluster: SyntheticCluster): Promise<{ rssMiB: number; 
     return await withNetns(`kpxb-${process.pid}-rss`, async () => {
       const p = execa(
         'ip',
-        ['netns', 'exec', `kpxb-${process.pid}-rss`, process.execPath, join(REPO, 'bin/kpx.js'), 'run', '--manifests', dir, '--hostname-override', 'node-a', '--metrics-bind-address', '', '--healthz-bind-address', '', '--iptables-backend', 'nft'],
+        ['netns', 'exec', `kpxb-${process.pid}-rss`, process.execPath, join(REPO, 'bin/kpx.js'), 'run', '--manifests', dir, '--hostname-override', 'node-a', '--metrics-bind-address', '', '--healthz-bind-address', '', '--proxy-mode', mode, ...(mode === 'iptables' ? ['--iptables-backend', 'nft'] : [])],
         { reject: false, buffer: false, env: { KPX_LOG_LEVEL: 'info' } },
       );
       await new Promise<void>((res, rej) => {
@@ -304,44 +267,94 @@ function table(results: Result[]): string {
   return rows.join('\n');
 }
 
+type Mode = 'iptables' | 'nftables';
+const MODES: readonly Mode[] = ['iptables', 'nftables'];
+
+function nftablesTable(results: NftablesResult[]): string {
+  const rows = [
+    '| services x endpoints | statements | payload | render cold | full sync | full floor (bare nft -f) | full ratio | restart full sync | partial sync (median) | of it in nft -f | delete one service | RSS 2 s / 30 s after first sync (peak) |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|',
+  ];
+  for (const r of results) {
+    rows.push(
+      `| ${r.services.toLocaleString('en')} x ${ENDPOINTS} | ${r.statements.toLocaleString('en')} | ${r.payloadMB.toFixed(1)} MB | ${ms(r.renderColdMs)} | ${ms(r.fullSyncMs)} | ${ms(r.fullFloorMs)} | ${ratio(r.fullSyncMs, r.fullFloorMs)} | ${ms(r.restartMs)}${r.restartWrote ? ' (wrote!)' : ' (wrote nothing)'} | ${ms(median(r.partialSyncMs))} | ${ms(median(r.partialNftMs))} | ${ms(r.deleteMs)} | ${r.rssMiB?.toFixed(0) ?? '-'} / ${r.settledMiB?.toFixed(0) ?? '-'} MiB (${r.peakMiB?.toFixed(0) ?? '-'} MiB) |`,
+    );
+  }
+  return rows.join('\n');
+}
+
+/** Runs one mode's inner bench in a child process inside a fresh namespace of its own. */
+async function innerInNetns<T>(mode: Mode, n: number, layout: string): Promise<T> {
+  const ns = `kpxb-${process.pid}-${mode}-${n}`;
+  return withNetns(ns, async () => {
+    const out = await execa('ip', ['netns', 'exec', ns, process.execPath, fileURLToPath(import.meta.url), `--inner-${mode}`, String(n), `--layout=${layout}`], { stderr: 'inherit' });
+    return JSON.parse(out.stdout.trim().split('\n').at(-1)!) as T;
+  });
+}
+
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
   const layout = args.find((a) => a.startsWith('--layout='))?.slice(9) ?? 'apiserver';
   if (layout !== 'apiserver' && layout !== 'sequential') throw new Error(`--layout: apiserver or sequential, not ${layout}`);
   const cluster = (n: number) => syntheticCluster(n, ENDPOINTS, { layout });
-  if (args[0] === '--inner') {
-    process.stdout.write(`${JSON.stringify(await inner(cluster(Number(args[1]))))}\n`);
+  if (args[0] === '--inner-iptables' || args[0] === '--inner-nftables') {
+    const c = cluster(Number(args[1]));
+    process.stdout.write(`${JSON.stringify(args[0] === '--inner-iptables' ? await inner(c) : await nftablesInner(c))}\n`);
     return;
   }
   if (process.getuid?.() !== 0) {
-    console.error('bench: needs root (it creates network namespaces and runs iptables in them)');
+    console.error('bench: needs root (it creates network namespaces and runs iptables and nft in them)');
     process.exit(2);
   }
   const scales = (args.find((a) => a.startsWith('--scales='))?.slice(9) ?? '1000,10000').split(',').map(Number);
+  const modes = (args.find((a) => a.startsWith('--modes='))?.slice(8) ?? MODES.join(',')).split(',') as Mode[];
+  for (const m of modes) if (!MODES.includes(m)) throw new Error(`--modes: ${MODES.join(', ')}, not ${m}`);
   const results: Result[] = [];
+  const nft: NftablesResult[] = [];
+  // per scale, the modes one after the other: their ratios come from the same minutes
   for (const n of scales) {
-    console.error(`bench: ${n} services x ${ENDPOINTS} endpoints ...`);
-    const ns = `kpxb-${process.pid}-${n}`;
-    const r = await withNetns(ns, async () => {
-      const out = await execa('ip', ['netns', 'exec', ns, process.execPath, fileURLToPath(import.meta.url), '--inner', String(n), `--layout=${layout}`], { stderr: 'inherit' });
-      return JSON.parse(out.stdout.trim().split('\n').at(-1)!) as Result;
-    });
-    Object.assign(r, await measureRss(cluster(n)));
-    results.push(r);
+    for (const mode of modes) {
+      console.error(`bench: ${mode} mode, ${n} services x ${ENDPOINTS} endpoints ...`);
+      if (mode === 'iptables') {
+        const r = await innerInNetns<Result>(mode, n, layout);
+        results.push(Object.assign(r, await measureRss(cluster(n), mode)));
+      } else {
+        const r = await innerInNetns<NftablesResult>(mode, n, layout);
+        nft.push(Object.assign(r, await measureRss(cluster(n), mode)));
+      }
+    }
   }
   const iptables = (await execa('iptables', ['--version'])).stdout.trim();
+  const nftVersion = (await execa('nft', ['--version'], { reject: false })).stdout.trim();
   const kernel = (await execa('uname', ['-r'])).stdout.trim();
-  console.log(`\nMachine: ${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} cores, ${(totalmem() / 2 ** 30).toFixed(0)} GiB; Linux ${kernel}; ${iptables}; Node ${process.version}`);
+  console.log(`\nMachine: ${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} cores, ${(totalmem() / 2 ** 30).toFixed(0)} GiB; Linux ${kernel}; ${iptables}; ${nftVersion}; Node ${process.version}`);
   console.log(`ClusterIPs and NodePorts: ${layout === 'apiserver' ? 'allocated as the apiserver does (random in 198.19.0.0/16 and 30000-32767)' : 'sequential'}\n`);
-  console.log(table(results));
-  for (const r of results) {
-    const pr = median(r.partialSyncMs) / median(r.partialFloorMs);
-    console.log(
-      `\n${r.services} services: partial <= 1.25x floor: ${pr <= 1.25 ? 'yes' : 'no'} (${pr.toFixed(2)}x); full <= 1.10x floor: ${r.fullSyncMs / r.fullFloorMs <= 1.1 ? 'yes' : 'no'}; ` +
-        `render <= 300 ms: ${r.renderColdMs <= 300 ? 'yes' : 'no'} (cold ${ms(r.renderColdMs)}, warm ${ms(r.renderWarmMs)}, warm with all text ${ms(r.renderTextMs)}); RSS <= 200 MiB: ${r.settledMiB !== undefined && r.settledMiB <= 200 ? 'yes' : 'no'} (2 s after the first sync ${r.rssMiB?.toFixed(0)} MiB, 30 s after ${r.settledMiB?.toFixed(0)} MiB, peak ${r.peakMiB?.toFixed(0)} MiB)`,
-    );
-    console.log(`  full syncs: ${r.fullSyncRuns.map(ms).join(', ')}; full floors: ${r.fullFloorRuns.map(ms).join(', ')}`);
-    console.log(`  partial syncs: ${r.partialSyncMs.map(ms).join(', ')}; partial floors: ${r.partialFloorMs.map(ms).join(', ')}`);
+  if (results.length) {
+    console.log('iptables mode (iptables-nft)\n');
+    console.log(table(results));
+    for (const r of results) {
+      const pr = median(r.partialSyncMs) / median(r.partialFloorMs);
+      console.log(
+        `\n${r.services} services: partial <= 1.25x floor: ${pr <= 1.25 ? 'yes' : 'no'} (${pr.toFixed(2)}x); full <= 1.10x floor: ${r.fullSyncMs / r.fullFloorMs <= 1.1 ? 'yes' : 'no'}; ` +
+          `render <= 300 ms: ${r.renderColdMs <= 300 ? 'yes' : 'no'} (cold ${ms(r.renderColdMs)}, warm ${ms(r.renderWarmMs)}, warm with all text ${ms(r.renderTextMs)}); RSS <= 200 MiB: ${r.settledMiB !== undefined && r.settledMiB <= 200 ? 'yes' : 'no'} (2 s after the first sync ${r.rssMiB?.toFixed(0)} MiB, 30 s after ${r.settledMiB?.toFixed(0)} MiB, peak ${r.peakMiB?.toFixed(0)} MiB)`,
+      );
+      console.log(`  full syncs: ${r.fullSyncRuns.map(ms).join(', ')}; full floors: ${r.fullFloorRuns.map(ms).join(', ')}`);
+      console.log(`  partial syncs: ${r.partialSyncMs.map(ms).join(', ')}; partial floors: ${r.partialFloorMs.map(ms).join(', ')}`);
+    }
+  }
+  if (nft.length) {
+    console.log(`\nnftables mode (${nftVersion})\n`);
+    console.log(nftablesTable(nft));
+    for (const r of nft) {
+      console.log(`\n${r.services} services: full syncs ${r.fullSyncRuns.map(ms).join(', ')}; floors ${r.fullFloorRuns.map(ms).join(', ')}; partial syncs ${r.partialSyncMs.map(ms).join(', ')} (in nft -f ${r.partialNftMs.map(ms).join(', ')})`);
+      const ipt = results.find((x) => x.services === r.services);
+      if (!ipt) continue;
+      // the nftables targets that have a same-run iptables baseline
+      const rss = r.settledMiB !== undefined && ipt.settledMiB !== undefined ? `${r.settledMiB.toFixed(0)} vs ${ipt.settledMiB.toFixed(0)} MiB (${ratio(r.settledMiB, ipt.settledMiB)}): ${r.settledMiB <= ipt.settledMiB ? 'yes' : 'no'}` : 'not measured';
+      console.log(
+        `  nftables vs iptables mode, same run: full sync ${ratio(r.fullSyncMs, ipt.fullSyncMs)}, partial sync ${ratio(median(r.partialSyncMs), median(ipt.partialSyncMs))}; RSS 30 s after the first sync no higher than the iptables mode's: ${rss}`,
+      );
+    }
   }
 }
 
