@@ -114,7 +114,7 @@ async function inner(cluster: SyntheticCluster): Promise<Result> {
   const state = new ClusterState('node-a', silentLogger);
   for (const c of cluster.changes()) state.apply(c);
   const config = resolveConfig({ hostnameOverride: 'node-a', clusterCidr: '198.18.0.0/16', iptablesBackend: 'nft', iptablesLocalhostNodeports: 'false' }, 'node-a');
-  const rec = new Recorder();
+  const rec = new Recorder('iptables');
   const proxier = new IptablesProxier({ config, state, runner: rec, log: silentLogger, hostFacts: () => ({ addresses: { IPv4: ['198.18.0.10'], IPv6: [] } }) });
   await proxier.init();
 

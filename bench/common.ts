@@ -13,13 +13,22 @@ export async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
   return [v, performance.now() - t];
 }
 
-/** A payload command: iptables-restore (any backend) or `nft -f -`. */
-const isPayload = (command: string, args: readonly string[]) => command.endsWith('-restore') || (command === 'nft' && args[0] === '-f');
+/** A mode's payload command: iptables-restore (any backend), or `nft -f -`. */
+const PAYLOAD = {
+  iptables: (command: string) => command.endsWith('-restore'),
+  nftables: (command: string, args: readonly string[]) => command === 'nft' && args[0] === '-f',
+};
 
-/** Records the payload inputs (since the last reset) and the time spent applying them. */
+/**
+ * Records one mode's payload inputs (since the last reset) and the time spent applying
+ * them. Only that mode's: an iptables-mode start also runs `nft -f` (to remove nftables-
+ * mode leftovers), which is no part of its payload.
+ */
 export class Recorder implements CommandRunner {
   inputs: string[] = [];
   applyMs = 0;
+
+  constructor(private readonly mode: keyof typeof PAYLOAD) {}
 
   reset(): void {
     this.inputs = [];
@@ -27,7 +36,7 @@ export class Recorder implements CommandRunner {
   }
 
   async run(command: string, args: readonly string[], opts?: { input?: CommandInput; timeoutMs?: number }) {
-    if (!isPayload(command, args) || opts?.input === undefined) return execRunner.run(command, args, opts);
+    if (!PAYLOAD[this.mode](command, args) || opts?.input === undefined) return execRunner.run(command, args, opts);
     const t = performance.now();
     try {
       if (typeof opts.input === 'string') {

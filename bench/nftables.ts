@@ -62,7 +62,7 @@ export async function nftablesInner(cluster: SyntheticCluster): Promise<Nftables
     await p.init();
     return p;
   };
-  const rec = new Recorder();
+  const rec = new Recorder('nftables');
   const first = await proxier(rec);
   const [r1, fullSyncMs] = await timed(() => first.sync(state.takePending()));
   const f = r1.families.find((x) => x.family === 'IPv4')!;
@@ -73,7 +73,7 @@ export async function nftablesInner(cluster: SyntheticCluster): Promise<Nftables
   const fullFloors = [await nftFloor(payload)];
   for (let round = 0; round < 2; round++) {
     await dropTable();
-    const again = await proxier(new Recorder());
+    const again = await proxier(new Recorder('nftables'));
     const [r, t] = await timed(() => again.sync(state.takePending()));
     if (!r.ok) throw new Error('full sync failed');
     fullSyncs.push(t);
@@ -82,7 +82,7 @@ export async function nftablesInner(cluster: SyntheticCluster): Promise<Nftables
   }
 
   // the floor left the same table (its digest included): a restart writes nothing
-  const restartRec = new Recorder();
+  const restartRec = new Recorder('nftables');
   const restarted = await proxier(restartRec);
   const [rr, restartMs] = await timed(() => restarted.sync(state.takePending()));
   if (!rr.ok) throw new Error(`restart sync failed: ${rr.families[0]?.error?.message}`);
