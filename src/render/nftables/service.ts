@@ -32,7 +32,12 @@ export interface NftServiceFragment {
   readonly servicePort: ServicePort;
   readonly endpoints: readonly Endpoint[];
   readonly categorized: CategorizedEndpoints;
-  /** the port's chains, each after the chains it refers to */
+  /**
+   * The port's chains, each after the chains it refers to. Written anew at each read, not
+   * kept: at 10,000 services their text held ~30 MiB for the whole life of the process,
+   * while only a full sync (once) and a partial sync of this port (its old and new chains)
+   * read them. Read once per use.
+   */
   readonly chains: readonly NftChain[];
   /** affinity sets (one per endpoint with ClientIP affinity) */
   readonly sets: readonly SetSpec[];
@@ -97,17 +102,18 @@ export function renderServicePort(sp: ServicePort, endpoints: readonly Endpoint[
     localReachable: cat.allReachable.filter((ep) => ep.isLocal),
   };
 
-  const eps = endpointChains(ctx, cat.allReachable);
-  const chains: NftChain[] = [...eps.chains, ...policyChains(ctx, cat, eps)];
-  if (hasAny && external) chains.push(externalChain(ctx));
-  if (ctx.usesFirewallChain) chains.push(firewallChain(ctx));
-
   return {
     servicePort: sp,
     endpoints,
     categorized: cat,
-    chains,
-    sets: eps.sets,
+    get chains(): NftChain[] {
+      const eps = endpointChains(ctx, cat.allReachable);
+      const chains: NftChain[] = [...eps.chains, ...policyChains(ctx, cat, eps)];
+      if (hasAny && external) chains.push(externalChain(ctx));
+      if (ctx.usesFirewallChain) chains.push(firewallChain(ctx));
+      return chains;
+    },
+    sets: sp.affinitySeconds > 0 ? endpointChains(ctx, cat.allReachable).sets : [],
     elements: serviceElements(ctx),
     noLocalEndpoints: {
       internal: sp.internalPolicyLocal && hasAny && !usesLocalChain,
