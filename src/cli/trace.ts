@@ -13,12 +13,17 @@ import { readHostFacts } from '../apply/host.js';
 import { ConfigError, type CliFlags } from '../config/config.js';
 import { parseIP, splitHostPort, type IPFamily } from '../util/ip.js';
 import { isIptablesReport } from '../sync/iptables-mode.js';
+import { isNftablesReport } from '../sync/nftables-mode.js';
 import type { Built } from './main.js';
 import { Tracer, tablesFromRuleset, tablesFromSave, type Outcome, type Tables, type TracePacket } from '../trace/tracer.js';
 import { explainEndpoints, findFrontend, withAffinity, type EndpointExplanation, type TraceSource } from '../trace/endpoints.js';
 import { compareWithModel, formatJourney, routeTarget, throughIpvs, type IpvsMatch, type Journey, type JourneyOutcome, type JourneyPacket } from '../trace/journey.js';
 import { routeGet, type RouteInfo } from '../trace/route.js';
 import { ipvsTraceConfig, liveIpvs, matchVirtualServer, renderedIpvs, type IpvsState } from '../trace/ipvs.js';
+import { affinitySetsWith, liveNftTable, NftTracer, tableFromRenderer } from '../trace/nftables.js';
+import type { NftTableModel } from '../nftables/rules.js';
+
+type TraceMode = 'iptables' | 'ipvs' | 'nftables';
 
 type Proto = 'tcp' | 'udp' | 'sctp';
 
@@ -31,7 +36,7 @@ export interface TraceFlags extends CliFlags {
   inInterface?: string;
   fromNode?: boolean;
   localAddress?: string[];
-  mode?: 'iptables' | 'ipvs';
+  mode?: TraceMode;
   live?: boolean;
   json?: boolean;
   logLevel?: string;
@@ -66,8 +71,8 @@ export function addTraceFlags(cmd: Command): Command {
     .option('--in-interface <name>', 'interface it arrives on (default, --live: the route back to --src; else the pod bridge for pods, eth0 for external)')
     .addOption(new Option('--from-node', 'same as --from node').hideHelp())
     .option('--local-address <ip...>', 'extra addresses of the node, for addrtype LOCAL (default: Node IPs, 127.0.0.1)')
-    .addOption(new Option('--mode <mode>', 'proxy mode whose rules to trace (default: the configured one, else iptables)').choices(['iptables', 'ipvs']))
-    .option('--live', 'trace through the kernel\'s rules (iptables-save; IPVS: ipvsadm, ipset) and ask it for the next hop; endpoints are explained from --manifests or the API when one is given (default: false)')
+    .addOption(new Option('--mode <mode>', 'proxy mode whose rules to trace (default: the configured one, else iptables)').choices(['iptables', 'ipvs', 'nftables']))
+    .option('--live', 'trace through the kernel\'s rules (iptables-save; IPVS: ipvsadm, ipset; nftables: nft -j list table ip|ip6 kpx) and ask it for the next hop; endpoints are explained from --manifests or the API when one is given (default: false)')
     .option('--json', 'print the journey as JSON (default: false)');
   return addProxyFlags(cmd, TRACE_PROXY_FLAGS);
 }
@@ -90,11 +95,14 @@ export function parseDestination(dst: string, dport: string | undefined, proto: 
   return { ip: ip.text, port, proto: p ?? 'tcp' };
 }
 
-/** The rules to trace through and the node's addresses (what `-m addrtype LOCAL` matches). */
+/** The rules to trace through and the node's addresses (what `-m addrtype LOCAL` and `fib ... type local` match). */
 interface TraceRules {
-  readonly tables: Tables;
+  /** iptables and IPVS mode */
+  readonly tables?: Tables;
   readonly local: readonly string[];
   readonly ipvs?: IpvsState;
+  /** nftables mode: kpx's table */
+  readonly nft?: NftTableModel;
 }
 
 async function saveBinary(flags: TraceFlags, family: IPFamily): Promise<string> {
@@ -103,7 +111,8 @@ async function saveBinary(flags: TraceFlags, family: IPFamily): Promise<string> 
 }
 
 /** The live rules: iptables-save from the backend kpx run would use (given, or detected the same way). */
-async function liveRules(flags: TraceFlags, family: IPFamily, mode: 'iptables' | 'ipvs', masqueradeBit: number): Promise<TraceRules> {
+async function liveRules(flags: TraceFlags, family: IPFamily, mode: TraceMode, masqueradeBit: number): Promise<TraceRules> {
+  if (mode === 'nftables') return { nft: await liveNftTable(execRunner, family), local: readHostFacts().addresses[family] };
   const save = await saveBinary(flags, family);
   if (mode === 'ipvs') {
     const ipvs = await liveIpvs(execRunner, save, family, masqueradeBit);
@@ -132,7 +141,12 @@ function renderedRules(built: Built, family: IPFamily): TraceRules {
   }
   const found = built.controller.lastReport?.families.find((f) => f.family === family);
   if (!found) throw new Error(`no ${family} rules rendered`);
-  if (!isIptablesReport(found)) throw new ConfigError(`kpx trace walks iptables or IPVS mode rules, not ${found.mode}`);
+  if (isNftablesReport(found)) {
+    const r = found.renderer;
+    const cfg = r.config;
+    return { nft: tableFromRenderer(r), local: [...(cfg?.nodeIPs ?? []), ...(cfg && cfg.nodePortAddresses !== 'all' ? cfg.nodePortAddresses : [])] };
+  }
+  if (!isIptablesReport(found)) throw new ConfigError(`kpx trace walks iptables, IPVS or nftables mode rules, not ${found.mode}`);
   const cfg = found.config;
   const local = [...(cfg?.nodeIPs ?? []), ...(cfg && cfg.nodePortAddresses !== 'all' ? cfg.nodePortAddresses : [])];
   return { tables: tablesFromRuleset(found.ruleset), local };
@@ -220,11 +234,11 @@ function reachedEndpoints(outcomes: readonly Outcome[]): Map<string, number> {
 }
 
 /** The model (when there is one to read) and the rules to trace through. */
-async function modelAndRules(flags: TraceFlags, family: IPFamily): Promise<{ built: Built | null; mode: 'iptables' | 'ipvs'; rules: TraceRules } | null> {
+async function modelAndRules(flags: TraceFlags, family: IPFamily): Promise<{ built: Built | null; mode: TraceMode; rules: TraceRules } | null> {
   const proxyFlags: TraceFlags = flags.mode ? { ...flags, proxyMode: flags.mode } : flags;
   const built = !flags.live || hasModelSource(flags) ? await loadModel(proxyFlags) : null;
   if (!flags.live && !built) return null;
-  const mode: 'iptables' | 'ipvs' = built ? (built.config.mode === 'ipvs' ? 'ipvs' : 'iptables') : (flags.mode ?? 'iptables');
+  const mode: TraceMode = built ? built.config.mode : (flags.mode ?? 'iptables');
   const masqBit = built?.config.masqueradeBit ?? (typeof flags.iptablesMasqueradeBit === 'string' ? Number(flags.iptablesMasqueradeBit) : 14);
   const rules = flags.live ? await liveRules(flags, family, mode, masqBit) : renderedRules(built!, family);
   return { built, mode, rules };
@@ -254,14 +268,17 @@ export async function traceCommand(flags: TraceFlags): Promise<number> {
   if (!found) return 1;
   const { built, mode, rules } = found;
   const local = new Set<string>([...(flags.localAddress ?? []), pkt.family === 'IPv4' ? '127.0.0.1' : '::1', ...rules.local]);
-  const recent = flags.live ? recentListsWith(pkt.src) : new Set<string>();
+  // session affinity: the xt_recent lists (nftables: the affinity sets) the client is in now
+  const recent = !flags.live ? new Set<string>() : rules.nft ? affinitySetsWith(rules.nft, pkt.src) : recentListsWith(pkt.src);
+  const lists = rules.nft ? 'nft set' : 'xt_recent';
   const ipsets = rules.ipvs?.ipsets;
-  const tracer = new Tracer(rules.tables, { localAddresses: [...local], recent, ...(ipsets ? { ipsets } : {}) });
-  const { outcomes, vs } = ipvsOutcomes(tracer.trace(pkt), rules.ipvs, pkt);
+  const env = { localAddresses: [...local], recent, ...(ipsets ? { ipsets } : {}) };
+  const traced = rules.nft ? new NftTracer(rules.nft, env).trace(pkt) : new Tracer(rules.tables!, env).trace(pkt);
+  const { outcomes, vs } = ipvsOutcomes(traced, rules.ipvs, pkt);
   const explained = explain(built, pkt, jp.from, local);
-  const endpoints = explained ? withAffinity(explained, reachedEndpoints(outcomes), pkt.src, [...recent]) : explained;
+  const endpoints = explained ? withAffinity(explained, reachedEndpoints(outcomes), pkt.src, [...recent], lists) : explained;
   const notes: string[] = [];
-  if (recent.size) notes.push(`session affinity: ${pkt.src} is in xt_recent list(s) ${[...recent].join(', ')}: it goes back to the endpoint it had while the entry lasts`);
+  if (recent.size) notes.push(`session affinity: ${pkt.src} is in ${lists === 'nft set' ? 'affinity set(s)' : 'xt_recent list(s)'} ${[...recent].join(', ')}: it goes back to the endpoint it had while the entry lasts`);
   const journey: Journey = {
     packet: jp,
     mode,

@@ -1,6 +1,6 @@
 // The nft text format: kpx's one place for writing `nft -f` transactions, reading them
 // back (the in-memory fake, tests), and parsing `nft -j list ...` JSON (the applier's reads,
-// later the tracer).
+// and the tracer's through rules.ts, which reads rule expressions).
 //
 // Which statement forms kpx writes matters for speed, not only for meaning. nft 1.0.6
 // (Debian 12) fetches every chain of the table before it runs a transaction holding an
@@ -454,6 +454,8 @@ export interface ListedChain {
   readonly name: string;
   readonly handle: number;
   readonly base?: BaseChainSpec;
+  /** a base chain's policy */
+  readonly policy?: 'accept' | 'drop';
   readonly rules: ListedRule[];
 }
 
@@ -496,7 +498,9 @@ export function parseListing(text: string): Map<string, ListedTable> {
           typeof o.hook === 'string'
             ? { type: String(o.type) as BaseChainSpec['type'], hook: o.hook as BaseChainSpec['hook'], priority: Number(o.prio) }
             : undefined;
-        t.chains.set(String(o.name), { name: String(o.name), handle: Number(o.handle), ...(base ? { base } : {}), rules: [] });
+        const pol = o.policy;
+        const policy: { policy?: 'accept' | 'drop' } = pol === 'accept' || pol === 'drop' ? { policy: pol } : {};
+        t.chains.set(String(o.name), { name: String(o.name), handle: Number(o.handle), ...(base ? { base } : {}), ...policy, rules: [] });
         break;
       }
       case 'rule': {

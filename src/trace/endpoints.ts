@@ -141,14 +141,14 @@ export function explainEndpoints(front: Frontend, endpoints: readonly Endpoint[]
 }
 
 /**
- * Session affinity, live: the client is already in an xt_recent list, and the rules send it
+ * Session affinity, live: the client is already in an xt_recent list (nftables: an affinity set), and the rules send it
  * to one endpoint only. The other endpoints the policy allows are excluded for that reason.
  */
-export function withAffinity(ex: EndpointExplanation, reached: ReadonlyMap<string, number>, client: string, lists: readonly string[]): EndpointExplanation {
+export function withAffinity(ex: EndpointExplanation, reached: ReadonlyMap<string, number>, client: string, lists: readonly string[], kind: 'xt_recent' | 'nft set' = 'xt_recent'): EndpointExplanation {
   if (!lists.length || reached.size !== 1) return ex;
   const [bound] = [...reached.keys()];
   if (!ex.chosen.some((c) => c.addr === bound)) return ex;
-  const reason = `session affinity: ${client} is bound to ${bound} (xt_recent ${lists.join(', ')})`;
+  const reason = `session affinity: ${client} is bound to ${bound} (${kind} ${lists.join(', ')})`;
   return {
     ...ex,
     chosen: ex.chosen.filter((c) => c.addr === bound).map((c) => ({ ...c, probability: 1 })),

@@ -35,7 +35,7 @@ export interface JourneyOutcome extends Outcome {
 
 export interface Journey {
   readonly packet: JourneyPacket;
-  readonly mode: 'iptables' | 'ipvs';
+  readonly mode: 'iptables' | 'ipvs' | 'nftables';
   readonly rules: 'live' | 'rendered';
   readonly outcomes: readonly JourneyOutcome[];
   /** undefined: no model to explain with; null: no service has this address and port */
@@ -101,7 +101,7 @@ function stepLine(s: TraceStep): string {
   return `    ${where} ${s.chain.padEnd(22)} ${s.rule}${chance}`;
 }
 
-function masqueradeLine(o: JourneyOutcome, mode: 'iptables' | 'ipvs'): string {
+function masqueradeLine(o: JourneyOutcome, mode: Journey['mode']): string {
   const masq = o.steps.find((s) => s.target === 'MASQUERADE' || s.target === 'SNAT');
   if (masq) return `masquerade: yes (${masq.table}/${masq.chain}: ${masq.rule})`;
   if (o.masquerade) return mode === 'ipvs' ? 'masquerade: yes (marked; KPX-POSTROUTING masquerades what IPVS forwards)' : 'masquerade: yes';
@@ -124,7 +124,7 @@ function routeLine(r: RouteInfo | undefined, rules: 'live' | 'rendered'): string
   return line;
 }
 
-function endpointsText(ex: EndpointExplanation | null | undefined, mode: 'iptables' | 'ipvs'): string[] {
+function endpointsText(ex: EndpointExplanation | null | undefined, mode: Journey['mode']): string[] {
   if (ex === undefined) return ['endpoints: no model (give --manifests, or --kubeconfig/--master or in-cluster config, to explain them); the outcomes below are what the rules do'];
   if (ex === null) return ['service: none has this address, port and protocol'];
   const lines = [`service ${ex.service} (${ex.protocol}), reached as its ${ex.kind}`, `  policy: ${ex.policyWhy}`];

@@ -69,6 +69,8 @@ export interface TraceStep {
   readonly chance?: number;
   /** probability of this branch so far (after this rule) */
   readonly probability: number;
+  /** nftables: the rule's verdict as `nft monitor trace` prints it (continue, jump X, goto X, accept, drop, return) */
+  readonly verdict?: string;
 }
 
 interface State {
@@ -166,7 +168,7 @@ export class Tracer {
         for (const y of this.hook('nat', 'POSTROUTING', pkt, x.s)) outs.push(this.outcome(y, pkt, 'forward'));
       }
     }
-    return merge(outs);
+    return mergeOutcomes(outs);
   }
 
   private outcome(b: Branch, pkt: TracePacket, delivery: 'local' | 'forward'): Outcome {
@@ -370,7 +372,7 @@ function ifaceMatch(pattern: string, iface: string | undefined): boolean {
 }
 
 /** Outcomes that differ only in path are summed; most likely first. */
-function merge(outs: Outcome[]): Outcome[] {
+export function mergeOutcomes(outs: Outcome[]): Outcome[] {
   const byKey = new Map<string, Outcome>();
   for (const o of outs) {
     const k = `${o.verdict}|${o.dnat ?? ''}|${o.masquerade}|${o.delivery}`;
