@@ -219,9 +219,13 @@ export class NftablesApplier {
    */
   async apply(r: NftablesRenderer, result: NftRenderResult, opts: { full?: boolean } = {}): Promise<NftApplyReport> {
     if (this.trusted && this.memory && !result.full && !opts.full) return this.run(this.planPartial(r, result.delta, this.memory), false);
+    // nft reads kpx-state while the desired state is written out and hashed (each takes
+    // tens of ms on a first sync)
+    const reading = this.trusted ? null : this.readState();
+    reading?.catch(() => {}); // awaited below; this only keeps a throw in desiredOf from leaving it unhandled
     const desired = desiredOf(r);
-    if (!this.trusted) {
-      const state = await this.readState();
+    if (reading) {
+      const state = await reading;
       const digest = state?.digest ?? null;
       if (this.memory && digest === this.memory.digest) {
         this.trusted = true;
