@@ -16,6 +16,8 @@ export const REPO = resolve(import.meta.dirname, '../..');
 export const KPX_BIN = join(REPO, 'bin/kpx.js');
 const ECHO = join(REPO, 'test/substrate/echo-server.mjs');
 const PROBE = join(REPO, 'test/substrate/probe.mjs');
+/** sysctl settings that turn off the per-destination ICMP error rate limit (a namespace's own) */
+export const NO_ICMP_RATELIMIT = ['net.ipv4.icmp_ratelimit=0', 'net.ipv6.icmp.ratelimit=0'];
 
 export const NET = {
   extIP: '198.18.0.1',
@@ -125,6 +127,10 @@ export class Topology {
     await this.ip('netns', 'add', name);
     this.namespaces.push(name);
     await this.ip('-n', name, 'link', 'set', 'lo', 'up');
+    // The kernel rate-limits ICMP errors per destination (burst 6, then 1/s): probes that
+    // hit a REJECT many times in a second would see timeouts instead of "refused" on
+    // whichever node answered most. Tests compare outcomes, so every ICMP error is sent.
+    await execa('ip', ['netns', 'exec', name, 'sysctl', '-qw', ...NO_ICMP_RATELIMIT]);
   }
 
   private async build(pods: PodSpec[]): Promise<void> {
