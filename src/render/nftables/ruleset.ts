@@ -12,9 +12,9 @@
 //                                                     ct state new jump service-endpoints-check
 //   filter-forward           filter forward    -110   ct state new jump service-endpoints-check
 //                                                     ct state new jump cluster-ips-check
-//   filter-output            filter output     -110   ct state new jump service-endpoints-check
-//                                                     ct state new jump firewall-check
-//   filter-output-post-dnat  filter output      -90   ct state new jump cluster-ips-check
+//   filter-output            filter output     -110   ct state new jump firewall-check
+//   filter-output-post-dnat  filter output      -90   ct state new jump service-endpoints-check
+//                                                     ct state new jump cluster-ips-check
 //   nat-prerouting           nat prerouting    -100   jump services
 //   nat-output               nat output        -100   jump services
 //   nat-postrouting          nat postrouting    100   jump masquerading
@@ -93,16 +93,19 @@ const BASE_CHAINS: ReadonlyArray<readonly [string, BaseChainSpec, ReadonlyArray<
       ['ct state new', CHAIN.clusterIPsCheck],
     ],
   ],
+  [CHAIN.filterOutput, { type: 'filter', hook: 'output', priority: -110 }, [['ct state new', CHAIN.firewallCheck]]],
+  // After DNAT, as kube-proxy's filter-output: the node's own traffic to an LB IP or
+  // externalIP under Local policy without local endpoints is short-circuited to an
+  // endpoint by the DNAT, so the drop in no-endpoint-services must not see it first.
+  // Whatever still goes to a cluster IP matched no service port.
   [
-    CHAIN.filterOutput,
-    { type: 'filter', hook: 'output', priority: -110 },
+    CHAIN.filterOutputPostDNAT,
+    { type: 'filter', hook: 'output', priority: -90 },
     [
       ['ct state new', CHAIN.serviceEndpointsCheck],
-      ['ct state new', CHAIN.firewallCheck],
+      ['ct state new', CHAIN.clusterIPsCheck],
     ],
   ],
-  // after DNAT: whatever still goes to a cluster IP matched no service port
-  [CHAIN.filterOutputPostDNAT, { type: 'filter', hook: 'output', priority: -90 }, [['ct state new', CHAIN.clusterIPsCheck]]],
   [CHAIN.natPrerouting, { type: 'nat', hook: 'prerouting', priority: -100 }, [['', CHAIN.services]]],
   [CHAIN.natOutput, { type: 'nat', hook: 'output', priority: -100 }, [['', CHAIN.services]]],
   [CHAIN.natPostrouting, { type: 'nat', hook: 'postrouting', priority: 100 }, [['', CHAIN.masquerading]]],
