@@ -210,7 +210,7 @@ const DELIBERATE: Array<Deliberate & { modes: readonly TwinMode[] }> = [];
 
 /**
  * kube-proxy's metric families kpx does not expose, per mode, and why (docs/features.md,
- * Metrics). kube-proxy's iptables mode counts these packets with nfacct objects its rules
+ * Differences from kube-proxy). kube-proxy's iptables mode counts these packets with nfacct objects its rules
  * feed; kpx's rules do not use nfacct, and a metric kpx exposes but never counts would say
  * "0 packets" falsely.
  */
