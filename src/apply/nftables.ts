@@ -66,6 +66,11 @@ export class NftablesError extends Error {
     readonly family: IPFamily,
     readonly stderr: string,
     readonly statement: string | undefined,
+    /**
+     * retired chains and sets the failed transaction was to delete: kpx deletes them in a
+     * sync's transaction, where kube-proxy runs a cleanup transaction of its own
+     */
+    readonly staleDeletions = 0,
   ) {
     super(`nft (${family}) failed: ${nftReason(stderr)}${statement ? ` in: ${statement.length > 300 ? `${statement.slice(0, 300)}...` : statement}` : ''}`);
   }
@@ -505,7 +510,7 @@ export class NftablesApplier {
       this.trusted = false;
       const m = /^\/dev\/stdin:(\d+):/m.exec(r.stderr);
       const statement = m ? text.split('\n')[Number(m[1]) - 1] : undefined;
-      throw new NftablesError(this.family, r.stderr, statement);
+      throw new NftablesError(this.family, r.stderr, statement, plan.counts.chainsDeleted + plan.counts.setsDeleted);
     }
     plan.commit();
     this.trusted = true;

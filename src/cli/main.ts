@@ -103,6 +103,7 @@ async function makeSource(config: KpxConfig, log: Logger, observer: ApiSourceOpt
     {
       kubeConfig,
       nodeName: config.hostname,
+      serviceCIDRs: config.mode === 'nftables',
       reflector: { ...DEFAULT_REFLECTOR_OPTIONS, watchIdleTimeoutMs: config.apiWatchIdleTimeoutMs, relistPeriodMs: config.apiRelistPeriodMs },
       observer,
     },

@@ -1,4 +1,4 @@
-// The parts of Service, EndpointSlice and Node that kpx reads, as zod schemas.
+// The parts of Service, EndpointSlice, Node and ServiceCIDR that kpx reads, as zod schemas.
 // Both sources (files and the API) run objects through these, so an object that
 // would break a sync is refused at the door with the field that is wrong. Unknown fields
 // are stripped: the copy kpx keeps holds only what it reads (no managedFields etc.).
@@ -148,24 +148,38 @@ export const nodeSchema = z.object({
     .nullish(),
 });
 
+/** networking.k8s.io/v1 ServiceCIDR: the ranges cluster IPs are allocated from (one per family at most). */
+export const serviceCIDRSchema = z.object({
+  apiVersion: z.string().optional(),
+  kind: z.string().optional(),
+  metadata: objectMetadata,
+  spec: z.looseObject({ cidrs: z.array(z.string()).max(2).nullish() }).nullish(),
+});
+
 export type ServiceObject = z.infer<typeof serviceSchema>;
 export type EndpointSliceObject = z.infer<typeof endpointSliceSchema>;
 export type NodeObject = z.infer<typeof nodeSchema>;
+export type ServiceCIDRObject = z.infer<typeof serviceCIDRSchema>;
 
-export type ResourceKind = 'Service' | 'EndpointSlice' | 'Node';
-export type KubeObject = ServiceObject | EndpointSliceObject | NodeObject;
+export type ResourceKind = 'Service' | 'EndpointSlice' | 'Node' | 'ServiceCIDR';
+export type KubeObject = ServiceObject | EndpointSliceObject | NodeObject | ServiceCIDRObject;
 
 export const schemaFor = {
   Service: serviceSchema,
   EndpointSlice: endpointSliceSchema,
   Node: nodeSchema,
+  ServiceCIDR: serviceCIDRSchema,
 } as const;
 
 export const API_VERSION_FOR: Record<ResourceKind, string> = {
   Service: 'v1',
   EndpointSlice: 'discovery.k8s.io/v1',
   Node: 'v1',
+  ServiceCIDR: 'networking.k8s.io/v1',
 };
+
+/** Kinds without a namespace: their key is the name. */
+export const isClusterScoped = (kind: ResourceKind): boolean => kind === 'Node' || kind === 'ServiceCIDR';
 
 /** Labels kube-proxy looks at. */
 export const LABEL_SERVICE_NAME = 'kubernetes.io/service-name';
@@ -175,9 +189,9 @@ export const LABEL_ZONE = 'topology.kubernetes.io/zone';
 export const ANNOTATION_TRIGGER_TIME = 'endpoints.kubernetes.io/last-change-trigger-time';
 export const TAINT_TO_BE_DELETED = 'ToBeDeletedByClusterAutoscaler';
 
-/** "namespace/name" for namespaced objects, "name" for Nodes. */
+/** "namespace/name" for namespaced objects, "name" for Nodes and ServiceCIDRs. */
 export function objectKey(kind: ResourceKind, obj: { metadata: { name: string; namespace?: string | undefined } }): string {
-  if (kind === 'Node') return obj.metadata.name;
+  if (isClusterScoped(kind)) return obj.metadata.name;
   return [obj.metadata.namespace ?? 'default', obj.metadata.name].join('/');
 }
 

@@ -10,8 +10,10 @@ import {
   type ResourceKind,
   type EndpointSliceObject,
   type NodeObject,
+  type ServiceCIDRObject,
   type ServiceObject,
 } from './kube.js';
+import { parseCIDR } from '../util/ip.js';
 import {
   convertEndpointSlice,
   convertNode,
@@ -38,13 +40,15 @@ export type Change =
       readonly current?: EndpointSliceObject;
       readonly origin?: string;
     }
-  | { readonly kind: 'Node'; readonly previous?: NodeObject; readonly current?: NodeObject; readonly origin?: string };
+  | { readonly kind: 'Node'; readonly previous?: NodeObject; readonly current?: NodeObject; readonly origin?: string }
+  | { readonly kind: 'ServiceCIDR'; readonly previous?: ServiceCIDRObject; readonly current?: ServiceCIDRObject; readonly origin?: string };
 
 /** The object type of each kind. */
 export interface ObjectOf {
   readonly Service: ServiceObject;
   readonly EndpointSlice: EndpointSliceObject;
   readonly Node: NodeObject;
+  readonly ServiceCIDR: ServiceCIDRObject;
 }
 
 /**
@@ -84,6 +88,8 @@ export class ClusterState {
   /** serviceKey -> merged endpoints per family and slice port, built on first use; dropped when a slice changes */
   private readonly endpointCache = new Map<string, MergedEndpoints[]>();
   private nodeFacts: NodeFacts | null = null;
+  /** ServiceCIDR name -> its ranges (canonical text) */
+  private readonly serviceCIDRObjects = new Map<string, readonly string[]>();
   /** which Service serves a frontend two of them claim */
   private readonly frontends = new FrontendConflicts();
   /** Services refused because an older one serves one of their frontends */
@@ -123,6 +129,8 @@ export class ClusterState {
         return this.applySlice(change);
       case 'Node':
         return this.applyNode(change);
+      case 'ServiceCIDR':
+        return this.applyServiceCIDR(change);
     }
   }
 
@@ -228,6 +236,33 @@ export class ClusterState {
     if (JSON.stringify(next) === JSON.stringify(this.nodeFacts)) return;
     this.nodeFacts = next;
     this.pending.node = true;
+  }
+
+  private applyServiceCIDR(change: Extract<Change, { kind: 'ServiceCIDR' }>): void {
+    const cur = change.current;
+    const name = (cur ?? change.previous)!.metadata.name;
+    if (!cur) {
+      this.serviceCIDRObjects.delete(name);
+      return;
+    }
+    const cidrs: string[] = [];
+    for (const raw of cur.spec?.cidrs ?? []) {
+      const c = parseCIDR(raw);
+      if (c) cidrs.push(c.text);
+      else this.refused('ServiceCIDR', name, change.origin, { ok: false, refusal: 'invalid', reason: `spec.cidrs: ${JSON.stringify(raw)} is not a CIDR` });
+    }
+    this.serviceCIDRObjects.set(name, cidrs);
+  }
+
+  /**
+   * The ranges of every ServiceCIDR in a family, sorted: kube-proxy's nftables mode drops
+   * traffic to an address in them that no Service holds. A change reaches the rules
+   * through the mode's config (a new config means a full sync).
+   */
+  serviceCIDRs(family: IPFamily): string[] {
+    const out = new Set<string>();
+    for (const cidrs of this.serviceCIDRObjects.values()) for (const c of cidrs) if (parseCIDR(c)!.family === family) out.add(c);
+    return [...out].sort();
   }
 
   view(family: IPFamily): ModelView {

@@ -1,5 +1,5 @@
 // The one place raw objects (from files or the API) are checked against kpx's schemas.
-import { describeZodError, schemaFor, type KubeObject, type ResourceKind } from './kube.js';
+import { describeZodError, isClusterScoped, schemaFor, type KubeObject, type ResourceKind } from './kube.js';
 
 export type Validation<T> = { ok: true; object: T } | { ok: false; reason: string; name: string };
 
@@ -15,5 +15,5 @@ export function nameForLogs(kind: ResourceKind, raw: unknown): string {
   const text = (v: unknown) => (typeof v === 'string' ? v : v === undefined || v === null ? undefined : JSON.stringify(v));
   const name = text(meta?.name) ?? '(no name)';
   const ns = text(meta?.namespace);
-  return kind === 'Node' ? name : `${ns ?? 'default'}/${name}`;
+  return isClusterScoped(kind) ? name : `${ns ?? 'default'}/${name}`;
 }

@@ -7,6 +7,7 @@ import type { PendingChanges } from '../model/state.js';
 import type { Change } from '../model/state.js';
 import type { SyncObserver } from '../sync/controller.js';
 import type { SyncReport } from '../sync/driver.js';
+import { NftablesError } from '../apply/nftables.js';
 
 /** 100 µs doubling up to ~3.5 min. */
 const SYNC_BUCKETS = Array.from({ length: 22 }, (_, i) => 0.0001 * 2 ** i);
@@ -31,6 +32,7 @@ export class KpxMetrics implements SyncObserver {
   readonly rulesLast = new Gauge({ name: 'kubeproxy_sync_proxy_rules_iptables_last', help: 'Number of iptables rules written by kube-proxy in last sync', labelNames: ['table', 'ip_family'], registers: [this.registry] });
   readonly restoreFailures = new Counter({ name: 'kubeproxy_sync_proxy_rules_iptables_restore_failures_total', help: 'Cumulative proxy iptables restore failures', labelNames: this.family, registers: [this.registry] });
   readonly nftablesSyncFailures = new Counter({ name: 'kubeproxy_sync_proxy_rules_nftables_sync_failures_total', help: 'Cumulative proxy nftables sync failures', labelNames: this.family, registers: [this.registry] });
+  readonly nftablesCleanupFailures = new Counter({ name: 'kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total', help: 'Cumulative proxy nftables cleanup failures', labelNames: this.family, registers: [this.registry] });
   readonly partialRestoreFailures = new Counter({ name: 'kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total', help: 'Cumulative proxy iptables partial restore failures', labelNames: this.family, registers: [this.registry] });
   readonly noLocalEndpoints = new Gauge({ name: 'kubeproxy_sync_proxy_rules_no_local_endpoints_total', help: 'Number of services with a Local traffic policy and no endpoints', labelNames: ['traffic_policy', 'ip_family'], registers: [this.registry] });
   readonly healthz = new Counter({ name: 'kubeproxy_proxy_healthz_total', help: 'Cumulative proxy healthz HTTP status', labelNames: ['code'], registers: [this.registry] });
@@ -78,6 +80,9 @@ export class KpxMetrics implements SyncObserver {
       if (f.error) {
         // kube-proxy's nftables mode counts its failed transactions under its own name
         (f.mode === 'nftables' ? this.nftablesSyncFailures : this.restoreFailures).inc({ ip_family });
+        // kpx deletes retired chains and sets in the sync's own transaction: when that
+        // transaction fails, so did the deletion (kube-proxy's separate cleanup transaction)
+        if (f.error instanceof NftablesError && f.error.staleDeletions > 0) this.nftablesCleanupFailures.inc({ ip_family });
         if (!f.full) this.partialRestoreFailures.inc({ ip_family });
         continue;
       }

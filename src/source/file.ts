@@ -1,4 +1,4 @@
-// The file source: Services, EndpointSlices and Nodes from *.yaml, *.yml and *.json files
+// The file source: Services, EndpointSlices, Nodes and ServiceCIDRs from *.yaml, *.yml and *.json files
 // in a directory, watched for changes. Editing a file produces the same changes a watch
 // on the API would (previous and current object per key).
 import { hash } from 'node:crypto';
@@ -13,7 +13,7 @@ import { nameForLogs, validateObject } from '../model/validate.js';
 import type { Source, SourceHandler } from './types.js';
 
 const EXTENSIONS = /\.(ya?ml|json)$/i;
-const KINDS = new Set<ResourceKind>(['Service', 'EndpointSlice', 'Node']);
+const KINDS = new Set<ResourceKind>(['Service', 'EndpointSlice', 'Node', 'ServiceCIDR']);
 
 /** A file's valid objects by "Kind/key", in file order. */
 export type ParsedObjects = Map<string, { kind: ResourceKind; object: KubeObject }>;

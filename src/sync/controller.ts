@@ -3,6 +3,7 @@
 // programmed before the source's initial state is complete.
 import type { KpxConfig } from '../config/config.js';
 import type { Change, ClusterState } from '../model/state.js';
+import { isClusterScoped } from '../model/kube.js';
 import type { Source } from '../source/types.js';
 import type { Logger } from '../util/log.js';
 import type { Proxier, SyncReport } from './driver.js';
@@ -62,7 +63,7 @@ export class Controller {
         state.apply(change);
         const obj = change.current ?? change.previous;
         // a child logger per change costs ~1 µs and garbage: only when debug is on
-        if (obj && change.kind !== 'Node' && log.isLevelEnabled('debug')) {
+        if (obj && !isClusterScoped(change.kind) && log.isLevelEnabled('debug')) {
           log.child({ service: `${obj.metadata.namespace ?? 'default'}/${obj.metadata.name}` }).debug(
             { kind: change.kind, op: !change.previous ? 'add' : !change.current ? 'delete' : 'update' },
             'change received',

@@ -21,11 +21,13 @@ export type ProxyMode = KpxMode;
 /** Where in a sync a failure happened. */
 export type SyncStage = 'host facts' | 'config' | 'reading the kernel' | 'render' | 'plan' | 'apply';
 
-/** Everything a mode's config is built from. */
+/** Everything a mode's config is built from (for one family). */
 export interface NodeContext {
   readonly config: KpxConfig;
   readonly node: NodeFacts | null;
   readonly host: HostFacts;
+  /** the family's ServiceCIDR ranges (only the nftables mode acts on them, as kube-proxy's) */
+  readonly serviceCIDRs: readonly string[];
 }
 
 /** One sync of one family, as the driver hands it to the family's backend. */
@@ -219,7 +221,7 @@ export class Driver<C, D extends ModeDetail> implements Proxier {
     const changed = changedServices(pending);
     const reports: Array<FamilySyncReport<D>> = [];
     for (const family of familiesToSync(state, host, this.programmed)) {
-      reports.push(await this.syncFamily(family, { config, node: state.node, host }, changed));
+      reports.push(await this.syncFamily(family, { config, node: state.node, host, serviceCIDRs: state.serviceCIDRs(family) }, changed));
     }
     const ok = reports.every((r) => r.ok);
     if (ok && !config.dryRun) await this.mode.afterSuccess?.();

@@ -67,6 +67,7 @@ class NftablesFamily implements FamilyBackend<NftablesRenderConfig, NftablesDeta
       masqueradeMark: c.masqueradeMark,
       nodePortAddresses: c.nodePortAddresses,
       randomFully: c.randomFully,
+      serviceCIDRs: ctx.serviceCIDRs,
     });
   }
 

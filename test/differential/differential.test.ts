@@ -1,11 +1,12 @@
-// Differential test against upstream kube-proxy (iptables mode), with real packets: twin
-// node namespaces with the same topology, kube-proxy in one and kpx in the other, both
-// watching the same apiserver objects (test/substrate/differential.ts says why both twins
-// are the same Node). Every case's probes (from a pod, from the node, from an external
-// client, to every address and port the Service exposes) must have the same outcome on
-// both twins: answered or not and how, which endpoints answered, which client address they
-// saw. A difference passes only if DELIBERATE lists it (and docs/features.md says why); a
-// DELIBERATE row that no longer matches fails too.
+// Differential test against upstream kube-proxy, with real packets, once per mode (iptables,
+// then nftables; both proxies in the same mode): twin node namespaces with the same
+// topology, kube-proxy in one and kpx in the other, both watching the same apiserver
+// objects (test/substrate/differential.ts says why both twins are the same Node). Every
+// case's probes (from a pod, from the node, from an external client, to every address and
+// port the Service exposes) must have the same outcome on both twins: answered or not and
+// how, which endpoints answered, which client address they saw. A difference passes only
+// if DELIBERATE lists it for that mode (and docs/features.md says why); a DELIBERATE row
+// that no longer matches in a mode it names fails too.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CoreV1Api, DiscoveryV1Api } from '@kubernetes/client-node';
@@ -30,6 +31,7 @@ import {
   type Comparison,
   type Deliberate,
   type Probe,
+  type TwinMode,
 } from '../substrate/differential.js';
 
 const bin = await findKubeProxy();
@@ -72,8 +74,20 @@ const tcp = (port: number, nodePort?: number): PortSpec => ({ name: `tcp-${port}
 const udp = (port: number, nodePort?: number): PortSpec => ({ name: `udp-${port}`, port, protocol: 'UDP', targetPort: 8080, nodePort });
 
 // static band of the test apiserver's 198.19.0.0/16; NodePorts fixed so both twins' are the same anyway
+/** in the service CIDR, held by no Service */
+const UNALLOCATED = '198.19.0.199';
 const CASES: Case[] = [
-  { name: 'cluster-ip', row: 'ClusterIP, Masquerade, Protocols', clusterIP: '198.19.0.101', ports: [tcp(80), udp(53)], endpoints: [local('a'), local('b'), remote('r1')] },
+  {
+    name: 'cluster-ip',
+    row: 'ClusterIP, Masquerade, Protocols; a port it does not define; an address of the service CIDR no Service holds',
+    clusterIP: '198.19.0.101',
+    ports: [tcp(80), udp(53)],
+    endpoints: [local('a'), local('b'), remote('r1')],
+    extra: ['client', 'node', 'ext'].flatMap((from) => [
+      { from, proto: 'tcp' as const, host: '198.19.0.101', port: 81 },
+      { from, proto: 'tcp' as const, host: UNALLOCATED, port: 80 },
+    ]),
+  },
   {
     name: 'node-port',
     row: 'NodePort, nodePortAddresses primary: loopback and bridge address are not NodePort addresses',
@@ -127,7 +141,7 @@ const CASES: Case[] = [
     clusterIP: '198.19.0.108',
     lbIP: '198.19.100.4',
     ports: [tcp(80, 30107)],
-    spec: { externalTrafficPolicy: 'Local' },
+    spec: { externalTrafficPolicy: 'Local', externalIPs: ['198.19.200.4'] },
     endpoints: [remote('r1')],
   },
   { name: 'itp-local', row: 'internalTrafficPolicy Local', clusterIP: '198.19.0.109', ports: [tcp(80)], spec: { internalTrafficPolicy: 'Local' }, endpoints: [local('a'), remote('r1')] },
@@ -187,13 +201,53 @@ function probesOf(c: Case): Probe[] {
   return [...probes, ...(c.extra ?? [])];
 }
 
-/**
- * Differences from kube-proxy that are on purpose (docs/features.md says why). Exact
- * outcomes on both sides, as showOutcome prints them.
- */
-const DELIBERATE: Deliberate[] = [];
+const MODES: readonly TwinMode[] = ['iptables', 'nftables'];
 
-describe.skipIf(!!skip)(`differential: kpx vs upstream kube-proxy, iptables mode${skip ? ` — skipped: ${skip}` : ''}`, () => {
+/**
+ * Differences from kube-proxy that are on purpose (docs/features.md says why), with the
+ * modes each holds in. Exact outcomes on both sides, as showOutcome prints them.
+ */
+const DELIBERATE: Array<Deliberate & { modes: readonly TwinMode[] }> = [];
+
+/**
+ * kube-proxy's metric families kpx does not expose, per mode, and why (docs/features.md,
+ * Differences from kube-proxy). kube-proxy's iptables mode counts these packets with nfacct objects its rules
+ * feed; kpx's rules do not use nfacct, and a metric kpx exposes but never counts would say
+ * "0 packets" falsely.
+ */
+const METRIC_EXCEPTIONS: Record<TwinMode, Record<string, string>> = {
+  iptables: {
+    kubeproxy_iptables_ct_state_invalid_dropped_packets_total: 'nfacct counter',
+    kubeproxy_iptables_localhost_nodeports_accepted_packets_total: 'nfacct counter',
+  },
+  nftables: {},
+};
+
+/**
+ * kube-proxy lists a labelled family only once it has a sample, and a failure counter may
+ * get none in a healthy run; these are the ones it registers in each mode (its metrics
+ * registration) that this run need not fill. kpx lists every family it registers, so
+ * each of these must be in kpx's list whether kube-proxy shows it yet or not.
+ */
+const REGISTERED_UNTIL_COUNTED: Record<TwinMode, string[]> = {
+  iptables: [
+    'kubeproxy_sync_proxy_rules_iptables_restore_failures_total',
+    'kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total',
+    'kubeproxy_conntrack_reconciler_deleted_entries_total',
+  ],
+  nftables: [
+    'kubeproxy_sync_proxy_rules_nftables_sync_failures_total',
+    'kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total',
+    'kubeproxy_conntrack_reconciler_deleted_entries_total',
+  ],
+};
+
+for (const mode of MODES) {
+  describe.skipIf(!!skip)(`differential: kpx vs upstream kube-proxy, ${mode} mode${skip ? ` — skipped: ${skip}` : ''}`, () => suite(mode));
+}
+
+function suite(mode: TwinMode): void {
+  const deliberate: Deliberate[] = DELIBERATE.filter((d) => d.modes.includes(mode));
   let api: Apiserver;
   let core: CoreV1Api;
   let disc: DiscoveryV1Api;
@@ -218,7 +272,14 @@ describe.skipIf(!!skip)(`differential: kpx vs upstream kube-proxy, iptables mode
     }
   };
   const putSlice = async (name: string, ports: PortSpec[], endpoints: EndpointSpec[]) => {
-    const body = endpointSlice({ service: name, namespace: NS, ports: ports.map((p) => ({ name: p.name, port: 8080, protocol: p.protocol })), endpoints }) as { metadata: { name: string } };
+    // the trigger time feeds both proxies' network programming latency (a metric family to compare)
+    const body = endpointSlice({
+      service: name,
+      namespace: NS,
+      ports: ports.map((p) => ({ name: p.name, port: 8080, protocol: p.protocol })),
+      endpoints,
+      annotations: { 'endpoints.kubernetes.io/last-change-trigger-time': new Date().toISOString() },
+    }) as { metadata: { name: string } };
     try {
       await disc.replaceNamespacedEndpointSlice({ name: body.metadata.name, namespace: NS, body: body as never });
     } catch (err) {
@@ -249,14 +310,14 @@ describe.skipIf(!!skip)(`differential: kpx vs upstream kube-proxy, iptables mode
       await createService(c);
       await putSlice(c.name, c.ports, c.endpoints);
     }
-    twins = await Twins.start({ kubeProxyBin: bin.ok ? bin.path : '', apiserver: api, pods: PODS });
+    twins = await Twins.start({ kubeProxyBin: bin.ok ? bin.path : '', mode, apiserver: api, pods: PODS });
   }, 180_000);
 
   afterAll(async () => {
     if (summary.length) {
       const total = summary.reduce((s, r) => [s[0]!, Number(s[1]) + Number(r[1]), Number(s[2]) + Number(r[2]), Number(s[3]) + Number(r[3]), Number(s[4]) + Number(r[4])], ['total', 0, 0, 0, 0]);
       console.log(
-        `differential (kube-proxy ${bin.ok ? bin.version : '?'} vs kpx, iptables mode; ${((Date.now() - startedAt) / 1000).toFixed(1)} s):\n` +
+        `differential (kube-proxy ${bin.ok ? bin.version : '?'} vs kpx, ${mode} mode; ${((Date.now() - startedAt) / 1000).toFixed(1)} s):\n` +
           table(['case', 'probes', 'equal', 'deliberate', 'different'], [...summary, total]) +
           (process.env.KPX_DIFFERENTIAL_VERBOSE ? `\n\nall probes (kube-proxy's outcome):\n${rows.map((r) => `  ${r.case}: ${r.probe}: ${showOutcome(r.kubeProxy)}`).join('\n')}` : '') +
           (rows.some((r) => r.verdict !== 'equal')
@@ -274,7 +335,7 @@ describe.skipIf(!!skip)(`differential: kpx vs upstream kube-proxy, iptables mode
   for (const c of CASES) {
     it(`${c.name} (${c.row}): every probe's outcome is kube-proxy's`, async () => {
       const { kp, kpx } = await probeBoth(probesOf(c), c.countOnly);
-      const cmp = compare(c.name, kp, kpx, DELIBERATE);
+      const cmp = compare(c.name, kp, kpx, deliberate);
       record(c.name, cmp);
       // every probe has a result on both twins
       expect(cmp.length).toBe(probesOf(c).length);
@@ -297,7 +358,7 @@ describe.skipIf(!!skip)(`differential: kpx vs upstream kube-proxy, iptables mode
       await Promise.all(twins.twins.map((tw, i) => waitForChangeTaken(tw.proxy!, before[i]!)));
       // a change may arrive as more than one event: poll (bounded) until both agree
       const { kp, kpx } = await probeBoth(probes, false, 15_000);
-      const cmp = compare(`churn: ${name}`, kp, kpx, DELIBERATE);
+      const cmp = compare(`churn: ${name}`, kp, kpx, deliberate);
       record(`churn: ${name}`, cmp);
       return { cmp, kp };
     };
@@ -328,25 +389,25 @@ describe.skipIf(!!skip)(`differential: kpx vs upstream kube-proxy, iptables mode
     expect(steps.flatMap((s) => differences(s.cmp))).toEqual([]);
   });
 
-  it('every DELIBERATE row still matches a probe (a stale row fails)', () => {
+  it(`every DELIBERATE row for ${mode} mode still matches a probe (a stale row fails)`, () => {
     const used = (d: Deliberate) => rows.some((r) => r.verdict === 'deliberate' && r.case === d.case && r.probe === d.probe);
-    expect(DELIBERATE.filter((d) => !used(d))).toEqual([]);
+    expect(deliberate.filter((d) => !used(d))).toEqual([]);
   });
 
-  it('metrics: every kubeproxy_* metric kube-proxy exposes in iptables mode exists in kpx', async () => {
+  it(`metrics: every kubeproxy_* metric kube-proxy exposes in ${mode} mode exists in kpx`, async () => {
+    // the healthz and livez counters get their first samples
+    for (const tw of twins.twins) for (const path of ['/healthz', '/livez']) await tw.proxy!.get(tw.proxy!.healthzURL.replace(/\/healthz$/, path));
     const [kp, kpx] = await Promise.all(twins.twins.map(async (tw) => metricFamilies(await tw.proxy!.metrics(), 'kubeproxy_')));
-    // deliberate (docs/features.md, Metrics): kube-proxy counts these packets with nfacct
-    // objects its rules feed; kpx's rules do not use nfacct, and a metric kpx exposes but
-    // never counts would say "0 packets" falsely
-    const EXCEPTIONS: Record<string, string> = {
-      kubeproxy_iptables_ct_state_invalid_dropped_packets_total: 'nfacct counter',
-      kubeproxy_iptables_localhost_nodeports_accepted_packets_total: 'nfacct counter',
-    };
+    const EXCEPTIONS = METRIC_EXCEPTIONS[mode];
     // an exception kube-proxy no longer has, or kpx now has, is stale
     for (const n of Object.keys(EXCEPTIONS)) expect({ [n]: kp!.has(n) && !kpx!.has(n) }).toEqual({ [n]: true });
-    const missing = [...kp!].filter((n) => !kpx!.has(n) && !(n in EXCEPTIONS)).sort();
-    const extra = [...kpx!].filter((n) => !kp!.has(n)).sort();
-    console.log(`kubeproxy_* metric families: kube-proxy ${kp!.size}, kpx ${kpx!.size}; only in kpx: ${extra.join(', ') || '-'}`);
+    const wanted = new Set([...kp!, ...REGISTERED_UNTIL_COUNTED[mode]]);
+    const missing = [...wanted].filter((n) => !kpx!.has(n) && !(n in EXCEPTIONS)).sort();
+    const extra = [...kpx!].filter((n) => !wanted.has(n)).sort();
+    console.log(
+      `kubeproxy_* metric families (${mode} mode): kube-proxy ${kp!.size} listed (${[...kp!].sort().join(', ')}), kpx ${kpx!.size}; ` +
+        `only in kpx: ${extra.join(', ') || '-'}`,
+    );
     expect(kp!.size).toBeGreaterThan(0);
     expect(missing).toEqual([]);
   });
@@ -367,8 +428,9 @@ describe.skipIf(!!skip)(`differential: kpx vs upstream kube-proxy, iptables mode
     }
     expect(got['kube-proxy /healthz']).toMatchObject({ status: 200 });
     // deliberate: the body has one status entry per family the proxy programs. kube-proxy
-    // runs an IPv6 proxier wherever ip6tables works; kpx programs IPv6 only once the node,
-    // the host or a Service uses it (docs/features.md, Dual-stack), and none does here.
+    // runs an IPv6 proxier wherever ip6tables (nftables mode: nft's ip6 family) works; kpx
+    // programs IPv6 only once the node, the host or a Service uses it (docs/features.md,
+    // Dual-stack), and none does here.
     const withoutIPv6 = (v: unknown) => {
       const c = structuredClone(v) as { shape: { status?: Record<string, unknown> } };
       expect(c.shape.status).toHaveProperty('IPv6');
@@ -378,4 +440,4 @@ describe.skipIf(!!skip)(`differential: kpx vs upstream kube-proxy, iptables mode
     expect(got['kpx /healthz']).toEqual(withoutIPv6(got['kube-proxy /healthz']));
     expect(got['kpx /livez']).toEqual(withoutIPv6(got['kube-proxy /livez']));
   });
-});
+}

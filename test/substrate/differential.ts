@@ -1,7 +1,8 @@
 // Differential testing against upstream kube-proxy: two twin node namespaces with the same
-// topology, one running kube-proxy and one kpx (both in iptables mode, both started through
-// startKubeProxy with the same KubeProxyConfiguration), watching the same apiserver. The
-// same probes run against both and their outcomes are compared.
+// topology, one running kube-proxy and one kpx (both in the same mode, iptables or
+// nftables, both started through startKubeProxy with the same KubeProxyConfiguration),
+// watching the same apiserver. The same probes run against both and their outcomes are
+// compared.
 //
 // Why both twins are the *same* Node (node-a, the same InternalIP, the same pod CIDR):
 // the twins are copies of one node in two isolated network namespaces, so every address in
@@ -18,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Apiserver } from './apiserver.js';
-import { metricValue, startKubeProxy, type KubeProxyHandle } from './kube-proxy.js';
+import { metricValue, startKubeProxy, type KubeProxyHandle, type KubeProxyMode } from './kube-proxy.js';
 import { KPX_BIN, NET, REPO, Topology, type PodSpec } from './netns.js';
 
 const PROBE_MATRIX = join(REPO, 'test/substrate/probe-matrix.mjs');
@@ -26,6 +27,8 @@ const PROBE_MATRIX = join(REPO, 'test/substrate/probe-matrix.mjs');
 export const TWIN_NODE = 'node-a';
 export const REMOTE_NODE = 'node-b';
 export type TwinName = 'kube-proxy' | 'kpx';
+/** The modes both kube-proxy and kpx run in a plain namespace (IPVS needs the qemu VM). */
+export type TwinMode = Exclude<KubeProxyMode, 'ipvs'>;
 
 export interface Twin {
   readonly name: TwinName;
@@ -45,6 +48,8 @@ export async function kpxLauncher(dir: string): Promise<string> {
 
 export interface TwinsOptions {
   kubeProxyBin: string;
+  /** both proxies run in it */
+  mode: TwinMode;
   apiserver: Apiserver;
   pods: PodSpec[];
 }
@@ -85,7 +90,7 @@ export class Twins {
       bin: await this.binFor(which),
       netns: twin.t.node,
       apiserver: this.opts.apiserver,
-      mode: 'iptables',
+      mode: this.opts.mode,
       node: { name: TWIN_NODE, internalIP: NET.nodeIP, podCIDR: NET.podCIDR },
       clusterCIDR: NET.podCIDR,
       minSyncPeriod: '100ms',

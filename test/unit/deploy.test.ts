@@ -68,6 +68,7 @@ describe('manifests', () => {
         '/services:list', '/services:watch',
         'discovery.k8s.io/endpointslices:list', 'discovery.k8s.io/endpointslices:watch',
         '/nodes:get', '/nodes:list', '/nodes:watch',
+        'networking.k8s.io/servicecidrs:list', 'networking.k8s.io/servicecidrs:watch',
         '/events:create', '/events:patch', '/events:update',
         'events.k8s.io/events:create', 'events.k8s.io/events:patch', 'events.k8s.io/events:update',
       ].sort(),

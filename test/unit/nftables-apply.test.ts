@@ -12,6 +12,8 @@ import type { CommandRunner } from '../../src/apply/exec.js';
 import { endpointSlice, service } from '../substrate/manifests.js';
 import { baseConfig } from '../substrate/render-config.js';
 import { FakeNft } from '../substrate/fake-nft.js';
+import { KpxMetrics } from '../../src/server/metrics.js';
+import type { SyncReport } from '../../src/sync/driver.js';
 
 const cfg: NftablesRenderConfig = baseConfig;
 
@@ -196,6 +198,38 @@ describe('nftables applier', () => {
     expect(c.chainsDeleted).toBe(2);
     expect(applier.staleCount).toBe(0);
     expect([...fake.table()!.chains.values()].filter((ch) => ch.rules.length === 0).length).toBe(0);
+  });
+
+  it('a failed transaction says how many retired chains and sets it was to delete; metrics count that as a cleanup failure', async () => {
+    const { s, r, fake, applier, advance } = setup(3);
+    await applier.apply(r, r.render(s.view('IPv4'), cfg, 'all'));
+    const empty = (svc: number) => s.apply({ kind: 'EndpointSlice', current: endpointSlice({ service: `s${svc}`, ports: [{ name: 'p', port: 8080 }], endpoints: [] }) } as Change);
+    empty(0);
+    await applier.apply(r, r.render(s.view('IPv4'), cfg, ['default/s0']));
+    expect(applier.staleCount).toBe(2);
+    // a transaction that deletes nothing retired
+    for (const o of objects(4, eps10).slice(6)) s.apply({ kind: o.kind, current: o.obj } as Change);
+    fake.failNext = 'Could not process rule: No buffer space available';
+    const plain = await applier.apply(r, r.render(s.view('IPv4'), cfg, ['default/s3'])).catch((e: unknown) => e);
+    expect(plain).toBeInstanceOf(NftablesError);
+    expect((plain as NftablesError).staleDeletions).toBe(0);
+    await applier.apply(r, r.render(s.view('IPv4'), cfg, ['default/s3']));
+    // s0's chains are old enough and go with the element deletions of s1's change (s1's own wait)
+    advance(2000);
+    empty(1);
+    fake.failNext = 'Could not process rule: Device or resource busy';
+    const busy = await applier.apply(r, r.render(s.view('IPv4'), cfg, ['default/s1'])).catch((e: unknown) => e);
+    expect(busy).toBeInstanceOf(NftablesError);
+    expect((busy as NftablesError).staleDeletions).toBe(2);
+
+    const m = new KpxMetrics(() => ({ services: new Set(), endpoints: new Set(), node: false, triggerTimes: [] }), () => ['IPv4']);
+    const failed = (error: Error) => ({ ok: false, families: [{ family: 'IPv4', mode: 'nftables', full: false, ok: false, error, stage: 'apply' }] }) as unknown as SyncReport;
+    const covered = { services: new Set<string>(), endpoints: new Set<string>(), node: false, triggerTimes: [] };
+    m.onSync(failed(plain as Error), covered);
+    m.onSync(failed(busy as Error), covered);
+    const text = await m.registry.metrics();
+    expect(text).toContain('kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family="IPv4"} 2');
+    expect(text).toContain('kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total{ip_family="IPv4"} 1');
   });
 
   it('keeps a retired chain that is wanted again before it was deleted', async () => {

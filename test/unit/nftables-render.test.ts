@@ -58,8 +58,8 @@ describe('nftables renderer: layout', () => {
       ['filter-prerouting', 'filter', 'prerouting', -110, ['ct state new jump firewall-check']],
       ['filter-input', 'filter', 'input', -110, ['ct state new jump nodeport-endpoints-check', 'ct state new jump service-endpoints-check']],
       ['filter-forward', 'filter', 'forward', -110, ['ct state new jump service-endpoints-check', 'ct state new jump cluster-ips-check']],
-      ['filter-output', 'filter', 'output', -110, ['ct state new jump service-endpoints-check', 'ct state new jump firewall-check']],
-      ['filter-output-post-dnat', 'filter', 'output', -90, ['ct state new jump cluster-ips-check']],
+      ['filter-output', 'filter', 'output', -110, ['ct state new jump firewall-check']],
+      ['filter-output-post-dnat', 'filter', 'output', -90, ['ct state new jump service-endpoints-check', 'ct state new jump cluster-ips-check']],
       ['nat-prerouting', 'nat', 'prerouting', -100, ['jump services']],
       ['nat-output', 'nat', 'output', -100, ['jump services']],
       ['nat-postrouting', 'nat', 'postrouting', 100, ['jump masquerading']],
@@ -91,6 +91,25 @@ describe('nftables renderer: layout', () => {
     ]);
     // without random-fully support, plain masquerade
     expect(chainsOf(renderNftables(stateOf([]).view('IPv4'), { ...cfg, randomFully: false })).get('masquerading')![3]).toBe('masquerade');
+  });
+
+  it('drops traffic to an address of the ServiceCIDRs that no Service holds, after rejecting undefined ports of cluster IPs', () => {
+    const ranges = (objs: object[]) => {
+      const st = stateOf(objs.map((obj) => ({ kind: 'ServiceCIDR' as const, obj })));
+      return { v4: st.serviceCIDRs('IPv4'), v6: st.serviceCIDRs('IPv6') };
+    };
+    const cidr = (name: string, cidrs: string[]) => ({ apiVersion: 'networking.k8s.io/v1', kind: 'ServiceCIDR', metadata: { name }, spec: { cidrs } });
+    // one object per family or both in one; a duplicate range once; host bits cleared; an invalid range skipped
+    const got = ranges([cidr('kubernetes', ['198.19.0.0/16', '2001:2:0:ff::/64']), cidr('extra', ['198.20.0.1/24', 'nonsense']), cidr('again', ['198.19.0.0/16'])]);
+    expect(got).toEqual({ v4: ['198.19.0.0/16', '198.20.0.0/24'], v6: ['2001:2:0:ff::/64'] });
+    const check = (serviceCIDRs: string[]) => chainsOf(renderNftables(stateOf([]).view('IPv4'), { ...cfg, serviceCIDRs })).get('cluster-ips-check');
+    expect(check(['198.19.0.0/16'])).toEqual(['ip daddr @cluster-ips reject comment "undefined port of a cluster IP"', 'ip daddr 198.19.0.0/16 drop comment "unallocated cluster IP"']);
+    expect(check(got.v4)?.[1]).toBe('ip daddr { 198.19.0.0/16, 198.20.0.0/24 } drop comment "unallocated cluster IP"');
+    expect(check([])).toEqual(['ip daddr @cluster-ips reject comment "undefined port of a cluster IP"']);
+    // a deleted ServiceCIDR takes its ranges with it
+    const st = stateOf([{ kind: 'ServiceCIDR', obj: cidr('kubernetes', ['198.19.0.0/16']) }]);
+    st.apply({ kind: 'ServiceCIDR', previous: cidr('kubernetes', ['198.19.0.0/16']) });
+    expect(st.serviceCIDRs('IPv4')).toEqual([]);
   });
 
   it('lists every chain after the chains its rules refer to', () => {

@@ -9,4 +9,6 @@ export type NftablesRenderConfig = Pick<
 > & {
   /** see selectEndpoint() in service.ts; 'rules' when absent */
   readonly endpointSelection?: 'rules' | 'vmap';
+  /** the family's ServiceCIDR ranges: an address in them that no Service holds is dropped (none when absent) */
+  readonly serviceCIDRs?: readonly string[];
 };

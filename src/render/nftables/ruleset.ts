@@ -12,9 +12,9 @@
 //                                                     ct state new jump service-endpoints-check
 //   filter-forward           filter forward    -110   ct state new jump service-endpoints-check
 //                                                     ct state new jump cluster-ips-check
-//   filter-output            filter output     -110   ct state new jump service-endpoints-check
-//                                                     ct state new jump firewall-check
-//   filter-output-post-dnat  filter output      -90   ct state new jump cluster-ips-check
+//   filter-output            filter output     -110   ct state new jump firewall-check
+//   filter-output-post-dnat  filter output      -90   ct state new jump service-endpoints-check
+//                                                     ct state new jump cluster-ips-check
 //   nat-prerouting           nat prerouting    -100   jump services
 //   nat-output               nat output        -100   jump services
 //   nat-postrouting          nat postrouting    100   jump masquerading
@@ -23,7 +23,8 @@
 //   service-endpoints-check / nodeport-endpoints-check: vmap @no-endpoint-services /
 //     @no-endpoint-nodeports -> goto reject-chain (no endpoints) or drop (no local ones)
 //   firewall-check: vmap @firewall-ips -> goto firewall-<svc> (loadBalancerSourceRanges)
-//   cluster-ips-check: daddr @cluster-ips reject (a cluster IP's undefined ports)
+//   cluster-ips-check: daddr @cluster-ips reject (a cluster IP's undefined ports); other
+//     addresses in the ServiceCIDRs drop (no Service holds them)
 //   masquerading: traffic marked by mark-for-masquerade is masqueraded (fully-random), and
 //     so is a DNATed connection in hairpin-connections (a local endpoint reaching itself)
 import { countNoLocalEndpoints } from '../../model/topology.js';
@@ -93,16 +94,19 @@ const BASE_CHAINS: ReadonlyArray<readonly [string, BaseChainSpec, ReadonlyArray<
       ['ct state new', CHAIN.clusterIPsCheck],
     ],
   ],
+  [CHAIN.filterOutput, { type: 'filter', hook: 'output', priority: -110 }, [['ct state new', CHAIN.firewallCheck]]],
+  // After DNAT, as kube-proxy's filter-output: the node's own traffic to an LB IP or
+  // externalIP under Local policy without local endpoints is short-circuited to an
+  // endpoint by the DNAT, so the drop in no-endpoint-services must not see it first.
+  // Whatever still goes to a cluster IP matched no service port.
   [
-    CHAIN.filterOutput,
-    { type: 'filter', hook: 'output', priority: -110 },
+    CHAIN.filterOutputPostDNAT,
+    { type: 'filter', hook: 'output', priority: -90 },
     [
       ['ct state new', CHAIN.serviceEndpointsCheck],
-      ['ct state new', CHAIN.firewallCheck],
+      ['ct state new', CHAIN.clusterIPsCheck],
     ],
   ],
-  // after DNAT: whatever still goes to a cluster IP matched no service port
-  [CHAIN.filterOutputPostDNAT, { type: 'filter', hook: 'output', priority: -90 }, [['ct state new', CHAIN.clusterIPsCheck]]],
   [CHAIN.natPrerouting, { type: 'nat', hook: 'prerouting', priority: -100 }, [['', CHAIN.services]]],
   [CHAIN.natOutput, { type: 'nat', hook: 'output', priority: -100 }, [['', CHAIN.services]]],
   [CHAIN.natPostrouting, { type: 'nat', hook: 'postrouting', priority: 100 }, [['', CHAIN.masquerading]]],
@@ -160,12 +164,25 @@ export function fixedChains(cfg: NftablesRenderConfig): NftChainDef[] {
     { name: CHAIN.serviceEndpointsCheck, rules: [`${dispatchKey} vmap @${SET.noEndpointServices}`] },
     { name: CHAIN.nodePortEndpointsCheck, rules: [`${nodePortMatch} meta l4proto . th dport vmap @${SET.noEndpointNodePorts}`] },
     { name: CHAIN.firewallCheck, rules: [`${dispatchKey} vmap @${SET.firewallIPs}`] },
-    { name: CHAIN.clusterIPsCheck, rules: [`${ip} daddr @${SET.clusterIPs} reject comment "undefined port of a cluster IP"`] },
+    { name: CHAIN.clusterIPsCheck, rules: clusterIPsCheckRules(cfg) },
   ];
   for (const [name, base, jumps] of BASE_CHAINS) {
     out.push({ name, base, rules: jumps.map(([m, to]) => `${m ? `${m} ` : ''}jump ${to}`) });
   }
   return out.sort((a, b) => chainRank(a.name) - chainRank(b.name));
+}
+
+/**
+ * A cluster IP's undefined ports are rejected; with ServiceCIDRs known, an address in them
+ * that no Service holds is dropped (kube-proxy's nftables mode), rather than routed out
+ * (and, to the default gateway, perhaps back again).
+ */
+function clusterIPsCheckRules(cfg: NftablesRenderConfig): string[] {
+  const ip = ipOf(cfg);
+  const rules = [`${ip} daddr @${SET.clusterIPs} reject comment "undefined port of a cluster IP"`];
+  const cidrs = cfg.serviceCIDRs ?? [];
+  if (cidrs.length) rules.push(`${ip} daddr ${cidrs.length === 1 ? cidrs[0] : `{ ${cidrs.join(', ')} }`} drop comment "unallocated cluster IP"`);
+  return rules;
 }
 
 const NODE_OWNER = '';

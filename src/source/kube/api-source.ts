@@ -1,6 +1,8 @@
 // The Kubernetes API source: Services, EndpointSlices and this node's Node, each through
-// its own reflector. Nothing is reported synced until all three have completed their
-// first list, so kpx never programs a half view at startup.
+// its own reflector, and ServiceCIDRs where the mode acts on them (nftables). Nothing is
+// reported synced until every reflector has completed its first list, so kpx never
+// programs a half view at startup; ServiceCIDRs that cannot be listed (no API, no
+// permission) count as none.
 import { request as httpsRequest, type RequestOptions } from 'node:https';
 import { request as httpRequest } from 'node:http';
 import { createInterface } from 'node:readline';
@@ -18,6 +20,8 @@ export const PROXYABLE_SELECTOR = `!${LABEL_SERVICE_PROXY_NAME},!${LABEL_HEADLES
 export interface ApiSourceOptions {
   readonly kubeConfig: KubeConfig;
   readonly nodeName: string;
+  /** watch networking.k8s.io/v1 ServiceCIDRs too (kube-proxy's nftables mode drops unallocated cluster IPs) */
+  readonly serviceCIDRs?: boolean;
   readonly reflector: ReflectorOptions;
   readonly observer?: {
     onRelist?(kind: ResourceKind, reason: string): void;
@@ -161,13 +165,14 @@ export class ApiSource implements Source {
   constructor(private readonly opts: ApiSourceOptions, private readonly log: Logger) {
     const kc = opts.kubeConfig;
     const proxyable = { labelSelector: PROXYABLE_SELECTOR };
-    const apis: Array<[ResourceKind, ResourceApi]> = [
+    const apis: Array<[ResourceKind, ResourceApi, ReflectorOptions?]> = [
       ['Service', resourceApi(kc, '/api/v1/services', proxyable)],
       ['EndpointSlice', resourceApi(kc, '/apis/discovery.k8s.io/v1/endpointslices', proxyable)],
       ['Node', resourceApi(kc, '/api/v1/nodes', { fieldSelector: `metadata.name=${opts.nodeName}` })],
     ];
+    if (opts.serviceCIDRs) apis.push(['ServiceCIDR', resourceApi(kc, '/apis/networking.k8s.io/v1/servicecidrs', {}), { ...opts.reflector, optional: true }]);
     this.reflectors = apis.map(
-      ([kind, api]) =>
+      ([kind, api, reflectorOpts]) =>
         new Reflector(
           kind,
           api,
@@ -177,7 +182,7 @@ export class ApiSource implements Source {
             onRelist: (reason) => opts.observer?.onRelist?.(kind, reason),
             onWatchEnd: (reason) => opts.observer?.onWatchEnd?.(kind, reason),
           },
-          opts.reflector,
+          reflectorOpts ?? opts.reflector,
           log,
         ),
     );

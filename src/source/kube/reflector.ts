@@ -27,6 +27,12 @@ export interface ResourceApi {
 }
 
 export interface ReflectorOptions {
+  /**
+   * The source may go on without this resource: a list refused as forbidden (403) or not
+   * found (404: an apiserver without the API) counts as an empty first list, so the
+   * initial sync is not held up; the reflector keeps trying and hands on what it finds.
+   */
+  readonly optional?: boolean;
   readonly pageSize: number;
   readonly watchIdleTimeoutMs: number;
   readonly relistPeriodMs: number;
@@ -179,10 +185,24 @@ export class Reflector {
         this.events.onWatchEnd?.('error');
         if (phase === 'watch' && this.delivered > 0) this.backoff.reset();
         const delay = this.backoff.next();
-        // The store stays the last good view: an unreachable apiserver deletes nothing.
-        this.log.warn({ kind: this.kind, phase, err: describe(err), retryInMs: delay }, `${phase} failed; retrying`);
+        this.failed(phase, err, delay);
         await this.sleep(delay);
       }
+    }
+  }
+
+  /** Logs a failed list or watch; an optional resource that cannot be listed counts as listed. */
+  private failed(phase: string, err: unknown, delay: number): void {
+    const unavailable = this.opts.optional && phase === 'list' && (statusCode(err) === 403 || statusCode(err) === 404);
+    if (unavailable && !this.listed) {
+      this.listed = true;
+      this.log.warn({ kind: this.kind, err: describe(err) }, `cannot list ${this.kind}; going on without it (and trying again)`);
+      this.events.onListed();
+    } else if (unavailable) {
+      this.log.debug({ kind: this.kind, err: describe(err), retryInMs: delay }, 'list failed; retrying');
+    } else {
+      // The store stays the last good view: an unreachable apiserver deletes nothing.
+      this.log.warn({ kind: this.kind, phase, err: describe(err), retryInMs: delay }, `${phase} failed; retrying`);
     }
   }
 
