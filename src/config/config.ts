@@ -240,7 +240,8 @@ function toKpxConfig(c: Internal, mode: KpxMode, flags: CliFlags, machineHostnam
     bridgeInterface: c.detectLocal.bridgeInterface || undefined,
     interfaceNamePrefix: c.detectLocal.interfaceNamePrefix || undefined,
     masqueradeAll: c.linux.masqueradeAll,
-    masqueradeBit: c.iptables.masqueradeBit ?? 14,
+    // kube-proxy's nftables mode marks with nftables.masqueradeBit, the others with iptables'
+    masqueradeBit: (mode === 'nftables' ? c.nftables.masqueradeBit : c.iptables.masqueradeBit) ?? 14,
     localhostNodePorts: c.iptables.localhostNodePorts ?? true,
     syncPeriodMs: ms(c.syncPeriod),
     minSyncPeriodMs: ms(c.minSyncPeriod),

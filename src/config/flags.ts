@@ -179,7 +179,7 @@ export const KUBE_PROXY_FLAGS = [
   flag('hostname-override', P.string, 'honoured', "this node's name (default: the hostname, lowercased)", undefined, { withConfig: true }),
   flag('master', P.string, 'honoured', 'apiserver URL, overriding the kubeconfig (default: none)', undefined, { withConfig: true }),
   flag('kubeconfig', P.string, 'honoured', 'kubeconfig for the API (clientConnection.kubeconfig; default: in-cluster)', (c, v) => void (c.clientConnection.kubeconfig = v), { field: 'clientConnection.kubeconfig' }),
-  flag('proxy-mode', P.string, 'honoured', 'iptables or ipvs (mode; default: iptables); nftables is refused (not in kpx yet)', (c, v) => void (c.mode = v), { field: 'mode' }),
+  flag('proxy-mode', P.string, 'honoured', 'iptables, ipvs or nftables (mode; default: iptables)', (c, v) => void (c.mode = v), { field: 'mode' }),
   flag('bind-address', P.ip, 'honoured', "this node's IP when the Node object has none (bindAddress; default: 0.0.0.0 = none)", (c, v) => void (v !== '' && (c.bindAddress = v)), { field: 'bindAddress' }),
   flag('bind-address-hard-fail', P.bool, 'honoured', 'exit when the metrics or healthz port cannot be bound (default: false)', (c, v) => void (c.bindAddressHardFail = v), { field: 'bindAddressHardFail' }),
   flag('healthz-bind-address', P.ipport, 'honoured', 'health server ip:port, "" switches it off (default: 0.0.0.0:10256)', (c, v) => void (c.healthzBindAddress = v), { field: 'healthzBindAddress' }),

@@ -125,6 +125,15 @@ describe('loading a KubeProxyConfiguration', () => {
     expect(r.kpx?.mode).toBe('nftables');
     expect(resolveConfig({ proxyMode: 'nftables' }, 'h').mode).toBe('nftables');
   });
+
+  it('marks for masquerade with the masqueradeBit of the mode: nftables.masqueradeBit in nftables mode, iptables.masqueradeBit in the others', async () => {
+    const f = await cfgFile(`${HEAD}iptables:\n  masqueradeBit: 12\nnftables:\n  masqueradeBit: 3\n`);
+    expect(load([`--config=${f}`, '--proxy-mode=nftables']).kpx?.masqueradeBit).toBe(3);
+    expect(load([`--config=${f}`, '--proxy-mode=iptables']).kpx?.masqueradeBit).toBe(12);
+    expect(load([`--config=${f}`, '--proxy-mode=ipvs']).kpx?.masqueradeBit).toBe(12);
+    expect(load([`--config=${f}`, '--proxy-mode=nftables']).warnings).toContain(`${f}: iptables.masqueradeBit: 12: no effect in nftables mode (the nftables mode reads nftables.masqueradeBit)`);
+    expect(load([`--config=${f}`, '--proxy-mode=iptables']).warnings).toContain(`${f}: nftables.masqueradeBit: 3: no effect in iptables mode (nftables mode only)`);
+  });
 });
 
 describe('what kpx accepts but does not act on', () => {
