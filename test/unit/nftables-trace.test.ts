@@ -328,21 +328,19 @@ describe('nftables walker on rendered tables', () => {
 
 /**
  * Where kpx's two layouts (kube-proxy's two layouts) end a packet differently. nftables mode
- * hooks the endpoint check at output as well, before DNAT: the node's own packets to an LB
- * IP or external IP are rejected when the service has no usable endpoint and dropped when a
- * Local policy has none on this node (iptables mode lets the first leave untranslated and
- * short-circuits the second to any endpoint). And its firewall runs before the endpoint
+ * hooks the endpoint check at output as well (after the output DNAT, so a Local policy's
+ * short-circuit to any endpoint goes through, as in iptables mode): the node's own packets
+ * to an LB IP or external IP are rejected when the service has no usable endpoint, where
+ * iptables mode lets them leave untranslated. And its firewall runs before the endpoint
  * check, also without endpoints: a source outside loadBalancerSourceRanges is dropped there
  * (iptables mode has no firewall chain without endpoints, and rejects). Returns the
  * nftables verdict then, or null: both modes agree.
  */
 function layoutDifference(s: RandomService, src: string, from: Source, dst: 'clusterIP' | 'nodePort' | 'vip' | 'externalIP'): 'REJECT' | 'DROP' | null {
   const usable = s.endpoints.filter((e) => e.serving !== false);
-  if (from === 'node' && (dst === 'vip' || dst === 'externalIP')) {
-    if (!usable.length) return 'REJECT';
-    if (s.etpLocal && !usable.some((e) => e.node === 'node-a')) return 'DROP';
-  }
+  // the firewall (before the DNAT) comes first, the endpoint check (after it) second
   if (!usable.length && dst === 'vip' && s.sourceRanges && !s.sourceRanges.some((r) => cidrContains(parseCIDR(r)!, src))) return 'DROP';
+  if (from === 'node' && (dst === 'vip' || dst === 'externalIP') && !usable.length) return 'REJECT';
   return null;
 }
 
