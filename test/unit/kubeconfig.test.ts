@@ -105,7 +105,7 @@ describe('kubeconfig fields', () => {
     expect(opts.headers.Authorization).toBe('Bearer token-1');
     expect(String(opts.ca)).toBe(await pem('ca.crt'));
     expect(opts.rejectUnauthorized).toBeUndefined();
-    expect(conn.summary).toMatchObject({ source: 'kubeconfig', context: 'default', cluster: 'default', user: 'default', auth: `tokenFile ${join(d, 'sa/token')}` });
+    expect(conn.summary).toMatchObject({ config: 'kubeconfig', context: 'default', cluster: 'default', user: 'default', auth: `tokenFile ${join(d, 'sa/token')}` });
   });
 
   it('certificate-authority-data, insecure-skip-tls-verify, tls-server-name', async () => {

@@ -1,9 +1,9 @@
 // Where the apiserver is and how to authenticate to it, read the way client-go (and so
 // kube-proxy) reads it: a kubeconfig file, else the pod's service account, else --master
 // alone. kpx reads this itself because @kubernetes/client-node's KubeConfig pulls the
-// library's whole generated API into the process (~70 MiB of RSS, more than the rest of
-// kpx at 1k services). That library is imported, lazily, only for what kpx does not do:
-// credential plugins (`exec`), `auth-provider` and `proxy-url`.
+// library's whole generated API into the process (~70 MiB of RSS). That library is
+// imported, lazily, only for what kpx does not do: credential plugins (`exec`),
+// `auth-provider` and `proxy-url`.
 import { readFileSync } from 'node:fs';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import type { OutgoingHttpHeaders } from 'node:http';
@@ -61,7 +61,7 @@ export async function loadApiConnection(opts: LoadOptions, ctx: LoadContext = {}
     const fail: Fail = (where, problem) => {
       throw new ConfigError(`${where}: ${problem}`);
     };
-    return connection({ server: serverURL(opts.master, false, '--master', fail), summary: { source: '--master', auth: 'none' } });
+    return connection({ server: serverURL(opts.master, false, '--master', fail), summary: { config: '--master', auth: 'none' } });
   }
   throw new ConfigError('no apiserver: pass --kubeconfig FILE, --master URL or --manifests DIR, or run in a pod with KUBERNETES_SERVICE_HOST/PORT set');
 }
@@ -210,7 +210,7 @@ function inCluster(host: string, port: string, master: string | undefined, ctx: 
   const tokens = new Reread(token, () => readToken(tokenFile), TOKEN_REREAD_MS, now, (err) => ctx.log?.warn({ file: tokenFile, err: reason(err) }, 'cannot re-read the token; using the last one'), false);
   const h = host.includes(':') ? `[${host}]` : host;
   const server = master ? serverURL(master, true, '--master', fail) : serverURL(`https://${h}:${port}`, true, 'KUBERNETES_SERVICE_HOST/PORT', fail);
-  return connection({ server, summary: { source: 'in-cluster', auth: `tokenFile ${tokenFile}` }, ca, bearer: () => tokens.get() });
+  return connection({ server, summary: { config: 'in-cluster', auth: `tokenFile ${tokenFile}` }, ca, bearer: () => tokens.get() });
 }
 
 // ---- kubeconfig files ----
@@ -448,7 +448,7 @@ async function fromKubeconfig(file: string, master: string | undefined, ctx: Loa
   if (fallback) return clientNodeConnection(file, master, fallback, ctx);
 
   const src = sources(file, fail);
-  const summary: Record<string, string> = { source: 'kubeconfig', kubeconfig: file, context: picked.contextName, cluster: picked.clusterName ?? '', user: picked.userName ?? '' };
+  const summary: Record<string, string> = { config: 'kubeconfig', kubeconfig: file, context: picked.contextName, cluster: picked.clusterName ?? '', user: picked.userName ?? '' };
   const s: Settings = { server: '', summary };
   clusterTLS(s, cluster, src, fail);
   const auth = [...clientCertificate(s, user, src, ctx, fail), ...credentials(s, user, src, ctx, fail), ...impersonation(s, user, fail)];
@@ -486,7 +486,7 @@ async function clientNodeConnection(file: string, master: string | undefined, wh
   }
   return {
     server: (master ?? cluster.server).replace(/\/+$/, ''),
-    summary: { source: 'kubeconfig', kubeconfig: file, context: kc.currentContext, auth: `${why} (through @kubernetes/client-node)` },
+    summary: { config: 'kubeconfig', kubeconfig: file, context: kc.currentContext, auth: `${why} (through @kubernetes/client-node)` },
     apply: (opts) => kc.applyToHTTPSOptions(opts),
   };
 }
