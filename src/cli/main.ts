@@ -89,25 +89,30 @@ export async function build(flags: Flags, print: (text: string) => void = out): 
   return { config, log, state, source, controller, proxier, health, metrics, healthServers };
 }
 
-/** The API source is imported only when used: @kubernetes/client-node alone costs ~70 MiB of RSS. */
+/**
+ * The API source is imported only when used; so is @kubernetes/client-node (~70 MiB of
+ * RSS), which only a kubeconfig with a credential plugin, auth-provider or proxy-url loads.
+ */
 async function makeSource(config: KpxConfig, log: Logger, observer: ApiSourceOptions['observer']): Promise<Source> {
   if (config.manifests) return new FileSource(config.manifests, log.child({ source: 'file' }));
-  const { ApiSource, DEFAULT_REFLECTOR_OPTIONS, loadKubeConfig } = await import('../source/kube/api-source.js');
-  let kubeConfig;
+  const { ApiSource, DEFAULT_REFLECTOR_OPTIONS } = await import('../source/kube/api-source.js');
+  const { loadApiConnection } = await import('../source/kube/kubeconfig.js');
+  const apiLog = log.child({ source: 'api' });
+  let connection;
   try {
-    kubeConfig = loadKubeConfig({ kubeconfig: config.kubeconfig, master: config.master });
+    connection = await loadApiConnection({ kubeconfig: config.kubeconfig, master: config.master }, { log: apiLog });
   } catch (err) {
-    throw new ConfigError((err as Error).message);
+    throw err instanceof ConfigError ? err : new ConfigError((err as Error).message);
   }
   return new ApiSource(
     {
-      kubeConfig,
+      connection,
       nodeName: config.hostname,
       serviceCIDRs: config.mode === 'nftables',
       reflector: { ...DEFAULT_REFLECTOR_OPTIONS, watchIdleTimeoutMs: config.apiWatchIdleTimeoutMs, relistPeriodMs: config.apiRelistPeriodMs },
       observer,
     },
-    log.child({ source: 'api' }),
+    apiLog,
   );
 }
 

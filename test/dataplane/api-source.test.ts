@@ -3,12 +3,13 @@
 // and is judged by real packets and by comparing its model with the apiserver's state.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { appendFile, readdir, readFile, writeFile, mkdtemp, rm } from 'node:fs/promises';
+import { appendFile, mkdir, readdir, readFile, writeFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { execa } from 'execa';
 import { join } from 'node:path';
 import { parseAllDocuments } from 'yaml';
 import { CoreV1Api, DiscoveryV1Api, KubernetesObjectApi, type KubernetesObject } from '@kubernetes/client-node';
-import { NET, REPO, Topology, dataplaneEnv } from '../substrate/netns.js';
+import { KPX_BIN, NET, REPO, Topology, dataplaneEnv } from '../substrate/netns.js';
 import { endpointSlice, service } from '../substrate/manifests.js';
 import { findApiserver, kpxServiceAccountToken, type Apiserver } from '../substrate/apiserver.js';
 import { FaultProxy } from '../substrate/fault-proxy.js';
@@ -157,14 +158,17 @@ describe.skipIf(!!skip)(`the Kubernetes API source against a real apiserver${ski
     proxy = new FaultProxy(join(tmp, 'apiserver.sock'), api.target());
     await proxy.start();
     void t.spawn('node', process.execPath, [join(REPO, 'test/substrate/unix-bridge.mjs'), '127.0.0.1', String(BRIDGE_PORT), proxy.socketPath]);
+    // as kubeadm's kube-proxy kubeconfig.conf: the token from a file (relative to the kubeconfig here)
     const kubeconfig = join(tmp, 'kpx.kubeconfig');
+    await mkdir(join(tmp, 'sa'));
+    await writeFile(join(tmp, 'sa/token'), `${token}\n`);
     await writeFile(
       kubeconfig,
       JSON.stringify({
         apiVersion: 'v1',
         kind: 'Config',
         clusters: [{ name: 'test', cluster: { server: `https://127.0.0.1:${BRIDGE_PORT}`, 'certificate-authority-data': Buffer.from(await api.caPem()).toString('base64') } }],
-        users: [{ name: 'kpx', user: { token } }],
+        users: [{ name: 'kpx', user: { tokenFile: 'sa/token' } }],
         contexts: [{ name: 'kpx', context: { cluster: 'test', user: 'kpx' } }],
         'current-context': 'kpx',
       }),
@@ -243,6 +247,50 @@ describe.skipIf(!!skip)(`the Kubernetes API source against a real apiserver${ski
     expect(logs.filter((l) => /forbidden|403/i.test(JSON.stringify(l)))).toEqual([]);
     report.push(`startup: ${String(listed.objects)} services in ${String(listed.pages)} pages (${String(listed.ms)} ms); first sync wrote ${String(first.rulesWritten)} rules`);
   }, 320_000);
+
+  it('authenticates with a client certificate (files relative to the kubeconfig); without it the apiserver refuses', async () => {
+    const user = api.admin.getCurrentUser();
+    const pemOf = async (data?: string, file?: string) => (data ? Buffer.from(data, 'base64') : file ? await readFile(file) : null);
+    const cert = await pemOf(user?.certData ?? undefined, user?.certFile ?? undefined);
+    const key = await pemOf(user?.keyData ?? undefined, user?.keyFile ?? undefined);
+    if (!cert || !key) return void report.push('client certificate: the admin kubeconfig of this apiserver has none');
+    await mkdir(join(tmp, 'certs'));
+    await writeFile(join(tmp, 'certs/admin.crt'), cert);
+    await writeFile(join(tmp, 'certs/admin.key'), key, { mode: 0o600 });
+    await writeFile(join(tmp, 'certs/ca.crt'), await api.caPem());
+    const kubeconfigWith = async (name: string, user: Record<string, string>) => {
+      const file = join(tmp, name);
+      await writeFile(
+        file,
+        JSON.stringify({
+          apiVersion: 'v1',
+          kind: 'Config',
+          clusters: [{ name: 'test', cluster: { server: `https://127.0.0.1:${BRIDGE_PORT}`, 'certificate-authority': 'certs/ca.crt' } }],
+          users: [{ name: 'admin', user }],
+          contexts: [{ name: 'admin', context: { cluster: 'test', user: 'admin' } }],
+          'current-context': 'admin',
+        }),
+      );
+      return file;
+    };
+    // kpx render: lists through the API, prints the ruleset, touches nothing
+    const render = (kubeconfig: string, timeoutMs: number) =>
+      execa('ip', ['netns', 'exec', t.node, process.execPath, KPX_BIN, 'render', '--kubeconfig', kubeconfig, '--hostname-override', NODE, '--cluster-cidr', NET.podCIDR], {
+        reject: false,
+        timeout: timeoutMs,
+        env: { KPX_LOG_LEVEL: 'warn' },
+      });
+    const ip = (await core.readNamespacedService({ name: 'bulk-0', namespace: NS })).spec!.clusterIP!;
+    const withCert = await render(await kubeconfigWith('cert.kubeconfig', { 'client-certificate': 'certs/admin.crt', 'client-key': 'certs/admin.key' }), 120_000);
+    expect(withCert.exitCode, withCert.stderr.slice(-2000)).toBe(0);
+    expect(withCert.stdout).toContain(`-d ${ip}/32`);
+    // the same kubeconfig without the certificate: anonymous, refused, kpx keeps retrying
+    const anonymous = await render(await kubeconfigWith('anonymous.kubeconfig', {}), 8_000);
+    expect(anonymous.timedOut).toBe(true);
+    const refused = /"err":"(40[13]): [^\n]*"msg":"list failed; retrying"/.exec(anonymous.stderr);
+    expect(refused, anonymous.stderr.slice(-2000)).not.toBeNull();
+    report.push(`client certificate: kpx render listed and rendered ${BULK}+ services as the admin certificate's user; without it: ${refused![1]}`);
+  }, 180_000);
 
   it('follows create, endpoint updates and delete with real traffic; programming latency', async () => {
     let t0 = Date.now();

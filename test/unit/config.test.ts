@@ -11,7 +11,6 @@ import { ConfigError, formatGoDuration, loadConfig, parseDuration, parseGoDurati
 import { KUBE_PROXY_FLAGS } from '../../src/config/flags.js';
 import { parseProxyFlags } from '../../src/cli/flags.js';
 import { chooseAction } from '../../src/cli/main.js';
-import { loadKubeConfig } from '../../src/source/kube/api-source.js';
 import { KPX_BIN, REPO } from '../substrate/netns.js';
 
 const dir = await mkdtemp(join(tmpdir(), 'kpx-config-'));
@@ -259,37 +258,5 @@ describe('the CLI', () => {
     expect(top.exitCode).toBe(0);
     for (const cmd of ['run', 'render', 'config', 'cleanup']) expect(top.stdout).toContain(cmd);
     expect(top.stdout).toContain('--masquerade-all [bool]');
-  });
-});
-
-describe('kubeconfig', () => {
-  it("uses kubeadm's kubeconfig.conf: server, CA file and tokenFile (relative paths against the file)", async () => {
-    const kdir = await mkdtemp(join(tmpdir(), 'kpx-kubeconfig-'));
-    try {
-      const text = (await readFile(join(FIXTURES, 'kubeadm-kubeconfig.conf'), 'utf8'))
-        .replace('/var/run/secrets/kubernetes.io/serviceaccount/ca.crt', 'sa/ca.crt')
-        .replace('/var/run/secrets/kubernetes.io/serviceaccount/token', join(kdir, 'sa/token'));
-      await execa('mkdir', ['-p', join(kdir, 'sa')]);
-      await writeFile(join(kdir, 'sa/ca.crt'), 'CA-PEM');
-      await writeFile(join(kdir, 'sa/token'), 'token-1');
-      await writeFile(join(kdir, 'kubeconfig.conf'), text);
-      const kcPath = join(kdir, 'kubeconfig.conf');
-      // the path as the file's clientConnection.kubeconfig gives it
-      const cfg = await cfgFile(`${HEAD}clientConnection:\n  kubeconfig: ${kcPath}\n`);
-      expect(load([`--config=${cfg}`]).kpx!.kubeconfig).toBe(kcPath);
-      const kc = loadKubeConfig({ kubeconfig: kcPath });
-      expect(kc.getCurrentCluster()?.server).toBe('https://198.18.0.1:6443');
-      const opts: { headers: Record<string, string>; ca?: Buffer } = { headers: {} };
-      await kc.applyToHTTPSOptions(opts);
-      expect(opts.headers.Authorization).toBe('Bearer token-1');
-      expect(String(opts.ca)).toBe('CA-PEM');
-      const master = loadKubeConfig({ kubeconfig: kcPath, master: 'https://198.18.0.2:6443' });
-      expect(master.getCurrentCluster()?.server).toBe('https://198.18.0.2:6443');
-      const again: { headers: Record<string, string> } = { headers: {} };
-      await master.applyToHTTPSOptions(again);
-      expect(again.headers.Authorization).toBe('Bearer token-1');
-    } finally {
-      await rm(kdir, { recursive: true, force: true });
-    }
   });
 });

@@ -6,8 +6,7 @@
 import { request as httpsRequest, type RequestOptions } from 'node:https';
 import { request as httpRequest } from 'node:http';
 import { createInterface } from 'node:readline';
-import { KubeConfig } from '@kubernetes/client-node';
-import { loadKubeconfigFile } from '../../config/kubeconfig.js';
+import type { ApiConnection } from './kubeconfig.js';
 import type { Logger } from '../../util/log.js';
 import type { ResourceKind } from '../../model/kube.js';
 import { LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME } from '../../model/kube.js';
@@ -18,7 +17,8 @@ import { Reflector, type ListPage, type ReflectorOptions, type ResourceApi } fro
 export const PROXYABLE_SELECTOR = `!${LABEL_SERVICE_PROXY_NAME},!${LABEL_HEADLESS}`;
 
 export interface ApiSourceOptions {
-  readonly kubeConfig: KubeConfig;
+  /** the apiserver and credentials (./kubeconfig.ts) */
+  readonly connection: ApiConnection;
   readonly nodeName: string;
   /** watch networking.k8s.io/v1 ServiceCIDRs too (kube-proxy's nftables mode drops unallocated cluster IPs) */
   readonly serviceCIDRs?: boolean;
@@ -37,13 +37,12 @@ export const DEFAULT_REFLECTOR_OPTIONS: Omit<ReflectorOptions, 'watchIdleTimeout
 /** A page of a list can take a while at scale, but never forever (a dead connection). */
 const LIST_TIMEOUT_MS = 60_000;
 
-async function requestOptions(kc: KubeConfig, path: string, query: Record<string, string>): Promise<{ url: URL; opts: RequestOptions }> {
-  const server = kc.getCurrentCluster()?.server;
-  if (!server) throw new Error('kubeconfig has no current cluster');
-  const url = new URL(server.replace(/\/$/, '') + path);
+async function requestOptions(conn: ApiConnection, path: string, query: Record<string, string>): Promise<{ url: URL; opts: RequestOptions }> {
+  const url = new URL(conn.server + path);
   for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
-  const opts: RequestOptions = { method: 'GET', headers: { Accept: 'application/json' } };
-  await kc.applyToHTTPSOptions(opts);
+  // agent false: a connection of its own per request, never a pooled idle socket that may be dead
+  const opts: RequestOptions = { method: 'GET', headers: { Accept: 'application/json' }, agent: false };
+  await conn.apply(opts);
   return { url, opts };
 }
 
@@ -58,9 +57,9 @@ function statusError(statusCode: number | undefined, statusMessage: string | und
   return Object.assign(new Error(message), { code: statusCode });
 }
 
-/** One list page: client-node's KubeConfig supplies TLS and credentials; node's https does the rest. */
-async function getJson(kc: KubeConfig, path: string, query: Record<string, string>): Promise<unknown> {
-  const { url, opts } = await requestOptions(kc, path, query);
+/** One list page with node's https; the connection supplies TLS and credentials. */
+async function getJson(conn: ApiConnection, path: string, query: Record<string, string>): Promise<unknown> {
+  const { url, opts } = await requestOptions(conn, path, query);
   return new Promise((resolve, reject) => {
     const req = (url.protocol === 'http:' ? httpRequest : httpsRequest)(url, opts, (res) => {
       const chunks: Buffer[] = [];
@@ -89,13 +88,13 @@ async function getJson(kc: KubeConfig, path: string, query: Record<string, strin
  * own can always be torn down and retried.
  */
 async function openWatch(
-  kc: KubeConfig,
+  conn: ApiConnection,
   path: string,
   query: Record<string, string>,
   onEvent: (ev: { type: string; object: unknown }) => void,
   onDone: (err: unknown) => void,
 ): Promise<() => void> {
-  const { url, opts } = await requestOptions(kc, path, query);
+  const { url, opts } = await requestOptions(conn, path, query);
   let done = false;
   const finish = (err: unknown) => {
     if (done) return;
@@ -135,12 +134,12 @@ async function openWatch(
 }
 
 /** A collection path (list and watch) as the reflector's interface. */
-function resourceApi(kc: KubeConfig, path: string, selector: { labelSelector?: string; fieldSelector?: string }): ResourceApi {
+function resourceApi(conn: ApiConnection, path: string, selector: { labelSelector?: string; fieldSelector?: string }): ResourceApi {
   return {
     async list({ limit, continueToken }): Promise<ListPage> {
       const query: Record<string, string> = { limit: String(limit), ...selector };
       if (continueToken) query.continue = continueToken;
-      const res = (await getJson(kc, path, query)) as { items?: unknown[]; metadata?: { resourceVersion?: string; continue?: string } };
+      const res = (await getJson(conn, path, query)) as { items?: unknown[]; metadata?: { resourceVersion?: string; continue?: string } };
       return { items: res.items ?? [], resourceVersion: res.metadata?.resourceVersion ?? '', continueToken: res.metadata?.continue };
     },
     watch({ resourceVersion, timeoutSeconds }, onEvent, onDone) {
@@ -152,7 +151,7 @@ function resourceApi(kc: KubeConfig, path: string, selector: { labelSelector?: s
       };
       if (selector.labelSelector) query.labelSelector = selector.labelSelector;
       if (selector.fieldSelector) query.fieldSelector = selector.fieldSelector;
-      return openWatch(kc, path, query, onEvent, onDone);
+      return openWatch(conn, path, query, onEvent, onDone);
     },
   };
 }
@@ -163,14 +162,14 @@ export class ApiSource implements Source {
   private synced = false;
 
   constructor(private readonly opts: ApiSourceOptions, private readonly log: Logger) {
-    const kc = opts.kubeConfig;
+    const conn = opts.connection;
     const proxyable = { labelSelector: PROXYABLE_SELECTOR };
     const apis: Array<[ResourceKind, ResourceApi, ReflectorOptions?]> = [
-      ['Service', resourceApi(kc, '/api/v1/services', proxyable)],
-      ['EndpointSlice', resourceApi(kc, '/apis/discovery.k8s.io/v1/endpointslices', proxyable)],
-      ['Node', resourceApi(kc, '/api/v1/nodes', { fieldSelector: `metadata.name=${opts.nodeName}` })],
+      ['Service', resourceApi(conn, '/api/v1/services', proxyable)],
+      ['EndpointSlice', resourceApi(conn, '/apis/discovery.k8s.io/v1/endpointslices', proxyable)],
+      ['Node', resourceApi(conn, '/api/v1/nodes', { fieldSelector: `metadata.name=${opts.nodeName}` })],
     ];
-    if (opts.serviceCIDRs) apis.push(['ServiceCIDR', resourceApi(kc, '/apis/networking.k8s.io/v1/servicecidrs', {}), { ...opts.reflector, optional: true }]);
+    if (opts.serviceCIDRs) apis.push(['ServiceCIDR', resourceApi(conn, '/apis/networking.k8s.io/v1/servicecidrs', {}), { ...opts.reflector, optional: true }]);
     this.reflectors = apis.map(
       ([kind, api, reflectorOpts]) =>
         new Reflector(
@@ -196,7 +195,7 @@ export class ApiSource implements Source {
 
   start(handler: SourceHandler): Promise<void> {
     this.handler = handler;
-    this.log.info({ server: this.opts.kubeConfig.getCurrentCluster()?.server, node: this.opts.nodeName }, 'watching the Kubernetes API');
+    this.log.info({ server: this.opts.connection.server, ...this.opts.connection.summary, node: this.opts.nodeName }, 'watching the Kubernetes API');
     for (const r of this.reflectors) r.start();
     return Promise.resolve();
   }
@@ -211,25 +210,4 @@ export class ApiSource implements Source {
     for (const r of this.reflectors) out[r.kind] = Object.fromEntries(r.inventory());
     return out;
   }
-}
-
-/**
- * --kubeconfig, else in-cluster (service account, with KUBERNETES_SERVICE_HOST/PORT
- * pointing at a real apiserver address, not the ClusterIP kpx itself programs);
- * --master overrides the server either way.
- */
-export function loadKubeConfig(opts: { kubeconfig?: string; master?: string }): KubeConfig {
-  const kc = new KubeConfig();
-  if (opts.kubeconfig) loadKubeconfigFile(kc, opts.kubeconfig);
-  else if (process.env.KUBERNETES_SERVICE_HOST && process.env.KUBERNETES_SERVICE_PORT) kc.loadFromCluster();
-  else if (opts.master) kc.loadFromClusterAndUser({ name: 'master', server: opts.master, skipTLSVerify: false }, { name: 'anonymous' });
-  else throw new Error('no apiserver: pass --kubeconfig FILE or --manifests DIR, or run in a pod with KUBERNETES_SERVICE_HOST/PORT set');
-  if (opts.master) {
-    const cluster = kc.getCurrentCluster();
-    if (cluster) {
-      const clusters = kc.clusters.map((c) => (c.name === cluster.name ? { ...c, server: opts.master! } : c));
-      kc.loadFromOptions({ clusters, users: kc.users, contexts: kc.contexts, currentContext: kc.currentContext });
-    }
-  }
-  return kc;
 }
