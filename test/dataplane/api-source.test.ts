@@ -244,7 +244,8 @@ describe.skipIf(!!skip)(`the Kubernetes API source against a real apiserver${ski
     expect(first.servicePorts).toBeGreaterThanOrEqual(BULK);
     const listed = logs.find((l) => l.msg === 'listed' && l.kind === 'Service')!;
     expect(listed.pages).toBeGreaterThanOrEqual(Math.ceil(BULK / 500));
-    expect(logs.filter((l) => /forbidden|403/i.test(JSON.stringify(l)))).toEqual([]);
+    // the timestamp left out: "07:16:20.403Z" is no refusal
+    expect(logs.filter((l) => /forbidden|\b403\b/i.test(JSON.stringify({ ...l, time: undefined })))).toEqual([]);
     report.push(`startup: ${String(listed.objects)} services in ${String(listed.pages)} pages (${String(listed.ms)} ms); first sync wrote ${String(first.rulesWritten)} rules`);
   }, 320_000);
 
