@@ -87,7 +87,8 @@ export function healthServer(health: ProxyHealth, node: () => NodeFacts | null, 
         : {}),
     };
     (path === '/healthz' ? metrics?.healthz : metrics?.livez)?.inc({ code: String(code) });
-    res.writeHead(code, { 'Content-Type': 'application/json', 'X-Content-Type-Options': 'nosniff' }).end(JSON.stringify(body));
+    const text = JSON.stringify(body);
+    res.writeHead(code, { 'Content-Type': 'application/json', 'X-Content-Type-Options': 'nosniff', 'Content-Length': Buffer.byteLength(text) }).end(text);
   });
 }
 

@@ -71,6 +71,8 @@ export class ServiceHealthServers {
         'Content-Type': 'application/json',
         'X-Content-Type-Options': 'nosniff',
         'X-Load-Balancing-Endpoint-Weight': String(s.localEndpoints),
+        // a length, not chunks, as kube-proxy's (Go) answer: some health checkers read only that
+        'Content-Length': Buffer.byteLength(body),
       });
       res.end(body);
     });

@@ -37,7 +37,7 @@ import {
 import type { NftablesRenderer } from '../render/nftables/ruleset.js';
 import { TABLE } from '../render/nftables/names.js';
 import { cidrContains, ipToBigInt, joinHostPort, parseCIDR, parseIP, type IPFamily } from '../util/ip.js';
-import { mergeOutcomes, TraceError, type Outcome, type TraceEnv, type TracePacket, type TraceStep } from './tracer.js';
+import { mergeOutcomes, TraceError, type Outcome, type TraceEnv, type TracePacket, type TraceStep, type WalkState } from './tracer.js';
 
 /** The renderer's table (what a sync would write) in the walker's form. */
 export function tableFromRenderer(r: NftablesRenderer): NftTableModel {
@@ -76,19 +76,8 @@ export function affinitySetsWith(t: NftTableModel, src: string): Set<string> {
   return out;
 }
 
-interface State {
-  p: number;
-  mark: number;
-  dnatIP?: string;
-  dnatPort?: number;
-  masq: boolean;
-  nat: number;
-  filter: number;
-  chains: string[];
-  recentSet: string[];
-  hook: string;
+interface State extends WalkState {
   type: BaseChainSpec['type'];
-  steps: TraceStep[];
 }
 
 /** next: go on with the next rule; return: leave this chain; the rest end the base chain or the packet. */

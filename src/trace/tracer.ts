@@ -73,7 +73,8 @@ export interface TraceStep {
   readonly verdict?: string;
 }
 
-interface State {
+/** One branch of a walk: what has happened to the packet so far (the nftables walker extends it). */
+export interface WalkState {
   p: number;
   mark: number;
   dnatIP?: string;
@@ -90,7 +91,7 @@ interface State {
 /** continue: next rule; return: leave this chain (resume the caller); the rest are verdicts. */
 type Result = { kind: 'continue' | 'return' | 'accept' } | { kind: 'drop' | 'reject'; rule: string };
 interface Branch {
-  s: State;
+  s: WalkState;
   r: Result;
 }
 
@@ -139,7 +140,7 @@ export class Tracer {
   }
 
   trace(pkt: TracePacket): Outcome[] {
-    const start: State = { p: 1, mark: 0, masq: false, nat: 0, filter: 0, chains: [], recentSet: [], hook: '', steps: [] };
+    const start: WalkState = { p: 1, mark: 0, masq: false, nat: 0, filter: 0, chains: [], recentSet: [], hook: '', steps: [] };
     const outs: Outcome[] = [];
     const local = pkt.from === 'local';
     const natFirst = this.hook('nat', local ? 'OUTPUT' : 'PREROUTING', pkt, start);
@@ -189,11 +190,11 @@ export class Tracer {
   }
 
   /** A built-in chain: its rules, then policy ACCEPT. */
-  private hook(table: 'nat' | 'filter', chain: string, pkt: TracePacket, s: State): Branch[] {
+  private hook(table: 'nat' | 'filter', chain: string, pkt: TracePacket, s: WalkState): Branch[] {
     return this.walk(table, chain, pkt, { ...s, hook: chain }, 0).map((b) => (b.r.kind === 'return' ? { s: b.s, r: { kind: 'accept' } } : b));
   }
 
-  private walk(table: 'nat' | 'filter', chain: string, pkt: TracePacket, s0: State, depth: number): Branch[] {
+  private walk(table: 'nat' | 'filter', chain: string, pkt: TracePacket, s0: WalkState, depth: number): Branch[] {
     if (depth > 64) throw new TraceError(`chain depth exceeded at ${chain}`);
     const rules = this.tables.get(table)?.get(chain);
     if (!rules) {
@@ -201,12 +202,12 @@ export class Tracer {
       throw new TraceError(`jump to missing chain ${table}/${chain}`);
     }
     // branches still walking this chain, and branches that left it
-    let live: State[] = [s0];
+    let live: WalkState[] = [s0];
     const done: Branch[] = [];
     for (const text of rules) {
       if (live.length === 0) break;
       const rule = this.rule(text);
-      const nextLive: State[] = [];
+      const nextLive: WalkState[] = [];
       for (const st of live) {
         const s = { ...st, [table]: st[table] + 1 };
         const m = this.matches(rule, pkt, s);
@@ -230,7 +231,7 @@ export class Tracer {
   }
 
   /** Applies a matched rule's target. "continue" means: go on with the next rule. */
-  private apply(table: 'nat' | 'filter', rule: ParsedRule, pkt: TracePacket, s: State, depth: number): Branch[] {
+  private apply(table: 'nat' | 'filter', rule: ParsedRule, pkt: TracePacket, s: WalkState, depth: number): Branch[] {
     if (rule.recent?.mode === 'set') s = { ...s, recentSet: [...s.recentSet, rule.recent.name] };
     const t = rule.target;
     if (!t) return [{ s, r: { kind: 'continue' } }];
@@ -243,7 +244,7 @@ export class Tracer {
   }
 
   /** 1 = matches, 0 = does not, in between = matches with that probability. */
-  private matches(r: ParsedRule, pkt: TracePacket, s: State): number {
+  private matches(r: ParsedRule, pkt: TracePacket, s: WalkState): number {
     if (r.outIface) throw new TraceError(`-o is not traced: ${r.text}`);
     const m: MatchInput = { pkt, s, dst: s.dnatIP ?? pkt.dst, dport: s.dnatPort ?? pkt.dport, local: this.local };
     if (!addressesMatch(r, m) || !portsMatch(r, m) || !interfaceMatches(r, m) || !stateMatches(r, m)) return 0;
@@ -253,7 +254,7 @@ export class Tracer {
     return r.probability ?? 1;
   }
 
-  private inSet(name: string, flags: string[], pkt: TracePacket, s: State): boolean {
+  private inSet(name: string, flags: string[], pkt: TracePacket, s: WalkState): boolean {
     const set = this.env.ipsets?.get(name);
     if (!set) throw new TraceError(`ipset ${name} not provided`);
     const dst = s.dnatIP ?? pkt.dst;
@@ -290,7 +291,7 @@ function inRange(r: RangeMatch, ip: string): boolean {
 }
 
 /** What a built-in target does to a packet. */
-const TARGETS: Record<string, (rule: ParsedRule, s: State) => Branch> = {
+const TARGETS: Record<string, (rule: ParsedRule, s: WalkState) => Branch> = {
   ACCEPT: (_r, s) => ({ s, r: { kind: 'accept' } }),
   DROP: (rule, s) => ({ s, r: { kind: 'drop', rule: rule.text } }),
   REJECT: (rule, s) => ({ s, r: { kind: 'reject', rule: rule.text } }),
@@ -325,7 +326,7 @@ function markAfter(a: readonly string[], mark: number): number {
 /** What a match reads of a packet in flight (after any DNAT so far). */
 interface MatchInput {
   readonly pkt: TracePacket;
-  readonly s: State;
+  readonly s: WalkState;
   readonly dst: string;
   readonly dport: number;
   readonly local: ReadonlySet<string>;

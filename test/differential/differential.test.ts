@@ -440,4 +440,35 @@ function suite(mode: TwinMode): void {
     expect(got['kpx /healthz']).toEqual(withoutIPv6(got['kube-proxy /healthz']));
     expect(got['kpx /livez']).toEqual(withoutIPv6(got['kube-proxy /livez']));
   });
+
+  it('healthCheckNodePort: the same status, headers and body from both proxies, asked from outside the node', async () => {
+    const answers: Record<string, unknown> = {};
+    for (const [name, status] of [['etp-local', 200], ['etp-local-none-local', 503]] as const) {
+      const svc = await core.readNamespacedService({ name, namespace: NS });
+      const port = svc.spec?.healthCheckNodePort;
+      expect(port, `${name} has a healthCheckNodePort`).toBeGreaterThan(0);
+      const [kp, kpx] = await Promise.all(twins.twins.map(async (tw) => httpAnswer((await tw.t.exec('ext', 'curl', ['-s', '-m', '5', '-D', '-', `http://${NET.nodeIP}:${port}/`])).stdout)));
+      answers[name] = kp;
+      expect(kp!.status, `${name}: kube-proxy's status`).toBe(status);
+      expect(kpx, name).toEqual(kp);
+    }
+    console.log(`[differential ${mode}] healthCheckNodePort answers (kube-proxy's, kpx's the same): ${JSON.stringify(answers)}`);
+  });
+}
+
+/**
+ * An HTTP answer as curl -D - prints it: status, headers (lower-case names), body. Left out:
+ * Date, and the hop-by-hop headers by which Node's and Go's HTTP servers differ whatever the
+ * application does (Connection, Keep-Alive).
+ */
+function httpAnswer(text: string): { status: number; headers: Record<string, string>; body: string } {
+  const cut = text.indexOf('\r\n\r\n');
+  const [statusLine, ...lines] = text.slice(0, cut).split('\r\n');
+  const headers: Record<string, string> = {};
+  for (const l of lines) {
+    const i = l.indexOf(':');
+    const k = l.slice(0, i).trim().toLowerCase();
+    if (!['date', 'connection', 'keep-alive'].includes(k)) headers[k] = l.slice(i + 1).trim();
+  }
+  return { status: Number(/^HTTP\/[\d.]+ (\d+)/.exec(statusLine ?? '')?.[1] ?? 0), headers, body: text.slice(cut + 4) };
 }
