@@ -37,7 +37,7 @@ import {
 import type { NftablesRenderer } from '../render/nftables/ruleset.js';
 import { TABLE } from '../render/nftables/names.js';
 import { cidrContains, ipToBigInt, joinHostPort, parseCIDR, parseIP, type IPFamily } from '../util/ip.js';
-import { mergeOutcomes, TraceError, type Outcome, type TraceEnv, type TracePacket, type TraceStep, type WalkState } from './tracer.js';
+import { mergeOutcomes, outcomeOf, TraceError, type Outcome, type TraceEnv, type TracePacket, type TraceStep, type WalkState } from './tracer.js';
 
 /** The renderer's table (what a sync would write) in the walker's form. */
 export function tableFromRenderer(r: NftablesRenderer): NftTableModel {
@@ -145,19 +145,7 @@ export class NftTracer {
 
   private outcome(b: Branch, pkt: TracePacket, delivery: 'local' | 'forward'): Outcome {
     const verdict = b.r === 'drop' ? 'DROP' : b.r === 'reject' ? 'REJECT' : 'ACCEPT';
-    return {
-      probability: b.s.p,
-      verdict,
-      ...(b.s.dnatIP ? { dnat: joinHostPort(b.s.dnatIP, b.s.dnatPort ?? pkt.dport) } : {}),
-      masquerade: b.s.masq,
-      delivery,
-      rules: { nat: b.s.nat, filter: b.s.filter },
-      chains: b.s.chains,
-      recentSet: b.s.recentSet,
-      ...(b.by ? { decidedBy: b.by } : {}),
-      mark: b.s.mark,
-      steps: b.s.steps,
-    };
+    return outcomeOf(b.s, verdict, b.by || undefined, pkt, delivery);
   }
 
   /** The base chains of one hook, in priority order, for every branch still going. */

@@ -88,6 +88,23 @@ export interface WalkState {
   steps: TraceStep[];
 }
 
+/** A finished branch as an outcome (both walkers end their branches this way). */
+export function outcomeOf(s: WalkState, verdict: Outcome['verdict'], decidedBy: string | undefined, pkt: TracePacket, delivery: 'local' | 'forward'): Outcome {
+  return {
+    probability: s.p,
+    verdict,
+    ...(s.dnatIP ? { dnat: joinHostPort(s.dnatIP, s.dnatPort ?? pkt.dport) } : {}),
+    masquerade: s.masq,
+    delivery,
+    rules: { nat: s.nat, filter: s.filter },
+    chains: s.chains,
+    recentSet: s.recentSet,
+    ...(decidedBy !== undefined ? { decidedBy } : {}),
+    mark: s.mark,
+    steps: s.steps,
+  };
+}
+
 /** continue: next rule; return: leave this chain (resume the caller); the rest are verdicts. */
 type Result = { kind: 'continue' | 'return' | 'accept' } | { kind: 'drop' | 'reject'; rule: string };
 interface Branch {
@@ -174,19 +191,8 @@ export class Tracer {
 
   private outcome(b: Branch, pkt: TracePacket, delivery: 'local' | 'forward'): Outcome {
     const r = b.r;
-    return {
-      probability: b.s.p,
-      verdict: r.kind === 'drop' ? 'DROP' : r.kind === 'reject' ? 'REJECT' : 'ACCEPT',
-      ...(b.s.dnatIP ? { dnat: joinHostPort(b.s.dnatIP, b.s.dnatPort ?? pkt.dport) } : {}),
-      masquerade: b.s.masq,
-      delivery,
-      rules: { nat: b.s.nat, filter: b.s.filter },
-      chains: b.s.chains,
-      recentSet: b.s.recentSet,
-      ...(r.kind === 'drop' || r.kind === 'reject' ? { decidedBy: r.rule } : {}),
-      mark: b.s.mark,
-      steps: b.s.steps,
-    };
+    const verdict = r.kind === 'drop' ? 'DROP' : r.kind === 'reject' ? 'REJECT' : 'ACCEPT';
+    return outcomeOf(b.s, verdict, r.kind === 'drop' || r.kind === 'reject' ? r.rule : undefined, pkt, delivery);
   }
 
   /** A built-in chain: its rules, then policy ACCEPT. */
