@@ -66,6 +66,7 @@ function cli(): Command {
     .option('--vm-connections <n>', 'connect() samples in the VM', '500')
     .option('--vm-mem <size>', 'VM memory (qemu -m)', '6G')
     .option('--no-vm', 'skip the VM part')
+    .option('--save-rules <dir>', 'save what each proxy programmed at each size (nft list ruleset, iptables-save, ipvsadm -Sn, ipset save) under DIR/<size>-<proxy>/')
     .option('--report-from <results.json>', 'only regenerate CSV, charts and README.md from a results file into --out')
     .option('--example <label>', 'label the report as an example (a banner at the top)')
     .addOption(new Option('--inside-vm', 'run as the VM part (set by the host run)').hideHelp());
@@ -104,6 +105,7 @@ interface Opts {
   reportFrom?: string;
   example?: string;
   insideVm?: boolean;
+  saveRules?: string;
 }
 
 async function version(cmd: string, args: string[]): Promise<string> {
@@ -208,6 +210,7 @@ async function main(): Promise<void> {
     probeBurst: Number(o.probeBurst),
     probeIntervalMs: parseDuration(o.probeInterval),
     emulated: !!o.insideVm,
+    ...(o.saveRules ? { saveRulesDir: o.saveRules } : {}),
   };
   const pool = endpointPool(shape);
   if (settings.endpoints > pool.length) throw new Error(`--endpoints ${settings.endpoints} is more than the pool of ${pool.length} addresses`);

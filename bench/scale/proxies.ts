@@ -3,7 +3,7 @@
 // it programmed. A new proxy or mode (kpx-nftables, say) is one more row.
 import { execa, type ResultPromise } from 'execa';
 import { createWriteStream } from 'node:fs';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { KubeConfig } from '@kubernetes/client-node';
@@ -121,6 +121,17 @@ async function nftCounts(topo: Topology, table = 'kube-proxy'): Promise<Counts> 
     out.nftSetElements! += c.nftSetElements;
   }
   return out;
+}
+
+/** What a proxy programmed, as the tools print it, one file per tool (for comparing layouts). */
+export async function saveRules(topo: Topology, mode: ProxyDef['mode'], dir: string): Promise<void> {
+  const dumps: Array<[string, string, string[]]> = [
+    ['ruleset.nft', 'nft', ['list', 'ruleset']],
+    ['iptables-legacy.save', 'iptables-legacy-save', []],
+  ];
+  if (mode === 'ipvs') dumps.push(['ipvsadm.save', 'ipvsadm', ['-Sn']], ['ipset.save', 'ipset', ['save']]);
+  await mkdir(dir, { recursive: true });
+  for (const [file, cmd, args] of dumps) await writeFile(join(dir, file), await run(topo, cmd, args));
 }
 
 // ---- kpx ----

@@ -23,7 +23,7 @@ import {
   type Histogram,
   type Sample,
 } from './metrics.js';
-import type { ProxyDef, RunningProxy } from './proxies.js';
+import { type ProxyDef, type RunningProxy, saveRules } from './proxies.js';
 import type { Figure, RunResult } from './types.js';
 
 export const M = {
@@ -54,6 +54,8 @@ export interface RunSettings {
   probeBurst: number;
   probeIntervalMs: number;
   emulated: boolean;
+  /** where to save each run's programmed rules (none when unset) */
+  saveRulesDir?: string;
 }
 
 export interface RunEnv {
@@ -233,6 +235,7 @@ export async function runOne(def: ProxyDef, size: number, s: RunSettings, env: R
     // ---- what it programmed ----
     await step('counts', s.stepTimeoutS, async () => {
       for (const [k, v] of Object.entries(await def.counts(topo!.topo))) fig(`counts.${k}`, ok(v, 'count'));
+      if (s.saveRulesDir) await saveRules(topo!.topo, def.mode, join(s.saveRulesDir, `${size}-${def.name}`));
     }).catch((err: unknown) => {
       if (!(err instanceof StepTimeout)) throw err;
       fig('counts.iptablesRules', dnf('count', err.limitS, err.message));
