@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Apiserver } from './apiserver.js';
-import { metricValue, startKubeProxy, type KubeProxyHandle, type KubeProxyMode } from './kube-proxy.js';
+import { metricValue, startKubeProxy, type KubeProxyHandle, type KubeProxyMode, type StartOptions } from './kube-proxy.js';
 import { KPX_BIN, NET, REPO, Topology, type PodSpec } from './netns.js';
 
 const PROBE_MATRIX = join(REPO, 'test/substrate/probe-matrix.mjs');
@@ -52,7 +52,12 @@ export interface TwinsOptions {
   mode: TwinMode;
   apiserver: Apiserver;
   pods: PodSpec[];
+  /** labels of the twins' Node (it is created with them) */
+  nodeLabels?: Record<string, string>;
 }
+
+/** What a restart may change in both proxies' configuration (the same for both twins). */
+export type ProxyVariant = Partial<Pick<StartOptions, 'overrides' | 'syncPeriod' | 'minSyncPeriod' | 'nodePortAddresses' | 'commandGate'>>;
 
 export class Twins {
   readonly twins: Twin[] = [];
@@ -83,18 +88,29 @@ export class Twins {
     return name === 'kpx' ? kpxLauncher(this.dir) : this.opts.kubeProxyBin;
   }
 
+  /**
+   * Stops both proxies and starts them again with the same `variant` of the configuration
+   * (no argument: the default one), kube-proxy first, as start() does.
+   */
+  async restart(variant: ProxyVariant = {}): Promise<void> {
+    await Promise.all(this.twins.map((twin) => twin.proxy?.stop() ?? Promise.resolve()));
+    for (const twin of this.twins) twin.proxy = null;
+    for (const twin of this.twins) await this.startProxy(twin.name, twin.name, variant);
+  }
+
   /** Starts a proxy (`which`, by default the twin's own) in a twin's node namespace. */
-  async startProxy(name: TwinName, which: TwinName = name): Promise<KubeProxyHandle> {
+  async startProxy(name: TwinName, which: TwinName = name, variant: ProxyVariant = {}): Promise<KubeProxyHandle> {
     const twin = this.twin(name);
     const proxy = await startKubeProxy({
       bin: await this.binFor(which),
       netns: twin.t.node,
       apiserver: this.opts.apiserver,
       mode: this.opts.mode,
-      node: { name: TWIN_NODE, internalIP: NET.nodeIP, podCIDR: NET.podCIDR },
+      node: { name: TWIN_NODE, internalIP: NET.nodeIP, podCIDR: NET.podCIDR, labels: this.opts.nodeLabels },
       clusterCIDR: NET.podCIDR,
       minSyncPeriod: '100ms',
       syncPeriod: '30s',
+      ...variant,
     });
     twin.proxy = proxy;
     return proxy;
