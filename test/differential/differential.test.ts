@@ -310,6 +310,9 @@ const REGISTERED_UNTIL_COUNTED: Record<TwinMode, string[]> = {
 for (const mode of MODES) {
   describe.skipIf(!!skip)(`differential: kpx vs upstream kube-proxy, ${mode} mode${skip ? ` — skipped: ${skip}` : ''}`, () => suite(mode));
 }
+for (const mode of MODES) {
+  describe.skipIf(!!skip)(`differential, dual-stack: kpx vs upstream kube-proxy, ${mode} mode${skip ? ` — skipped: ${skip}` : ''}`, () => dualStackSuite(mode));
+}
 
 function suite(mode: TwinMode): void {
   const deliberate: Deliberate[] = DELIBERATE.filter((d) => d.modes.includes(mode));
@@ -362,22 +365,6 @@ function suite(mode: TwinMode): void {
       // a sync may still be running on one twin: give it time rather than a busy loop of probes
       await sleep(250);
     }
-  };
-
-  /** /healthz and /livez of one proxy: status code, body shape, and the body's verdicts (its booleans). */
-  const healthOf = async (tw: Twin) => {
-    const out: Record<string, HealthAnswer> = {};
-    for (const path of ['/healthz', '/livez']) {
-      const r = await tw.proxy!.get(tw.proxy!.healthzURL.replace(/\/healthz$/, path));
-      let body: unknown;
-      try {
-        body = JSON.parse(r.body);
-      } catch {
-        body = `not JSON: ${r.body.slice(0, 80)}`;
-      }
-      out[path] = { status: r.status, shape: jsonShape(body), verdicts: verdicts(body) };
-    }
-    return out;
   };
 
   /**
@@ -692,6 +679,22 @@ function httpAnswer(text: string): { status: number; headers: Record<string, str
   return { status: Number(/^HTTP\/[\d.]+ (\d+)/.exec(statusLine ?? '')?.[1] ?? 0), headers, body: text.slice(cut + 4) };
 }
 
+/** /healthz and /livez of one proxy: status code, body shape, and the body's verdicts (its booleans). */
+async function healthOf(tw: Twin): Promise<Record<string, HealthAnswer>> {
+  const out: Record<string, HealthAnswer> = {};
+  for (const path of ['/healthz', '/livez']) {
+    const r = await tw.proxy!.get(tw.proxy!.healthzURL.replace(/\/healthz$/, path));
+    let body: unknown;
+    try {
+      body = JSON.parse(r.body);
+    } catch {
+      body = `not JSON: ${r.body.slice(0, 80)}`;
+    }
+    out[path] = { status: r.status, shape: jsonShape(body), verdicts: verdicts(body) };
+  }
+  return out;
+}
+
 interface HealthAnswer {
   status: number;
   shape: unknown;
@@ -716,4 +719,121 @@ function withoutIPv6(a: HealthAnswer): HealthAnswer {
   const c = structuredClone(a);
   for (const part of [c.shape, c.verdicts] as Array<{ status?: Record<string, unknown> } | undefined>) delete part?.status?.IPv6;
   return c;
+}
+
+// Dual-stack: twins with IPv6 (the Node has an InternalIP and a pod CIDR of each family),
+// both proxies programming both families, their own apiserver. Service addresses in the
+// test apiserver's IPv6 range (APISERVER_SERVICE_CIDR6).
+const POD6: Record<string, string> = { a: '2001:2:1::11', b: '2001:2:1::12', client: '2001:2:1::50', r1: '2001:2:2::11' };
+const DS_PODS: PodSpec[] = PODS.filter((p) => p.name in POD6).map((p) => ({ ...p, ip6: POD6[p.name] }));
+const ep6 = (name: keyof typeof POD, node = TWIN_NODE): EndpointSpec => ({ ip: POD6[name]!, node });
+interface DualStackCase {
+  name: string;
+  row: string;
+  service: Parameters<typeof service>[0];
+  slices: Partial<Record<'IPv4' | 'IPv6', EndpointSpec[]>>;
+  targets: Array<{ proto: 'tcp' | 'udp'; host: string; port: number }>;
+}
+const DS_CASES: DualStackCase[] = [
+  {
+    name: 'dual-stack NodePort',
+    row: 'Dual-stack (RequireDualStack: ClusterIP and NodePort of each family, TCP and UDP)',
+    service: {
+      name: 'ds',
+      namespace: NS,
+      type: 'NodePort',
+      clusterIP: ['198.19.0.160', '2001:2:0:ffff::160'],
+      ports: [tcp(80, 30130), udp(53, 30131)],
+      spec: { ipFamilies: ['IPv4', 'IPv6'], ipFamilyPolicy: 'RequireDualStack' },
+    },
+    slices: { IPv4: [local('a'), remote('r1')], IPv6: [ep6('a'), ep6('r1', REMOTE_NODE)] },
+    targets: [
+      ...['198.19.0.160', '2001:2:0:ffff::160'].flatMap((host) => [
+        { proto: 'tcp' as const, host, port: 80 },
+        { proto: 'udp' as const, host, port: 53 },
+      ]),
+      ...[NET.nodeIP, NET.nodeIP6].flatMap((host) => [
+        { proto: 'tcp' as const, host, port: 30130 },
+        { proto: 'udp' as const, host, port: 30131 },
+      ]),
+    ],
+  },
+  {
+    name: 'IPv6-only ClusterIP',
+    row: 'Dual-stack (an IPv6 single-stack Service; a port it does not define)',
+    service: { name: 'v6only', namespace: NS, clusterIP: '2001:2:0:ffff::161', ports: [tcp(80)], spec: { ipFamilies: ['IPv6'], ipFamilyPolicy: 'SingleStack' } },
+    slices: { IPv6: [ep6('b')] },
+    targets: [
+      { proto: 'tcp', host: '2001:2:0:ffff::161', port: 80 },
+      { proto: 'tcp', host: '2001:2:0:ffff::161', port: 81 },
+    ],
+  },
+  {
+    name: 'IPv6 no endpoints',
+    row: 'No endpoints (icmp6 reject), Dual-stack',
+    service: { name: 'v6empty', namespace: NS, type: 'NodePort', clusterIP: '2001:2:0:ffff::162', ports: [tcp(80, 30132)], spec: { ipFamilies: ['IPv6'], ipFamilyPolicy: 'SingleStack' } },
+    slices: { IPv6: [] },
+    targets: [
+      { proto: 'tcp', host: '2001:2:0:ffff::162', port: 80 },
+      { proto: 'tcp', host: NET.nodeIP6, port: 30132 },
+    ],
+  },
+];
+
+function dualStackSuite(mode: TwinMode): void {
+  let api: Apiserver;
+  let twins: Twins;
+  const summary: Array<Array<string | number>> = [];
+  const rows: Comparison[] = [];
+  let startedAt = 0;
+
+  beforeAll(async () => {
+    startedAt = Date.now();
+    if (!choice?.ok) return;
+    api = await choice.start();
+    const core = api.admin.makeApiClient(CoreV1Api);
+    const disc = api.admin.makeApiClient(DiscoveryV1Api);
+    await core.createNamespace({ body: { metadata: { name: NS } } });
+    for (const c of DS_CASES) {
+      await core.createNamespacedService({ namespace: NS, body: service(c.service) });
+      for (const [family, endpoints] of Object.entries(c.slices)) {
+        const ports = c.service.ports.map((p) => ({ name: p.name, port: 8080, protocol: p.protocol }));
+        await disc.createNamespacedEndpointSlice({ namespace: NS, body: endpointSlice({ service: c.service.name, namespace: NS, family: family as 'IPv4' | 'IPv6', ports, endpoints }) as never });
+      }
+    }
+    twins = await Twins.start({ kubeProxyBin: bin.ok ? bin.path : '', mode, apiserver: api, pods: DS_PODS, ipv6: true });
+  }, 180_000);
+
+  afterAll(async () => {
+    if (summary.length) {
+      const total = summary.reduce((s, r) => [s[0]!, Number(s[1]) + Number(r[1]), Number(s[2]) + Number(r[2]), Number(s[3]) + Number(r[3]), Number(s[4]) + Number(r[4])], ['total', 0, 0, 0, 0]);
+      console.log(
+        `differential, dual-stack (kube-proxy ${bin.ok ? bin.version : '?'} vs kpx, ${mode} mode; ${((Date.now() - startedAt) / 1000).toFixed(1)} s):\n` +
+          table(['case', 'probes', 'equal', 'deliberate', 'different'], [...summary, total]) +
+          (process.env.KPX_DIFFERENTIAL_VERBOSE ? `\n\nall probes (kube-proxy's outcome):\n${rows.map((r) => `  ${r.case}: ${r.probe}: ${showOutcome(r.kubeProxy)}`).join('\n')}` : ''),
+      );
+    }
+    await twins?.destroy();
+    await api?.destroy();
+  }, 120_000);
+
+  for (const c of DS_CASES) {
+    it(`${c.name} (${c.row}): every probe's outcome is kube-proxy's`, async () => {
+      const probes: Probe[] = c.targets.flatMap((t) => ['client', 'node', 'ext'].map((from) => ({ from, ...t })));
+      const [kp, kpx] = await Promise.all(twins.twins.map((tw) => runProbes(tw.t, probes)));
+      const cmp = compare(c.name, kp!, kpx!, []);
+      rows.push(...cmp);
+      summary.push([c.name, cmp.length, cmp.filter((r) => r.verdict === 'equal').length, 0, cmp.filter((r) => r.verdict === 'DIFFERENT').length]);
+      expect(cmp.length).toBe(probes.length);
+      expect(cmp.filter((r) => r.verdict === 'DIFFERENT').map((r) => `${r.probe}: kube-proxy ${showOutcome(r.kubeProxy)}, kpx ${showOutcome(r.kpx)}`)).toEqual([]);
+    });
+  }
+
+  it('/healthz and /livez: the same, IPv6 status entry included, once kpx programs IPv6', async () => {
+    const [kp, kpx] = await Promise.all(twins.twins.map((tw) => healthOf(tw)));
+    summary.push(['health: healthy', 2, ['/healthz', '/livez'].filter((p) => JSON.stringify(kp![p]) === JSON.stringify(kpx![p])).length, 0, ['/healthz', '/livez'].filter((p) => JSON.stringify(kp![p]) !== JSON.stringify(kpx![p])).length]);
+    expect(hasIPv6Status(kp!['/healthz']!)).toBe(true);
+    expect(kp!['/healthz']!.status).toBe(200);
+    expect(kpx).toEqual(kp);
+  });
 }

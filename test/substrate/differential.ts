@@ -54,7 +54,15 @@ export interface TwinsOptions {
   pods: PodSpec[];
   /** labels of the twins' Node (it is created with them) */
   nodeLabels?: Record<string, string>;
+  /**
+   * dual-stack twins: IPv6 in the topology (pods with an ip6 get it), the Node with an
+   * IPv6 InternalIP and pod CIDR, clusterCIDR for both families
+   */
+  ipv6?: boolean;
 }
+
+/** The IPv6 service range of the test apiserver (its default --service-cluster-ip-range). */
+export const APISERVER_SERVICE_CIDR6 = '2001:2:0:ffff::/112';
 
 /** What a restart may change in both proxies' configuration (the same for both twins). */
 export type ProxyVariant = Partial<Pick<StartOptions, 'overrides' | 'syncPeriod' | 'minSyncPeriod' | 'nodePortAddresses' | 'commandGate'>>;
@@ -70,7 +78,12 @@ export class Twins {
     const tw = new Twins(opts);
     try {
       tw.dir = await mkdtemp(join(tmpdir(), 'kpx-differential-'));
-      for (const name of ['kube-proxy', 'kpx'] as const) tw.twins.push({ name, t: await Topology.create({ pods: opts.pods }), proxy: null });
+      for (const name of ['kube-proxy', 'kpx'] as const) {
+        const t = await Topology.create({ pods: opts.pods, ipv6: opts.ipv6 });
+        tw.twins.push({ name, t, proxy: null });
+        // the upstream router sends the apiserver's IPv6 service range to the node too
+        if (opts.ipv6) await execa('ip', ['-n', t.ext, '-6', 'route', 'add', APISERVER_SERVICE_CIDR6, 'via', NET.nodeIP6]);
+      }
       // one after the other: both write the same Node object first
       for (const twin of tw.twins) await tw.startProxy(twin.name);
     } catch (err) {
@@ -106,8 +119,13 @@ export class Twins {
       netns: twin.t.node,
       apiserver: this.opts.apiserver,
       mode: this.opts.mode,
-      node: { name: TWIN_NODE, internalIP: NET.nodeIP, podCIDR: NET.podCIDR, labels: this.opts.nodeLabels },
-      clusterCIDR: NET.podCIDR,
+      node: {
+        name: TWIN_NODE,
+        internalIP: this.opts.ipv6 ? [NET.nodeIP, NET.nodeIP6] : NET.nodeIP,
+        podCIDR: this.opts.ipv6 ? [NET.podCIDR, NET.podCIDR6] : NET.podCIDR,
+        labels: this.opts.nodeLabels,
+      },
+      clusterCIDR: this.opts.ipv6 ? `${NET.podCIDR},${NET.podCIDR6}` : NET.podCIDR,
       minSyncPeriod: '100ms',
       syncPeriod: '30s',
       ...variant,
