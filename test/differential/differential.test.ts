@@ -85,6 +85,11 @@ interface Case {
 const tcp = (port: number, nodePort?: number): PortSpec => ({ name: `tcp-${port}`, port, protocol: 'TCP', targetPort: 8080, nodePort });
 const udp = (port: number, nodePort?: number): PortSpec => ({ name: `udp-${port}`, port, protocol: 'UDP', targetPort: 8080, nodePort });
 
+/** A NodePort Service of the topology hint cases: the i-th (198.19.0.115 + i, NodePort 30112 + i). */
+function hinted(i: number, name: string, what: string, trafficDistribution: string, endpoints: EndpointSpec[], spec: Record<string, unknown> = {}): Case {
+  return { name, row: `Topology hints (${what})`, type: 'NodePort', clusterIP: `198.19.0.${115 + i}`, ports: [tcp(80, 30112 + i)], spec: { trafficDistribution, ...spec }, endpoints };
+}
+
 // static band of the test apiserver's 198.19.0.0/16; NodePorts fixed so both twins' are the same anyway
 /** in the service CIDR, held by no Service */
 const UNALLOCATED = '198.19.0.199';
@@ -186,55 +191,17 @@ const CASES: Case[] = [
     endpoints: [local('a', TERMINATING), remote('r1')],
   },
   // topology hints: this node (node-a) is in ZONE; a and b are local pods in it, r1 a remote pod in another
-  {
-    name: 'hints-zone',
-    row: 'Topology hints (every endpoint hinted, some for this zone)',
-    type: 'NodePort',
-    clusterIP: '198.19.0.115',
-    ports: [tcp(80, 30112)],
-    spec: { trafficDistribution: 'PreferClose' },
-    endpoints: [local('a', inZone(ZONE)), local('b', inZone(ZONE)), remote('r1', inZone(OTHER_ZONE))],
-  },
-  {
-    name: 'hints-partial',
-    row: 'Topology hints (one ready endpoint without hints: all ignored)',
-    type: 'NodePort',
-    clusterIP: '198.19.0.116',
-    ports: [tcp(80, 30113)],
-    spec: { trafficDistribution: 'PreferClose' },
-    endpoints: [local('a', inZone(ZONE)), remote('r1', { zone: OTHER_ZONE })],
-  },
-  {
-    name: 'hints-other-zone',
-    row: 'Topology hints (none for this zone: all ignored)',
-    type: 'NodePort',
-    clusterIP: '198.19.0.117',
-    ports: [tcp(80, 30114)],
-    spec: { trafficDistribution: 'PreferClose' },
-    endpoints: [local('a', { zone: ZONE, zoneHints: [OTHER_ZONE] }), remote('r1', inZone(OTHER_ZONE))],
-  },
-  {
-    name: 'hints-node',
-    row: 'Topology hints (node hints win over zone hints)',
-    type: 'NodePort',
-    clusterIP: '198.19.0.118',
-    ports: [tcp(80, 30115)],
-    spec: { trafficDistribution: 'PreferSameNode' },
-    endpoints: [
-      local('a', { ...inZone(ZONE), nodeHints: [TWIN_NODE] }),
-      local('b', { ...inZone(ZONE), nodeHints: [REMOTE_NODE] }),
-      remote('r1', { ...inZone(ZONE), nodeHints: [REMOTE_NODE] }),
-    ],
-  },
-  {
-    name: 'hints-etp-local',
-    row: 'Topology hints (Cluster policy only: external traffic under Local ignores them)',
-    type: 'NodePort',
-    clusterIP: '198.19.0.119',
-    ports: [tcp(80, 30116)],
-    spec: { trafficDistribution: 'PreferClose', externalTrafficPolicy: 'Local' },
-    endpoints: [local('a', inZone(OTHER_ZONE)), local('b', inZone(ZONE)), remote('r1', inZone(OTHER_ZONE))],
-  },
+  hinted(0, 'hints-zone', 'every endpoint hinted, some for this zone', 'PreferClose', [local('a', inZone(ZONE)), local('b', inZone(ZONE)), remote('r1', inZone(OTHER_ZONE))]),
+  hinted(1, 'hints-partial', 'one ready endpoint without hints: all ignored', 'PreferClose', [local('a', inZone(ZONE)), remote('r1', { zone: OTHER_ZONE })]),
+  hinted(2, 'hints-other-zone', 'none for this zone: all ignored', 'PreferClose', [local('a', { zone: ZONE, zoneHints: [OTHER_ZONE] }), remote('r1', inZone(OTHER_ZONE))]),
+  hinted(3, 'hints-node', 'node hints win over zone hints', 'PreferSameNode', [
+    local('a', { ...inZone(ZONE), nodeHints: [TWIN_NODE] }),
+    local('b', { ...inZone(ZONE), nodeHints: [REMOTE_NODE] }),
+    remote('r1', { ...inZone(ZONE), nodeHints: [REMOTE_NODE] }),
+  ]),
+  hinted(4, 'hints-etp-local', 'Cluster policy only: external traffic under Local ignores them', 'PreferClose', [local('a', inZone(OTHER_ZONE)), local('b', inZone(ZONE)), remote('r1', inZone(OTHER_ZONE))], {
+    externalTrafficPolicy: 'Local',
+  }),
   {
     name: 'hairpin',
     row: 'Hairpin',
@@ -423,11 +390,8 @@ function suite(mode: TwinMode): void {
 
   afterAll(async () => {
     if (summary.length) {
-      const total = summary.reduce((s, r) => [s[0]!, Number(s[1]) + Number(r[1]), Number(s[2]) + Number(r[2]), Number(s[3]) + Number(r[3]), Number(s[4]) + Number(r[4])], ['total', 0, 0, 0, 0]);
       console.log(
-        `differential (kube-proxy ${bin.ok ? bin.version : '?'} vs kpx, ${mode} mode; ${((Date.now() - startedAt) / 1000).toFixed(1)} s):\n` +
-          table(['case', 'probes', 'equal', 'deliberate', 'different'], [...summary, total]) +
-          (process.env.KPX_DIFFERENTIAL_VERBOSE ? `\n\nall probes (kube-proxy's outcome):\n${rows.map((r) => `  ${r.case}: ${r.probe}: ${showOutcome(r.kubeProxy)}`).join('\n')}` : '') +
+        summaryText(`differential (kube-proxy ${bin.ok ? bin.version : '?'} vs kpx, ${mode} mode`, startedAt, summary, rows) +
           (rows.some((r) => r.verdict !== 'equal')
             ? `\n\nnot equal:\n${rows
                 .filter((r) => r.verdict !== 'equal')
@@ -695,6 +659,16 @@ async function healthOf(tw: Twin): Promise<Record<string, HealthAnswer>> {
   return out;
 }
 
+/** The summary table (a total row added), and with KPX_DIFFERENTIAL_VERBOSE every probe's outcome. */
+function summaryText(title: string, startedAt: number, summary: Array<Array<string | number>>, rows: Comparison[]): string {
+  const total = summary.reduce((s, r) => [s[0]!, Number(s[1]) + Number(r[1]), Number(s[2]) + Number(r[2]), Number(s[3]) + Number(r[3]), Number(s[4]) + Number(r[4])], ['total', 0, 0, 0, 0]);
+  return (
+    `${title}; ${((Date.now() - startedAt) / 1000).toFixed(1)} s):\n` +
+    table(['case', 'probes', 'equal', 'deliberate', 'different'], [...summary, total]) +
+    (process.env.KPX_DIFFERENTIAL_VERBOSE ? `\n\nall probes (kube-proxy's outcome):\n${rows.map((r) => `  ${r.case}: ${r.probe}: ${showOutcome(r.kubeProxy)}`).join('\n')}` : '')
+  );
+}
+
 interface HealthAnswer {
   status: number;
   shape: unknown;
@@ -806,12 +780,7 @@ function dualStackSuite(mode: TwinMode): void {
 
   afterAll(async () => {
     if (summary.length) {
-      const total = summary.reduce((s, r) => [s[0]!, Number(s[1]) + Number(r[1]), Number(s[2]) + Number(r[2]), Number(s[3]) + Number(r[3]), Number(s[4]) + Number(r[4])], ['total', 0, 0, 0, 0]);
-      console.log(
-        `differential, dual-stack (kube-proxy ${bin.ok ? bin.version : '?'} vs kpx, ${mode} mode; ${((Date.now() - startedAt) / 1000).toFixed(1)} s):\n` +
-          table(['case', 'probes', 'equal', 'deliberate', 'different'], [...summary, total]) +
-          (process.env.KPX_DIFFERENTIAL_VERBOSE ? `\n\nall probes (kube-proxy's outcome):\n${rows.map((r) => `  ${r.case}: ${r.probe}: ${showOutcome(r.kubeProxy)}`).join('\n')}` : ''),
-      );
+      console.log(summaryText(`differential, dual-stack (kube-proxy ${bin.ok ? bin.version : '?'} vs kpx, ${mode} mode`, startedAt, summary, rows));
     }
     await twins?.destroy();
     await api?.destroy();
