@@ -70,7 +70,9 @@ export function healthServer(health: ProxyHealth, node: () => NodeFacts | null, 
       lastUpdated: healthy ? now.toISOString() : iso(st.lastUpdated),
       currentTime: now.toISOString(),
       ...(path === '/healthz' ? { nodeEligible: eligible } : {}),
-      healthy,
+      // the proxy's own health, as kube-proxy reports it: an ineligible node makes the
+      // status 503 but leaves "healthy" alone (nodeEligible says why)
+      healthy: st.healthy,
       ...(Object.keys(st.families).length
         ? {
             status: Object.fromEntries(

@@ -7,6 +7,10 @@
 // how, which endpoints answered, which client address they saw. A difference passes only
 // if DELIBERATE lists it for that mode (and docs/features.md says why); a DELIBERATE row
 // that no longer matches in a mode it names fails too.
+import { execa } from 'execa';
+import { rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CoreV1Api, DiscoveryV1Api } from '@kubernetes/client-node';
@@ -30,7 +34,10 @@ import {
   waitForChangeTaken,
   type Comparison,
   type Deliberate,
+  type Outcome,
   type Probe,
+  type ProxyVariant,
+  type Twin,
   type TwinMode,
 } from '../substrate/differential.js';
 
@@ -52,6 +59,11 @@ const PODS: PodSpec[] = [
 const local = (name: keyof typeof POD, more: Partial<EndpointSpec> = {}): EndpointSpec => ({ ip: POD[name], node: TWIN_NODE, ...more });
 const remote = (name: keyof typeof POD, more: Partial<EndpointSpec> = {}): EndpointSpec => ({ ip: POD[name], node: REMOTE_NODE, ...more });
 const TERMINATING = { ready: false, serving: true, terminating: true };
+/** the twins' Node (node-a) carries this topology.kubernetes.io/zone label */
+const ZONE = 'zone-a';
+const OTHER_ZONE = 'zone-b';
+/** an endpoint in `zone`, hinted for it (what the EndpointSlice controller writes) */
+const inZone = (zone: string): Partial<EndpointSpec> => ({ zone, zoneHints: [zone] });
 
 interface Case {
   name: string;
@@ -72,6 +84,11 @@ interface Case {
 
 const tcp = (port: number, nodePort?: number): PortSpec => ({ name: `tcp-${port}`, port, protocol: 'TCP', targetPort: 8080, nodePort });
 const udp = (port: number, nodePort?: number): PortSpec => ({ name: `udp-${port}`, port, protocol: 'UDP', targetPort: 8080, nodePort });
+
+/** A NodePort Service of the topology hint cases: the i-th (198.19.0.115 + i, NodePort 30112 + i). */
+function hinted(i: number, name: string, what: string, trafficDistribution: string, endpoints: EndpointSpec[], spec: Record<string, unknown> = {}): Case {
+  return { name, row: `Topology hints (${what})`, type: 'NodePort', clusterIP: `198.19.0.${115 + i}`, ports: [tcp(80, 30112 + i)], spec: { trafficDistribution, ...spec }, endpoints };
+}
 
 // static band of the test apiserver's 198.19.0.0/16; NodePorts fixed so both twins' are the same anyway
 /** in the service CIDR, held by no Service */
@@ -173,6 +190,18 @@ const CASES: Case[] = [
     spec: { externalTrafficPolicy: 'Local' },
     endpoints: [local('a', TERMINATING), remote('r1')],
   },
+  // topology hints: this node (node-a) is in ZONE; a and b are local pods in it, r1 a remote pod in another
+  hinted(0, 'hints-zone', 'every endpoint hinted, some for this zone', 'PreferClose', [local('a', inZone(ZONE)), local('b', inZone(ZONE)), remote('r1', inZone(OTHER_ZONE))]),
+  hinted(1, 'hints-partial', 'one ready endpoint without hints: all ignored', 'PreferClose', [local('a', inZone(ZONE)), remote('r1', { zone: OTHER_ZONE })]),
+  hinted(2, 'hints-other-zone', 'none for this zone: all ignored', 'PreferClose', [local('a', { zone: ZONE, zoneHints: [OTHER_ZONE] }), remote('r1', inZone(OTHER_ZONE))]),
+  hinted(3, 'hints-node', 'node hints win over zone hints', 'PreferSameNode', [
+    local('a', { ...inZone(ZONE), nodeHints: [TWIN_NODE] }),
+    local('b', { ...inZone(ZONE), nodeHints: [REMOTE_NODE] }),
+    remote('r1', { ...inZone(ZONE), nodeHints: [REMOTE_NODE] }),
+  ]),
+  hinted(4, 'hints-etp-local', 'Cluster policy only: external traffic under Local ignores them', 'PreferClose', [local('a', inZone(OTHER_ZONE)), local('b', inZone(ZONE)), remote('r1', inZone(OTHER_ZONE))], {
+    externalTrafficPolicy: 'Local',
+  }),
   {
     name: 'hairpin',
     row: 'Hairpin',
@@ -182,6 +211,9 @@ const CASES: Case[] = [
     extra: [{ from: 'a', proto: 'tcp', host: '198.19.0.114', port: 80 }],
   },
 ];
+
+/** The cases probed again under each configuration variant: masquerade decisions and the pods' Local short-circuit. */
+const VARIANT_CASES = ['cluster-ip', 'node-port', 'etp-local-none-local', 'itp-local', 'hairpin'];
 
 /** The probe matrix of a case: from a pod, the node and the external client to everything it exposes. */
 function probesOf(c: Case): Probe[] {
@@ -245,6 +277,9 @@ const REGISTERED_UNTIL_COUNTED: Record<TwinMode, string[]> = {
 for (const mode of MODES) {
   describe.skipIf(!!skip)(`differential: kpx vs upstream kube-proxy, ${mode} mode${skip ? ` — skipped: ${skip}` : ''}`, () => suite(mode));
 }
+for (const mode of MODES) {
+  describe.skipIf(!!skip)(`differential, dual-stack: kpx vs upstream kube-proxy, ${mode} mode${skip ? ` — skipped: ${skip}` : ''}`, () => dualStackSuite(mode));
+}
 
 function suite(mode: TwinMode): void {
   const deliberate: Deliberate[] = DELIBERATE.filter((d) => d.modes.includes(mode));
@@ -254,7 +289,7 @@ function suite(mode: TwinMode): void {
   let twins: Twins;
   const rows: Comparison[] = [];
   const summary: Array<Array<string | number>> = [];
-  const startedAt = Date.now();
+  let startedAt = 0;
 
   const record = (name: string, cmp: Comparison[]) => {
     rows.push(...cmp);
@@ -299,7 +334,46 @@ function suite(mode: TwinMode): void {
     }
   };
 
+  /**
+   * Compares both proxies' /healthz and /livez (code, shape, verdicts) and the
+   * healthCheckNodePort answer of etp-local (asked from outside), records them as a
+   * summary row and fails on a difference. The one deliberate difference: kube-proxy's
+   * body has an IPv6 status entry wherever ip6tables (nftables mode: nft's ip6 family)
+   * works; kpx has one per family it programs (docs/features.md, Dual-stack), and nothing
+   * here uses IPv6.
+   */
+  const healthBoth = async (name: string): Promise<Record<string, HealthAnswer>> => {
+    const got: Record<string, HealthAnswer> = {};
+    for (const tw of twins.twins) for (const [path, a] of Object.entries(await healthOf(tw))) got[`${tw.name} ${path}`] = a;
+    const port = (await core.readNamespacedService({ name: 'etp-local', namespace: NS })).spec!.healthCheckNodePort!;
+    const [hkp, hkpx] = await Promise.all(twins.twins.map(async (tw) => httpAnswer((await tw.t.exec('ext', 'curl', ['-s', '-m', '5', '-D', '-', `http://${NET.nodeIP}:${port}/`])).stdout)));
+    const cmp: Array<{ what: string; verdict: Comparison['verdict']; kp: unknown; kpx: unknown }> = [];
+    for (const path of ['/healthz', '/livez']) {
+      const kp = got[`kube-proxy ${path}`]!;
+      const kpx = got[`kpx ${path}`]!;
+      const same = JSON.stringify(kp) === JSON.stringify(kpx);
+      const deliberateIPv6 = !same && hasIPv6Status(kp) && JSON.stringify(withoutIPv6(kp)) === JSON.stringify(kpx);
+      cmp.push({ what: path, verdict: same ? 'equal' : deliberateIPv6 ? 'deliberate' : 'DIFFERENT', kp, kpx });
+    }
+    cmp.push({ what: 'healthCheckNodePort etp-local', verdict: JSON.stringify(hkp) === JSON.stringify(hkpx) ? 'equal' : 'DIFFERENT', kp: hkp, kpx: hkpx });
+    summary.push([name, cmp.length, cmp.filter((c) => c.verdict === 'equal').length, cmp.filter((c) => c.verdict === 'deliberate').length, cmp.filter((c) => c.verdict === 'DIFFERENT').length]);
+    console.log(`[differential ${mode}] ${name}: ${JSON.stringify(cmp.map((c) => ({ what: c.what, verdict: c.verdict, kubeProxy: c.kp })))}`);
+    expect(cmp.filter((c) => c.verdict === 'DIFFERENT').map((c) => ({ what: c.what, kubeProxy: c.kp, kpx: c.kpx }))).toEqual([]);
+    return got;
+  };
+
+  /** Waits (bounded) until both proxies' /healthz answer `status`; the comparison after it says whether they did. */
+  const untilHealth = async (status: number, boundMs = 30_000) => {
+    const end = Date.now() + boundMs;
+    for (;;) {
+      const codes = await Promise.all(twins.twins.map(async (tw) => (await tw.proxy!.get(tw.proxy!.healthzURL)).status));
+      if (codes.every((c) => c === status) || Date.now() >= end) return;
+      await sleep(250);
+    }
+  };
+
   beforeAll(async () => {
+    startedAt = Date.now();
     if (!choice?.ok) return;
     api = await choice.start();
     core = api.admin.makeApiClient(CoreV1Api);
@@ -310,16 +384,14 @@ function suite(mode: TwinMode): void {
       await createService(c);
       await putSlice(c.name, c.ports, c.endpoints);
     }
-    twins = await Twins.start({ kubeProxyBin: bin.ok ? bin.path : '', mode, apiserver: api, pods: PODS });
+    // the twins' Node is in ZONE (the topology hint cases)
+    twins = await Twins.start({ kubeProxyBin: bin.ok ? bin.path : '', mode, apiserver: api, pods: PODS, nodeLabels: { 'topology.kubernetes.io/zone': ZONE } });
   }, 180_000);
 
   afterAll(async () => {
     if (summary.length) {
-      const total = summary.reduce((s, r) => [s[0]!, Number(s[1]) + Number(r[1]), Number(s[2]) + Number(r[2]), Number(s[3]) + Number(r[3]), Number(s[4]) + Number(r[4])], ['total', 0, 0, 0, 0]);
       console.log(
-        `differential (kube-proxy ${bin.ok ? bin.version : '?'} vs kpx, ${mode} mode; ${((Date.now() - startedAt) / 1000).toFixed(1)} s):\n` +
-          table(['case', 'probes', 'equal', 'deliberate', 'different'], [...summary, total]) +
-          (process.env.KPX_DIFFERENTIAL_VERBOSE ? `\n\nall probes (kube-proxy's outcome):\n${rows.map((r) => `  ${r.case}: ${r.probe}: ${showOutcome(r.kubeProxy)}`).join('\n')}` : '') +
+        summaryText(`differential (kube-proxy ${bin.ok ? bin.version : '?'} vs kpx, ${mode} mode`, startedAt, summary, rows) +
           (rows.some((r) => r.verdict !== 'equal')
             ? `\n\nnot equal:\n${rows
                 .filter((r) => r.verdict !== 'equal')
@@ -343,7 +415,7 @@ function suite(mode: TwinMode): void {
     });
   }
 
-  it('changes: scale up, scale to zero, delete, recreate: both converge on the same outcomes', async () => {
+  it('changes: scale up, endpoints turning terminating, scale to zero, delete, recreate: both converge on the same outcomes', async () => {
     const churn = { name: 'churn', type: 'NodePort' as const, clusterIP: '198.19.0.150', ports: [tcp(80, 30120), udp(53, 30121)] };
     const probes: Probe[] = [];
     for (const from of ['client', 'node', 'ext']) {
@@ -372,6 +444,14 @@ function suite(mode: TwinMode): void {
     r = await step('scale up (3 endpoints)', () => putSlice('churn', churn.ports, [local('a'), local('b'), remote('r1')]));
     steps.push({ name: 'scale up', ...r });
     expect(r.kp.get(probeId(probes[0]!))!.endpoints).toBe('a,b,r1');
+    r = await step('endpoint turning terminating', () => putSlice('churn', churn.ports, [local('a', TERMINATING), local('b'), remote('r1')]));
+    steps.push({ name: 'endpoint turning terminating', ...r });
+    expect(r.kp.get(probeId(probes[0]!))!.endpoints).toBe('b,r1');
+    r = await step('all endpoints terminating (serving ones used)', () =>
+      putSlice('churn', churn.ports, [local('a', TERMINATING), local('b', TERMINATING), remote('r1', { ready: false, serving: false, terminating: true })]),
+    );
+    steps.push({ name: 'all terminating', ...r });
+    expect(r.kp.get(probeId(probes[0]!))!.endpoints).toBe('a,b');
     r = await step('scale to zero', () => putSlice('churn', churn.ports, []));
     steps.push({ name: 'scale to zero', ...r });
     expect(r.kp.get(probeId(probes[0]!))!.outcome).toBe('refused');
@@ -387,11 +467,6 @@ function suite(mode: TwinMode): void {
     steps.push({ name: 'recreate', ...r });
     expect(r.kp.get(probeId(probes[0]!))!.endpoints).toBe('b,r2');
     expect(steps.flatMap((s) => differences(s.cmp))).toEqual([]);
-  });
-
-  it(`every DELIBERATE row for ${mode} mode still matches a probe (a stale row fails)`, () => {
-    const used = (d: Deliberate) => rows.some((r) => r.verdict === 'deliberate' && r.case === d.case && r.probe === d.probe);
-    expect(deliberate.filter((d) => !used(d))).toEqual([]);
   });
 
   it(`metrics: every kubeproxy_* metric kube-proxy exposes in ${mode} mode exists in kpx`, async () => {
@@ -412,33 +487,10 @@ function suite(mode: TwinMode): void {
     expect(missing).toEqual([]);
   });
 
-  it('/healthz and /livez: same status codes and JSON body shape when healthy', async () => {
-    const got: Record<string, unknown> = {};
-    for (const tw of twins.twins) {
-      for (const path of ['/healthz', '/livez']) {
-        const r = await tw.proxy!.get(tw.proxy!.healthzURL.replace(/\/healthz$/, path));
-        let shape: unknown;
-        try {
-          shape = jsonShape(JSON.parse(r.body));
-        } catch {
-          shape = `not JSON: ${r.body.slice(0, 80)}`;
-        }
-        got[`${tw.name} ${path}`] = { status: r.status, shape };
-      }
-    }
-    expect(got['kube-proxy /healthz']).toMatchObject({ status: 200 });
-    // deliberate: the body has one status entry per family the proxy programs. kube-proxy
-    // runs an IPv6 proxier wherever ip6tables (nftables mode: nft's ip6 family) works; kpx
-    // programs IPv6 only once the node, the host or a Service uses it (docs/features.md,
-    // Dual-stack), and none does here.
-    const withoutIPv6 = (v: unknown) => {
-      const c = structuredClone(v) as { shape: { status?: Record<string, unknown> } };
-      expect(c.shape.status).toHaveProperty('IPv6');
-      delete c.shape.status!.IPv6;
-      return c;
-    };
-    expect(got['kpx /healthz']).toEqual(withoutIPv6(got['kube-proxy /healthz']));
-    expect(got['kpx /livez']).toEqual(withoutIPv6(got['kube-proxy /livez']));
+  it('/healthz, /livez and healthCheckNodePort: same status codes, JSON body shape and verdicts when healthy', async () => {
+    const got = await healthBoth('health: healthy');
+    expect(got['kube-proxy /healthz']!.status).toBe(200);
+    expect(got['kube-proxy /livez']!.status).toBe(200);
   });
 
   it('healthCheckNodePort: the same status, headers and body from both proxies, asked from outside the node', async () => {
@@ -453,6 +505,124 @@ function suite(mode: TwinMode): void {
       expect(kpx, name).toEqual(kp);
     }
     console.log(`[differential ${mode}] healthCheckNodePort answers (kube-proxy's, kpx's the same): ${JSON.stringify(answers)}`);
+  });
+
+  // Configuration variants: both proxies restarted with the same change to the
+  // configuration, then a subset of the cases probed again. The masquerade decisions
+  // (which client address an endpoint sees) and the Local short-circuit for pods are
+  // what detect-local and masqueradeAll change.
+  const VARIANTS: Array<{ name: string; variant: ProxyVariant; cases: string[]; extra?: Probe[] }> = [
+    { name: 'masqueradeAll', variant: { overrides: { [mode]: { masqueradeAll: true } } }, cases: VARIANT_CASES },
+    { name: 'detectLocalMode NodeCIDR', variant: { overrides: { detectLocalMode: 'NodeCIDR' } }, cases: VARIANT_CASES },
+    // the pods sit on a bridge: what they send to a service arrives on kpxbr0
+    {
+      name: 'detectLocalMode InterfaceNamePrefix',
+      variant: { overrides: { detectLocalMode: 'InterfaceNamePrefix', detectLocal: { interfaceNamePrefix: 'kpxbr' } } },
+      cases: VARIANT_CASES,
+    },
+    { name: 'detectLocalMode BridgeInterface', variant: { overrides: { detectLocalMode: 'BridgeInterface', detectLocal: { bridgeInterface: 'kpxbr0' } } }, cases: VARIANT_CASES },
+    // every address a NodePort address: kube-proxy's iptables mode then serves NodePorts on
+    // 127.0.0.1 too (route_localnet, inside the node namespace); its nftables mode does not
+    {
+      name: 'nodePortAddresses all (localhost NodePorts)',
+      variant: { nodePortAddresses: [] },
+      cases: ['node-port'],
+      extra: [
+        { from: 'node', proto: 'tcp', host: '127.0.0.1', port: 30101 },
+        { from: 'node', proto: 'udp', host: '127.0.0.1', port: 30102 },
+        { from: 'node', proto: 'tcp', host: NET.bridgeIP, port: 30101 },
+        { from: 'client', proto: 'tcp', host: NET.bridgeIP, port: 30101 },
+        { from: 'client', proto: 'udp', host: NET.bridgeIP, port: 30102 },
+      ],
+    },
+  ];
+  for (const v of VARIANTS) {
+    it(`${v.name}: both proxies restarted with it, every probe's outcome is kube-proxy's`, async () => {
+      await twins.restart(v.variant);
+      // all probes at once (their ids differ across cases), then compared case by case
+      const groups = [...v.cases.map((name) => ({ name, probes: probesOf(CASES.find((x) => x.name === name)!) })), { name: 'extra', probes: v.extra ?? [] }];
+      // both have synced once (restart waits for it); a second event may still be on its way
+      const { kp, kpx } = await probeBoth(groups.flatMap((g) => g.probes), false, 10_000);
+      const cmp: Comparison[] = [];
+      for (const g of groups) {
+        const ids = new Set(g.probes.map(probeId));
+        const pick = (m: Map<string, Outcome>) => new Map([...m].filter(([id]) => ids.has(id)));
+        cmp.push(...compare(`${v.name} / ${g.name}`, pick(kp), pick(kpx), deliberate));
+      }
+      record(v.name, cmp);
+      expect(cmp.length).toBe(groups.reduce((n, g) => n + g.probes.length, 0));
+      expect(differences(cmp)).toEqual([]);
+    });
+  }
+
+  it('SCTP', async (ctx) => {
+    // the probe client and the echo servers speak SCTP only where the kernel has SCTP sockets
+    const r = await execa('python3', ['-c', 'import socket; socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP)'], { reject: false });
+    if (r.exitCode !== 0) {
+      console.log(`[differential ${mode}] SCTP skipped: this kernel has no SCTP sockets (${String(r.stderr).trim().split('\n').at(-1)})`);
+      ctx.skip();
+    }
+    throw new Error('this kernel has SCTP sockets, but the differential probes have no SCTP client yet: add one (test/substrate/probe-matrix.mjs)');
+  });
+
+  it('/healthz, /livez and healthCheckNodePort while a sync stalls: both turn unhealthy, and healthy again once it runs', async () => {
+    // syncPeriod 2s: both call a change unprogrammed after 2 x syncPeriod unhealthy
+    const gate = join(tmpdir(), `kpx-differential-gate-${process.pid}-${mode}`);
+    await twins.restart({ syncPeriod: '2s', commandGate: gate });
+    const stall = { name: 'stall', type: 'NodePort' as const, clusterIP: '198.19.0.151', ports: [tcp(80, 30122)] };
+    try {
+      await writeFile(gate, '');
+      await createService(stall);
+      await putSlice(stall.name, stall.ports, [local('a')]);
+      await untilHealth(503);
+      const got = await healthBoth('health: sync stalled');
+      expect(got['kube-proxy /healthz']!.status).toBe(503);
+      expect(got['kube-proxy /livez']!.status).toBe(503);
+    } finally {
+      await rm(gate, { force: true });
+    }
+    await untilHealth(200);
+    await healthBoth('health: sync running again');
+    const probes: Probe[] = ['client', 'node', 'ext'].map((from) => ({ from, proto: 'tcp', host: stall.clusterIP, port: 80 }));
+    const { kp, kpx } = await probeBoth(probes, false, 15_000);
+    const cmp = compare('stall: service programmed after the stall', kp, kpx, deliberate);
+    record('stall: service programmed after', cmp);
+    expect([...kp.values()].map((o) => o.outcome)).toEqual(['answered', 'answered', 'answered']);
+    expect(differences(cmp)).toEqual([]);
+  });
+
+  it('/healthz, /livez and healthCheckNodePort on a node tainted ToBeDeletedByClusterAutoscaler, and after the taint is gone', async () => {
+    const taint = { key: 'ToBeDeletedByClusterAutoscaler', value: String(Math.floor(Date.now() / 1000)), effect: 'NoSchedule' };
+    const n = await core.readNode({ name: TWIN_NODE });
+    n.spec = { ...n.spec, taints: [...(n.spec?.taints ?? []), taint] };
+    await core.replaceNode({ name: TWIN_NODE, body: n });
+    await untilHealth(503);
+    const got = await healthBoth('health: node tainted to be deleted');
+    expect(got['kube-proxy /healthz']!.status).toBe(503);
+    expect(got['kube-proxy /livez']!.status).toBe(200);
+    const m = await core.readNode({ name: TWIN_NODE });
+    m.spec = { ...m.spec, taints: (m.spec?.taints ?? []).filter((t) => t.key !== taint.key) };
+    await core.replaceNode({ name: TWIN_NODE, body: m });
+    await untilHealth(200);
+    await healthBoth('health: taint removed');
+  });
+
+  // last: the Node stays "being deleted" (a finalizer holds it) until the apiserver goes
+  it('/healthz, /livez and healthCheckNodePort on a node being deleted (deletionTimestamp set)', async () => {
+    const n = await core.readNode({ name: TWIN_NODE });
+    n.metadata = { ...n.metadata, finalizers: [...(n.metadata?.finalizers ?? []), 'kpx.test/hold'] };
+    await core.replaceNode({ name: TWIN_NODE, body: n });
+    await core.deleteNode({ name: TWIN_NODE });
+    expect((await core.readNode({ name: TWIN_NODE })).metadata?.deletionTimestamp).toBeTruthy();
+    await untilHealth(503);
+    const got = await healthBoth('health: node being deleted');
+    expect(got['kube-proxy /healthz']!.status).toBe(503);
+    expect(got['kube-proxy /livez']!.status).toBe(200);
+  });
+
+  it(`every DELIBERATE row for ${mode} mode still matches a probe (a stale row fails)`, () => {
+    const used = (d: Deliberate) => rows.some((r) => r.verdict === 'deliberate' && r.case === d.case && r.probe === d.probe);
+    expect(deliberate.filter((d) => !used(d))).toEqual([]);
   });
 }
 
@@ -471,4 +641,168 @@ function httpAnswer(text: string): { status: number; headers: Record<string, str
     if (!['date', 'connection', 'keep-alive'].includes(k)) headers[k] = l.slice(i + 1).trim();
   }
   return { status: Number(/^HTTP\/[\d.]+ (\d+)/.exec(statusLine ?? '')?.[1] ?? 0), headers, body: text.slice(cut + 4) };
+}
+
+/** /healthz and /livez of one proxy: status code, body shape, and the body's verdicts (its booleans). */
+async function healthOf(tw: Twin): Promise<Record<string, HealthAnswer>> {
+  const out: Record<string, HealthAnswer> = {};
+  for (const path of ['/healthz', '/livez']) {
+    const r = await tw.proxy!.get(tw.proxy!.healthzURL.replace(/\/healthz$/, path));
+    let body: unknown;
+    try {
+      body = JSON.parse(r.body);
+    } catch {
+      body = `not JSON: ${r.body.slice(0, 80)}`;
+    }
+    out[path] = { status: r.status, shape: jsonShape(body), verdicts: verdicts(body) };
+  }
+  return out;
+}
+
+/** The summary table (a total row added), and with KPX_DIFFERENTIAL_VERBOSE every probe's outcome. */
+function summaryText(title: string, startedAt: number, summary: Array<Array<string | number>>, rows: Comparison[]): string {
+  const total = summary.reduce((s, r) => [s[0]!, Number(s[1]) + Number(r[1]), Number(s[2]) + Number(r[2]), Number(s[3]) + Number(r[3]), Number(s[4]) + Number(r[4])], ['total', 0, 0, 0, 0]);
+  return (
+    `${title}; ${((Date.now() - startedAt) / 1000).toFixed(1)} s):\n` +
+    table(['case', 'probes', 'equal', 'deliberate', 'different'], [...summary, total]) +
+    (process.env.KPX_DIFFERENTIAL_VERBOSE ? `\n\nall probes (kube-proxy's outcome):\n${rows.map((r) => `  ${r.case}: ${r.probe}: ${showOutcome(r.kubeProxy)}`).join('\n')}` : '')
+  );
+}
+
+interface HealthAnswer {
+  status: number;
+  shape: unknown;
+  verdicts: unknown;
+}
+
+/** The booleans of a JSON value (healthy, nodeEligible, per family), with their paths; the rest dropped. */
+function verdicts(v: unknown): unknown {
+  if (typeof v === 'boolean') return v;
+  if (!v || typeof v !== 'object' || Array.isArray(v)) return undefined;
+  const out = Object.entries(v)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([k, x]) => [k, verdicts(x)] as const)
+    .filter(([, x]) => x !== undefined);
+  return out.length ? Object.fromEntries(out) : undefined;
+}
+
+const hasIPv6Status = (a: HealthAnswer): boolean => !!(a.shape as { status?: Record<string, unknown> }).status?.IPv6;
+
+/** A health answer without its IPv6 status entry (shape and verdicts). */
+function withoutIPv6(a: HealthAnswer): HealthAnswer {
+  const c = structuredClone(a);
+  for (const part of [c.shape, c.verdicts] as Array<{ status?: Record<string, unknown> } | undefined>) delete part?.status?.IPv6;
+  return c;
+}
+
+// Dual-stack: twins with IPv6 (the Node has an InternalIP and a pod CIDR of each family),
+// both proxies programming both families, their own apiserver. Service addresses in the
+// test apiserver's IPv6 range (APISERVER_SERVICE_CIDR6).
+const POD6: Record<string, string> = { a: '2001:2:1::11', b: '2001:2:1::12', client: '2001:2:1::50', r1: '2001:2:2::11' };
+const DS_PODS: PodSpec[] = PODS.filter((p) => p.name in POD6).map((p) => ({ ...p, ip6: POD6[p.name] }));
+const ep6 = (name: keyof typeof POD, node = TWIN_NODE): EndpointSpec => ({ ip: POD6[name]!, node });
+interface DualStackCase {
+  name: string;
+  row: string;
+  service: Parameters<typeof service>[0];
+  slices: Partial<Record<'IPv4' | 'IPv6', EndpointSpec[]>>;
+  targets: Array<{ proto: 'tcp' | 'udp'; host: string; port: number }>;
+}
+const DS_CASES: DualStackCase[] = [
+  {
+    name: 'dual-stack NodePort',
+    row: 'Dual-stack (RequireDualStack: ClusterIP and NodePort of each family, TCP and UDP)',
+    service: {
+      name: 'ds',
+      namespace: NS,
+      type: 'NodePort',
+      clusterIP: ['198.19.0.160', '2001:2:0:ffff::160'],
+      ports: [tcp(80, 30130), udp(53, 30131)],
+      spec: { ipFamilies: ['IPv4', 'IPv6'], ipFamilyPolicy: 'RequireDualStack' },
+    },
+    slices: { IPv4: [local('a'), remote('r1')], IPv6: [ep6('a'), ep6('r1', REMOTE_NODE)] },
+    targets: [
+      ...['198.19.0.160', '2001:2:0:ffff::160'].flatMap((host) => [
+        { proto: 'tcp' as const, host, port: 80 },
+        { proto: 'udp' as const, host, port: 53 },
+      ]),
+      ...[NET.nodeIP, NET.nodeIP6].flatMap((host) => [
+        { proto: 'tcp' as const, host, port: 30130 },
+        { proto: 'udp' as const, host, port: 30131 },
+      ]),
+    ],
+  },
+  {
+    name: 'IPv6-only ClusterIP',
+    row: 'Dual-stack (an IPv6 single-stack Service; a port it does not define)',
+    service: { name: 'v6only', namespace: NS, clusterIP: '2001:2:0:ffff::161', ports: [tcp(80)], spec: { ipFamilies: ['IPv6'], ipFamilyPolicy: 'SingleStack' } },
+    slices: { IPv6: [ep6('b')] },
+    targets: [
+      { proto: 'tcp', host: '2001:2:0:ffff::161', port: 80 },
+      { proto: 'tcp', host: '2001:2:0:ffff::161', port: 81 },
+    ],
+  },
+  {
+    name: 'IPv6 no endpoints',
+    row: 'No endpoints (icmp6 reject), Dual-stack',
+    service: { name: 'v6empty', namespace: NS, type: 'NodePort', clusterIP: '2001:2:0:ffff::162', ports: [tcp(80, 30132)], spec: { ipFamilies: ['IPv6'], ipFamilyPolicy: 'SingleStack' } },
+    slices: { IPv6: [] },
+    targets: [
+      { proto: 'tcp', host: '2001:2:0:ffff::162', port: 80 },
+      { proto: 'tcp', host: NET.nodeIP6, port: 30132 },
+    ],
+  },
+];
+
+function dualStackSuite(mode: TwinMode): void {
+  let api: Apiserver;
+  let twins: Twins;
+  const summary: Array<Array<string | number>> = [];
+  const rows: Comparison[] = [];
+  let startedAt = 0;
+
+  beforeAll(async () => {
+    startedAt = Date.now();
+    if (!choice?.ok) return;
+    api = await choice.start();
+    const core = api.admin.makeApiClient(CoreV1Api);
+    const disc = api.admin.makeApiClient(DiscoveryV1Api);
+    await core.createNamespace({ body: { metadata: { name: NS } } });
+    for (const c of DS_CASES) {
+      await core.createNamespacedService({ namespace: NS, body: service(c.service) });
+      for (const [family, endpoints] of Object.entries(c.slices)) {
+        const ports = c.service.ports.map((p) => ({ name: p.name, port: 8080, protocol: p.protocol }));
+        await disc.createNamespacedEndpointSlice({ namespace: NS, body: endpointSlice({ service: c.service.name, namespace: NS, family: family as 'IPv4' | 'IPv6', ports, endpoints }) as never });
+      }
+    }
+    twins = await Twins.start({ kubeProxyBin: bin.ok ? bin.path : '', mode, apiserver: api, pods: DS_PODS, ipv6: true });
+  }, 180_000);
+
+  afterAll(async () => {
+    if (summary.length) {
+      console.log(summaryText(`differential, dual-stack (kube-proxy ${bin.ok ? bin.version : '?'} vs kpx, ${mode} mode`, startedAt, summary, rows));
+    }
+    await twins?.destroy();
+    await api?.destroy();
+  }, 120_000);
+
+  for (const c of DS_CASES) {
+    it(`${c.name} (${c.row}): every probe's outcome is kube-proxy's`, async () => {
+      const probes: Probe[] = c.targets.flatMap((t) => ['client', 'node', 'ext'].map((from) => ({ from, ...t })));
+      const [kp, kpx] = await Promise.all(twins.twins.map((tw) => runProbes(tw.t, probes)));
+      const cmp = compare(c.name, kp!, kpx!, []);
+      rows.push(...cmp);
+      summary.push([c.name, cmp.length, cmp.filter((r) => r.verdict === 'equal').length, 0, cmp.filter((r) => r.verdict === 'DIFFERENT').length]);
+      expect(cmp.length).toBe(probes.length);
+      expect(cmp.filter((r) => r.verdict === 'DIFFERENT').map((r) => `${r.probe}: kube-proxy ${showOutcome(r.kubeProxy)}, kpx ${showOutcome(r.kpx)}`)).toEqual([]);
+    });
+  }
+
+  it('/healthz and /livez: the same, IPv6 status entry included, once kpx programs IPv6', async () => {
+    const [kp, kpx] = await Promise.all(twins.twins.map((tw) => healthOf(tw)));
+    summary.push(['health: healthy', 2, ['/healthz', '/livez'].filter((p) => JSON.stringify(kp![p]) === JSON.stringify(kpx![p])).length, 0, ['/healthz', '/livez'].filter((p) => JSON.stringify(kp![p]) !== JSON.stringify(kpx![p])).length]);
+    expect(hasIPv6Status(kp!['/healthz']!)).toBe(true);
+    expect(kp!['/healthz']!.status).toBe(200);
+    expect(kpx).toEqual(kp);
+  });
 }

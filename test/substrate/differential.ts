@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Apiserver } from './apiserver.js';
-import { metricValue, startKubeProxy, type KubeProxyHandle, type KubeProxyMode } from './kube-proxy.js';
+import { metricValue, startKubeProxy, type KubeProxyHandle, type KubeProxyMode, type StartOptions } from './kube-proxy.js';
 import { KPX_BIN, NET, REPO, Topology, type PodSpec } from './netns.js';
 
 const PROBE_MATRIX = join(REPO, 'test/substrate/probe-matrix.mjs');
@@ -52,7 +52,20 @@ export interface TwinsOptions {
   mode: TwinMode;
   apiserver: Apiserver;
   pods: PodSpec[];
+  /** labels of the twins' Node (it is created with them) */
+  nodeLabels?: Record<string, string>;
+  /**
+   * dual-stack twins: IPv6 in the topology (pods with an ip6 get it), the Node with an
+   * IPv6 InternalIP and pod CIDR, clusterCIDR for both families
+   */
+  ipv6?: boolean;
 }
+
+/** The IPv6 service range of the test apiserver (its default --service-cluster-ip-range). */
+export const APISERVER_SERVICE_CIDR6 = '2001:2:0:ffff::/112';
+
+/** What a restart may change in both proxies' configuration (the same for both twins). */
+export type ProxyVariant = Partial<Pick<StartOptions, 'overrides' | 'syncPeriod' | 'minSyncPeriod' | 'nodePortAddresses' | 'commandGate'>>;
 
 export class Twins {
   readonly twins: Twin[] = [];
@@ -65,7 +78,12 @@ export class Twins {
     const tw = new Twins(opts);
     try {
       tw.dir = await mkdtemp(join(tmpdir(), 'kpx-differential-'));
-      for (const name of ['kube-proxy', 'kpx'] as const) tw.twins.push({ name, t: await Topology.create({ pods: opts.pods }), proxy: null });
+      for (const name of ['kube-proxy', 'kpx'] as const) {
+        const t = await Topology.create({ pods: opts.pods, ipv6: opts.ipv6 });
+        tw.twins.push({ name, t, proxy: null });
+        // the upstream router sends the apiserver's IPv6 service range to the node too
+        if (opts.ipv6) await execa('ip', ['-n', t.ext, '-6', 'route', 'add', APISERVER_SERVICE_CIDR6, 'via', NET.nodeIP6]);
+      }
       // one after the other: both write the same Node object first
       for (const twin of tw.twins) await tw.startProxy(twin.name);
     } catch (err) {
@@ -83,18 +101,34 @@ export class Twins {
     return name === 'kpx' ? kpxLauncher(this.dir) : this.opts.kubeProxyBin;
   }
 
+  /**
+   * Stops both proxies and starts them again with the same `variant` of the configuration
+   * (no argument: the default one), kube-proxy first, as start() does.
+   */
+  async restart(variant: ProxyVariant = {}): Promise<void> {
+    await Promise.all(this.twins.map((twin) => twin.proxy?.stop() ?? Promise.resolve()));
+    for (const twin of this.twins) twin.proxy = null;
+    for (const twin of this.twins) await this.startProxy(twin.name, twin.name, variant);
+  }
+
   /** Starts a proxy (`which`, by default the twin's own) in a twin's node namespace. */
-  async startProxy(name: TwinName, which: TwinName = name): Promise<KubeProxyHandle> {
+  async startProxy(name: TwinName, which: TwinName = name, variant: ProxyVariant = {}): Promise<KubeProxyHandle> {
     const twin = this.twin(name);
     const proxy = await startKubeProxy({
       bin: await this.binFor(which),
       netns: twin.t.node,
       apiserver: this.opts.apiserver,
       mode: this.opts.mode,
-      node: { name: TWIN_NODE, internalIP: NET.nodeIP, podCIDR: NET.podCIDR },
-      clusterCIDR: NET.podCIDR,
+      node: {
+        name: TWIN_NODE,
+        internalIP: this.opts.ipv6 ? [NET.nodeIP, NET.nodeIP6] : NET.nodeIP,
+        podCIDR: this.opts.ipv6 ? [NET.podCIDR, NET.podCIDR6] : NET.podCIDR,
+        labels: this.opts.nodeLabels,
+      },
+      clusterCIDR: this.opts.ipv6 ? `${NET.podCIDR},${NET.podCIDR6}` : NET.podCIDR,
       minSyncPeriod: '100ms',
       syncPeriod: '30s',
+      ...variant,
     });
     twin.proxy = proxy;
     return proxy;

@@ -181,6 +181,8 @@ export interface NodeSpec {
   /** status.addresses InternalIP(s): kube-proxy's node IPs (without one it waits 30 s, then assumes 127.0.0.1) */
   internalIP: string | string[];
   podCIDR?: string | string[];
+  /** metadata.labels when the Node is created (e.g. topology.kubernetes.io/zone) */
+  labels?: Record<string, string>;
 }
 
 /** Creates the Node (or updates it) with its pod CIDRs and InternalIP addresses. */
@@ -188,7 +190,7 @@ export async function ensureNode(admin: KubeConfig, n: NodeSpec): Promise<void> 
   const core = admin.makeApiClient(CoreV1Api);
   const cidrs = n.podCIDR === undefined ? [] : [n.podCIDR].flat();
   const spec = cidrs.length ? { podCIDR: cidrs[0], podCIDRs: cidrs } : {};
-  await core.createNode({ body: { metadata: { name: n.name }, spec } }).catch((err: { code?: number }) => {
+  await core.createNode({ body: { metadata: { name: n.name, labels: n.labels }, spec } }).catch((err: { code?: number }) => {
     if (err.code !== 409) throw err;
   });
   const node = await core.readNode({ name: n.name });
@@ -210,6 +212,38 @@ export interface StartOptions extends Omit<KubeProxyConfigOptions, 'kubeconfig' 
   /** wait for the first sync (metrics say so); default true */
   waitForSync?: boolean;
   timeoutMs?: number;
+  /**
+   * A file path: while that file exists, every command that programs rules (the
+   * iptables/ip6tables restore commands, `nft -f`) waits before it runs, so a sync stalls
+   * until the file is removed. Both proxies run their commands from PATH, and the shims
+   * come first on it (like the modprobe shim); reads (saves, `nft list`) are not held.
+   */
+  commandGate?: string;
+}
+
+/** The commands a commandGate holds; `nft` only when it is given a file (`-f`). */
+const GATED_COMMANDS = [
+  ...['iptables', 'ip6tables'].flatMap((c) => [`${c}-restore`, `${c}-nft-restore`, `${c}-legacy-restore`]),
+  'nft',
+];
+
+/** Writes the gate shims into dir: each runs the real command once the gate file is gone. */
+async function writeGateShims(dir: string, gate: string): Promise<void> {
+  for (const cmd of GATED_COMMANDS) {
+    const r = await execa('sh', ['-c', `command -v ${cmd}`], { reject: false });
+    const real = String(r.stdout).trim();
+    if (r.exitCode !== 0 || !real) continue;
+    const held = cmd === 'nft' ? 'case " $* " in *" -f "*) hold=1;; *) hold=0;; esac' : 'hold=1';
+    await writeFile(
+      join(dir, cmd),
+      `#!/bin/sh
+${held}
+if [ "$hold" = 1 ]; then while [ -e ${JSON.stringify(gate)} ]; do sleep 0.1; done; fi
+exec ${JSON.stringify(real)} "$@"
+`,
+      { mode: 0o755 },
+    );
+  }
 }
 
 export interface KubeProxyHandle {
@@ -324,6 +358,7 @@ export async function startKubeProxy(opts: StartOptions): Promise<KubeProxyHandl
       '#!/bin/sh\necho "modprobe $*" >>"$KPX_REFUSED_LOG"\necho "modprobe: refused inside a kpx test namespace (kernel modules are machine-wide)" >&2\nexit 1\n',
       { mode: 0o755 },
     );
+    if (opts.commandGate) await writeGateShims(shimDir, opts.commandGate);
 
     const logFile = join(dir, 'kube-proxy.log');
     log = createWriteStream(logFile);
