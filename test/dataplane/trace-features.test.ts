@@ -211,15 +211,9 @@ describe.skipIf(!env.ok).each(DATAPLANE_MODES)(`kpx trace agrees with real packe
   };
 
   beforeAll(async () => {
-    t = await Topology.create({
-      ipv6: true,
-      pods: [
-        { name: 'a', ...P.a, ports: [8080] },
-        { name: 'b', ...P.b, ports: [8080] },
-        { name: 'r', ...P.r, ports: [8080], remote: true },
-        { name: 'client', ...P.client },
-      ],
-    });
+    // servers a, b (this node) and r (node-b, behind the router), and a client without a server
+    const pods = (Object.keys(P) as Array<keyof typeof P>).map((name) => ({ name, ...P[name], remote: name === 'r', ...(name === 'client' ? {} : { ports: [8080] }) }));
+    t = await Topology.create({ ipv6: true, pods });
     // the node's own listener on a NodePort: answers what kpx does not translate
     await t.startEcho('node', [NODE_LISTENS]);
     dir = await t.manifestsDir();
