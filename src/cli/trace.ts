@@ -11,7 +11,7 @@ import { addProxyFlags } from './flags.js';
 import { binaries, detectBackend } from '../apply/backend.js';
 import { readHostFacts } from '../apply/host.js';
 import { ConfigError, type CliFlags } from '../config/config.js';
-import { parseIP, splitHostPort, type IPFamily } from '../util/ip.js';
+import { isLoopback, parseIP, splitHostPort, type IPFamily } from '../util/ip.js';
 import { isIptablesReport } from '../sync/iptables-mode.js';
 import { isNftablesReport } from '../sync/nftables-mode.js';
 import type { Built } from './main.js';
@@ -193,12 +193,30 @@ async function inInterface(flags: TraceFlags, from: TraceSource, src: string): P
   return 'eth0';
 }
 
+/**
+ * The addresses the configuration serves NodePorts on: the node's own (`local`) unless
+ * nodePortAddresses lists some (nftables mode's default is the primary IPs); 127/8 only in
+ * iptables mode with localhost NodePorts, and never in IPVS mode.
+ */
+function nodePortAddressTest(built: Built, family: IPFamily, local: ReadonlySet<string>): (ip: string) => boolean {
+  if (built.config.mode === 'ipvs') {
+    const ips = new Set(ipvsTraceConfig(built.config, family, built.state.node).nodePortIPs);
+    return (ip) => ips.has(ip);
+  }
+  const found = built.controller.lastReport?.families.find((f) => f.family === family);
+  const cfg = !found ? null : isNftablesReport(found) ? found.renderer.config : isIptablesReport(found) ? found.config : null;
+  if (!cfg) return (ip) => local.has(ip);
+  const loopback = found && isIptablesReport(found) && !!found.config?.localhostNodePorts;
+  const listed = cfg.nodePortAddresses === 'all' ? null : new Set(cfg.nodePortAddresses);
+  return (ip) => (listed ? listed.has(ip) : local.has(ip)) && (loopback || !isLoopback(ip));
+}
+
 function explain(built: Built | null, pkt: TracePacket, from: TraceSource, local: ReadonlySet<string>): EndpointExplanation | null | undefined {
   if (!built) return undefined;
   const view = built.state.view(pkt.family);
-  const front = findFrontend(view, pkt, (ip) => local.has(ip));
+  const front = findFrontend(view, pkt, nodePortAddressTest(built, pkt.family, local));
   if (!front) return null;
-  return explainEndpoints(front, view.endpointsOf(front.servicePort), { nodeName: built.config.hostname, zone: built.state.node?.zone }, from);
+  return explainEndpoints(front, view.endpointsOf(front.servicePort), { nodeName: built.config.hostname, zone: built.state.node?.zone }, from, pkt.src);
 }
 
 async function withRoutes(outcomes: JourneyOutcome[], pkt: JourneyPacket, live: boolean): Promise<JourneyOutcome[]> {

@@ -4,7 +4,7 @@
 // that left it out: readiness, terminating, traffic policy Local, topology hints.
 import { categorizeEndpoints, type TopologyMode } from '../model/topology.js';
 import type { Endpoint, ModelView, Protocol, ServicePort } from '../model/types.js';
-import { parseIP } from '../util/ip.js';
+import { cidrContains, parseCIDR, parseIP } from '../util/ip.js';
 
 export type FrontendKind = 'ClusterIP' | 'NodePort' | 'externalIP' | 'LoadBalancer IP';
 export type TraceSource = 'pod' | 'node' | 'external';
@@ -102,9 +102,37 @@ function reasonFor(ep: Endpoint, ctx: { policy: 'Cluster' | 'Local'; topology: T
   return 'not selected';
 }
 
-/** Endpoints a packet from `source` to this frontend may reach from this node, and why the others may not. */
-export function explainEndpoints(front: Frontend, endpoints: readonly Endpoint[], node: { nodeName: string; zone: string | undefined }, source: TraceSource): EndpointExplanation {
+/** loadBalancerSourceRanges keep this packet out: an LB IP, ranges given, and its source in none of them. */
+function outsideSourceRanges(front: Frontend, src: string | undefined): boolean {
+  const ranges = front.servicePort.loadBalancerSourceRanges;
+  if (front.kind !== 'LoadBalancer IP' || !ranges.length || src === undefined) return false;
+  return !ranges.some((r) => {
+    const c = parseCIDR(r);
+    return !!c && cidrContains(c, src);
+  });
+}
+
+/**
+ * Endpoints a packet from `source` (address `src`, when known) to this frontend may reach
+ * from this node, and why the others may not.
+ */
+export function explainEndpoints(front: Frontend, endpoints: readonly Endpoint[], node: { nodeName: string; zone: string | undefined }, source: TraceSource, src?: string): EndpointExplanation {
   const sp = front.servicePort;
+  if (outsideSourceRanges(front, src)) {
+    const reason = `source ${src} is not in loadBalancerSourceRanges (${sp.loadBalancerSourceRanges.join(', ')}): the firewall drops it before any endpoint is chosen`;
+    return {
+      service: sp.name,
+      protocol: sp.protocol,
+      kind: front.kind,
+      policy: sp.externalPolicyLocal && source === 'external' ? 'Local' : 'Cluster',
+      policyWhy: 'loadBalancerSourceRanges decide first',
+      topology: '',
+      chosen: [],
+      excluded: endpoints.map((ep) => ({ addr: ep.addr, node: ep.nodeName, zone: ep.zone, reason })),
+      whenNone: 'DROP',
+      notes: [],
+    };
+  }
   const cat = categorizeEndpoints(sp, endpoints, node);
   const { policy, why } = policyFor(sp, front.kind, source);
   const use = policy === 'Local' ? cat.local : cat.cluster;

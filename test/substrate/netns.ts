@@ -57,6 +57,8 @@ export interface ProbeResult {
   clients: Record<string, number>;
   errors: Record<string, number>;
   sequence?: string[];
+  /** with `pairs`: answers by "<endpoint name> <client address it saw>" */
+  pairs?: Record<string, number>;
 }
 
 export interface Env {
@@ -203,10 +205,9 @@ export class Topology {
     if (p.ports?.length) await this.startEcho(p.name, p.ports);
   }
 
-  /** Starts the echo server in a pod and waits until it listens. */
+  /** Starts the echo server in a pod (or "node": on the node itself, named "node") and waits until it listens. */
   async startEcho(podName: string, ports: Array<number | `${number}/hold`>): Promise<void> {
-    const pod = this.pod(podName);
-    const proc = execa('ip', ['netns', 'exec', pod.ns, process.execPath, ECHO, podName, ...ports.map(String)], {
+    const proc = execa('ip', ['netns', 'exec', this.ns(podName), process.execPath, ECHO, podName, ...ports.map(String)], {
       reject: false,
       buffer: false,
     });
@@ -251,13 +252,14 @@ export class Topology {
     proto: 'tcp' | 'udp',
     host: string,
     port: number,
-    opts: { count?: number; timeoutMs?: number; bind?: string; intervalMs?: number; samePort?: boolean; sequence?: boolean } = {},
+    opts: { count?: number; timeoutMs?: number; bind?: string; intervalMs?: number; samePort?: boolean; sequence?: boolean; pairs?: boolean } = {},
   ): Promise<ProbeResult> {
     const args = [PROBE, proto, host, String(port), '--count', String(opts.count ?? 1), '--timeout', String(opts.timeoutMs ?? 2000)];
     if (opts.bind) args.push('--bind', opts.bind);
     if (opts.intervalMs) args.push('--interval', String(opts.intervalMs));
     if (opts.samePort) args.push('--same-port');
     if (opts.sequence) args.push('--sequence');
+    if (opts.pairs) args.push('--pairs');
     const r = await this.exec(from, process.execPath, args);
     return JSON.parse(r.stdout) as ProbeResult;
   }

@@ -2,7 +2,8 @@
 // The client side of dataplane tests: makes N connections (or sends N datagrams) to
 // HOST:PORT and prints one JSON summary: who answered, which client address they saw,
 // and which errors happened (ECONNREFUSED, timeout, ...).
-// usage: probe.mjs tcp|udp HOST PORT [--count N] [--timeout MS] [--bind IP] [--interval MS] [--same-port]
+// usage: probe.mjs tcp|udp HOST PORT [--count N] [--timeout MS] [--bind IP] [--interval MS] [--same-port] [--sequence] [--pairs]
+//        (--pairs: also count answers by "<endpoint name> <client address it saw>")
 //        probe.mjs tcp HOST PORT --follow [--interval MS]: connects until killed, one line per
 //        attempt: "<epoch ms when it started> <endpoint name>" or "... !<error>" (latency tests)
 //        probe.mjs tcp HOST PORT --hold [--interval MS] [--timeout MS]: one long-lived
@@ -25,13 +26,14 @@ const interval = Number(opt('interval', '0'));
 const bind = opt('bind', undefined);
 const port = Number(portText);
 
-const result = { ok: 0, names: {}, clients: {}, errors: {}, sequence: [] };
+const result = { ok: 0, names: {}, clients: {}, errors: {}, sequence: [], pairs: {} };
 const record = (line) => {
   const a = JSON.parse(line);
   result.ok++;
   result.names[a.name] = (result.names[a.name] ?? 0) + 1;
   const c = `${a.client}`;
   result.clients[c] = (result.clients[c] ?? 0) + 1;
+  result.pairs[`${a.name} ${c}`] = (result.pairs[`${a.name} ${c}`] ?? 0) + 1;
   result.sequence.push(a.name);
 };
 const fail = (code) => {
@@ -149,4 +151,5 @@ if (proto === 'tcp' && flag('hold')) {
   process.exit(2);
 }
 if (!flag('sequence')) delete result.sequence;
+if (!flag('pairs')) delete result.pairs;
 console.log(JSON.stringify(result));

@@ -87,6 +87,17 @@ describe('endpoint explanation', () => {
     expect(pod.policyWhy).toContain('short-circuited');
   });
 
+  it('loadBalancerSourceRanges: a source outside them reaches no endpoint (DROP); one inside, and other frontends, as usual', () => {
+    const s = sp({ type: 'LoadBalancer', loadBalancerVIPs: ['198.19.100.4'], loadBalancerSourceRanges: ['198.18.0.1/32'] });
+    const eps = [ep('198.18.1.11', 'node-a')];
+    const out = explainEndpoints(front(s, 'LoadBalancer IP'), eps, NODE, 'external', '198.18.0.2');
+    expect(out.chosen).toEqual([]);
+    expect(out.whenNone).toBe('DROP');
+    expect(reasons(out)['198.18.1.11:8080']).toContain('not in loadBalancerSourceRanges (198.18.0.1/32)');
+    expect(explainEndpoints(front(s, 'LoadBalancer IP'), eps, NODE, 'external', '198.18.0.1').chosen).toHaveLength(1);
+    expect(explainEndpoints(front(s, 'NodePort'), eps, NODE, 'external', '198.18.0.2').chosen).toHaveLength(1);
+  });
+
   it('Local without local endpoints: DROP; no endpoints at all: REJECT', () => {
     const s = sp({ type: 'NodePort', nodePort: 30080, externalPolicyLocal: true });
     expect(explainEndpoints(front(s, 'NodePort'), [ep('198.18.2.21', 'node-b')], NODE, 'external').whenNone).toBe('DROP');

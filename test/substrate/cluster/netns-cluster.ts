@@ -33,7 +33,7 @@ import { parseAllDocuments, parseDocument } from 'yaml';
 import { CoreV1Api, DiscoveryV1Api, KubeConfig, KubernetesObjectApi, PatchStrategy, type KubernetesObject } from '@kubernetes/client-node';
 import { TEST_APISERVER_BIN, readTestApiserverReady, testApiserverArgs } from '../apiserver.js';
 import { NO_ICMP_RATELIMIT } from '../netns.js';
-import { alive, logSize, spawnDetached, stopProc, waitForLog, type ProcRecord } from './procs.js';
+import { alive, logSize, procRecordOf, spawnDetached, stopProc, waitForLog, type ProcRecord } from './procs.js';
 import { hasSelector, LABEL_ZONE, reconcileService, type ReconcileResult } from './endpointslices.js';
 import * as plan from './plan.js';
 import { ECHO_PORT, HOLD_PORT, type ClusterNode, type ClusterPod, type E2ECluster, type PodDeletion, type ProbeResult, type Proto, type ServiceInfo, type Stream, type Where } from './types.js';
@@ -257,14 +257,19 @@ export class NetnsCluster implements E2ECluster {
     for (const ns of [...names].reverse()) {
       // anything else still running inside our namespaces (e.g. an `ip netns exec` shell)
       const pids = (await execa('ip', ['netns', 'pids', ns], { reject: false })).stdout.split('\n').filter(Boolean).map(Number);
+      const killed: ProcRecord[] = [];
       for (const pid of pids) {
+        const rec = procRecordOf(pid, `pid ${pid} in ${ns}`);
         try {
           process.kill(pid, 'SIGKILL');
           done.push(`killed pid ${pid} in ${ns}`);
+          if (rec) killed.push(rec);
         } catch {
           /* gone */
         }
       }
+      // SIGKILL is delivered, not yet done: return once they are gone
+      for (let i = 0; i < 250 && killed.some((p) => alive(p)); i++) await sleep(20);
       const r = await execa('ip', ['netns', 'del', ns], { reject: false });
       if (r.exitCode === 0) done.push(`deleted netns ${ns}`);
     }

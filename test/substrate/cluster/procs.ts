@@ -27,6 +27,12 @@ function procStat(pid: number): { start: string; state: string } | null {
   }
 }
 
+/** A running process we did not start ourselves (found in a namespace), recorded so that alive() can follow it. */
+export function procRecordOf(pid: number, role: string): ProcRecord | null {
+  const st = procStat(pid);
+  return st ? { role, pid, start: st.start, log: '' } : null;
+}
+
 /** Starts cmd detached with stdout and stderr appended to log. */
 export function spawnDetached(role: string, cmd: string, args: string[], opts: { log: string; env?: NodeJS.ProcessEnv; cwd?: string }): ProcRecord {
   const fd = openSync(opts.log, 'a');
