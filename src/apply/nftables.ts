@@ -223,7 +223,7 @@ export class NftablesApplier {
    * otherwise everything (diffed against memory, or against what the kernel says).
    */
   async apply(r: NftablesRenderer, result: NftRenderResult, opts: { full?: boolean } = {}): Promise<NftApplyReport> {
-    if (this.trusted && this.memory && !result.full && !opts.full) return this.run(this.planPartial(r, result.delta, this.memory), false);
+    if (this.trusted && this.memory && result.kind === 'delta' && !opts.full) return this.run(this.planPartial(r, result.delta, this.memory), false);
     // nft reads kpx-state while the desired state is written out and hashed (each takes
     // tens of ms on a first sync)
     const reading = this.trusted ? null : this.readState();
