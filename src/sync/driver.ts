@@ -14,14 +14,14 @@ import { changedServices, type ClusterState, type PendingChanges } from '../mode
 import type { ModelView, NodeFacts, ServicePortState } from '../model/types.js';
 import type { Logger } from '../util/log.js';
 import { isLoopback, type IPFamily } from '../util/ip.js';
-import type { CommandRunner } from '../apply/exec.js';
+import type { ApplyStage, CommandRunner } from '../apply/exec.js';
 import type { HostFacts } from '../apply/host.js';
 import type { SavedChain } from '../iptables/save.js';
 
 export type ProxyMode = KpxMode;
 
 /** Where in a family's sync a failure happened. */
-export type FamilyStage = 'config' | 'reading the kernel' | 'render' | 'plan' | 'apply';
+export type FamilyStage = 'config' | 'render' | ApplyStage;
 /** Where outside the families: reading the host's addresses, choosing the families, the cleanup after a good sync. */
 export type DriverStage = 'host facts' | 'families' | 'after sync';
 /** Where in a sync a failure happened. */

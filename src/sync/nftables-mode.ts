@@ -87,8 +87,7 @@ class NftablesFamily implements FamilyBackend<NftablesRenderConfig, NftablesDeta
       this.mode.opts.print?.(`# kpx ${this.family} nftables mode: nft -f -\n${this.applier.textFromEmpty(r)}`);
       return { ...base, full: true, applyMs: performance.now() - t1 };
     }
-    step.stage('apply');
-    const a = await this.applier.apply(r, result, { full: step.full });
+    const a = await this.applier.apply(r, result, { full: step.full, stage: (s) => step.stage(s) });
     return {
       ...base,
       full: a.full,
