@@ -11,6 +11,7 @@ import { execa, type ResultPromise } from 'execa';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { execRunner, type CommandRunner } from '../../src/apply/exec.js';
 
 export const REPO = resolve(import.meta.dirname, '../..');
 export const KPX_BIN = join(REPO, 'bin/kpx.js');
@@ -85,6 +86,11 @@ export async function dataplaneEnv(): Promise<Env> {
   if (r.exitCode !== 0) return (envCache = { ok: false, reason: `cannot create network namespaces: ${r.stderr}` });
   await execa('ip', ['netns', 'del', probe], { reject: false });
   return (envCache = { ok: true, reason: '' });
+}
+
+/** Runs every command inside a network namespace (kpx's code in this process, its commands in the node's). */
+export function netnsRunner(ns: string): CommandRunner {
+  return { run: (command, args, opts) => execRunner.run('ip', ['netns', 'exec', ns, command, ...args], opts) };
 }
 
 let counter = 0;
