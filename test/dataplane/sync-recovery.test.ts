@@ -5,7 +5,7 @@
 // nftables mode), a connection to it is not served, and the following sync, with nothing
 // new pending, programs it: a real connection reaches its endpoint.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DATAPLANE_MODES, NET, Topology, dataplaneEnv, netnsRunner, type DataplaneMode } from '../substrate/netns.js';
+import { DATAPLANE_MODES, NET, Topology, dataplaneEnv, localPods, netnsRunner, type DataplaneMode } from '../substrate/netns.js';
 import { endpointSlice, node, service } from '../substrate/manifests.js';
 import { captureLogger } from '../substrate/log.js';
 import { ClusterState, type Change } from '../../src/model/state.js';
@@ -53,13 +53,7 @@ for (const mode of DATAPLANE_MODES) {
     };
 
     beforeAll(async () => {
-      t = await Topology.create({
-        pods: [
-          { name: 'a', ip: P.a, ports: [8080] },
-          { name: 'b', ip: P.b, ports: [8080] },
-          { name: 'client', ip: P.client },
-        ],
-      });
+      t = await Topology.create({ pods: localPods({ a: P.a, b: P.b }, { client: P.client }) });
       const inNode = netnsRunner(t.node);
       // the nftables mode's fault: the next transaction that writes kpx's table fails
       const runner: CommandRunner = {

@@ -52,6 +52,11 @@ export interface PodSpec {
   extraIPs?: string[];
 }
 
+/** Local pods by name: the `servers` answer on `ports` (echo servers), the `clients` only connect. */
+export function localPods(servers: Record<string, string>, clients: Record<string, string>, ports: PodSpec['ports'] = [8080]): PodSpec[] {
+  return [...Object.entries(servers).map(([name, ip]) => ({ name, ip, ports })), ...Object.entries(clients).map(([name, ip]) => ({ name, ip }))];
+}
+
 export interface ProbeResult {
   ok: number;
   names: Record<string, number>;
