@@ -17,6 +17,9 @@ export interface CommandResult {
   readonly stderr: string;
 }
 
+/** The parts of an apply a failure can belong to (an applier names each as it starts it). */
+export type ApplyStage = 'reading the kernel' | 'plan' | 'apply';
+
 export interface CommandRunner {
   run(command: string, args: readonly string[], opts?: { input?: CommandInput; timeoutMs?: number }): Promise<CommandResult>;
 }

@@ -8,7 +8,7 @@ import { planIpvs, type IpvsKernelState, type IpvsPlan } from '../render/ipvs/pl
 import { parseIpsetSave, parseIpvsConnections, parseIpvsSave, vsLine } from '../ipvs/format.js';
 import type { IptablesRuleset, TableName } from '../render/iptables/ruleset.js';
 import type { IptablesApplier } from './iptables.js';
-import { mustRun, type CommandRunner } from './exec.js';
+import { mustRun, type ApplyStage, type CommandRunner } from './exec.js';
 import { Teardown } from './teardown.js';
 
 export interface IpvsApplyResult {
@@ -77,10 +77,14 @@ export class IpvsApplier {
     return planIpvs(desired, await this.readKernel(desired, false), cfg, { now: Date.now(), since: this.drainingSince, boundMs: this.gracefulBoundMs });
   }
 
-  async apply(desired: IpvsDesired, rules: IptablesRuleset, cfg: IpvsRenderConfig): Promise<IpvsApplyResult> {
+  /** `stage` is told which part (read, plan, apply) runs from then on. */
+  async apply(desired: IpvsDesired, rules: IptablesRuleset, cfg: IpvsRenderConfig, stage: (s: ApplyStage) => void = () => {}): Promise<IpvsApplyResult> {
     const now = Date.now();
+    stage('reading the kernel');
     const kernel = await this.readKernel(desired);
+    stage('plan');
     const plan = planIpvs(desired, kernel, cfg, { now, since: this.drainingSince, boundMs: this.gracefulBoundMs });
+    stage('apply');
     const bits = this.family === 'IPv4' ? 32 : 128;
     // sets and addresses first: the rules and virtual servers refer to them
     if (plan.ipsetBefore) await mustRun(this.runner, 'ipset', ['restore'], { input: plan.ipsetBefore });

@@ -57,7 +57,7 @@ import type { IPFamily } from '../util/ip.js';
 import { nftFamily, parseListing, Transaction, type BaseChainSpec, type Element, type NftFamily, type SetSpec, setDeclaration } from '../nftables/format.js';
 import { CHAIN, chainRank, TABLE } from '../render/nftables/names.js';
 import type { NftablesRenderer, NftChainDef, NftDelta, NftRenderResult } from '../render/nftables/ruleset.js';
-import type { CommandRunner } from './exec.js';
+import type { ApplyStage, CommandRunner } from './exec.js';
 
 const STATE_PREFIX = 'kpx ';
 
@@ -221,27 +221,43 @@ export class NftablesApplier {
   /**
    * Applies a render: its delta when the kernel is known and the render was partial,
    * otherwise everything (diffed against memory, or against what the kernel says).
+   * `stage` is told which part (read, plan, apply) runs from then on.
    */
-  async apply(r: NftablesRenderer, result: NftRenderResult, opts: { full?: boolean } = {}): Promise<NftApplyReport> {
-    if (this.trusted && this.memory && !result.full && !opts.full) return this.run(this.planPartial(r, result.delta, this.memory), false);
+  async apply(r: NftablesRenderer, result: NftRenderResult, opts: { full?: boolean; stage?: (s: ApplyStage) => void } = {}): Promise<NftApplyReport> {
+    const stage = opts.stage ?? (() => {});
+    if (this.trusted && this.memory && result.kind === 'delta' && !opts.full) {
+      stage('plan');
+      const plan = this.planPartial(r, result.delta, this.memory);
+      stage('apply');
+      return this.run(plan, false);
+    }
     // nft reads kpx-state while the desired state is written out and hashed (each takes
     // tens of ms on a first sync)
+    stage('reading the kernel');
     const reading = this.trusted ? null : this.readState();
     reading?.catch(() => {}); // awaited below; this only keeps a throw in desiredOf from leaving it unhandled
+    stage('plan');
     const desired = desiredOf(r);
     if (reading) {
+      stage('reading the kernel');
       const state = await reading;
+      stage('plan');
       const digest = state?.digest ?? null;
       if (this.memory && digest === this.memory.digest) {
         this.trusted = true;
       } else if (digest === desired.digest) {
+        stage('apply');
         await this.adopt(desired, state!.stale);
         return this.report(true, false, null);
       } else {
-        return this.run(this.planRecreate(desired), true, desired);
+        const plan = this.planRecreate(desired);
+        stage('apply');
+        return this.run(plan, true, desired);
       }
     }
-    return this.run(this.planFull(r, desired, this.memory!), true);
+    const plan = this.planFull(r, desired, this.memory!);
+    stage('apply');
+    return this.run(plan, true);
   }
 
   /** The whole render as one transaction that builds the table from nothing (dry runs, kpx render). */

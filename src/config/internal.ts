@@ -4,6 +4,7 @@
 // clusterCIDR split into a list), and the Linux platform defaults applied after flags
 // (mode "" -> iptables, detectLocalMode "" -> ClusterCIDR, nftables -> NodePorts on the
 // primary IPs). And back: the v1alpha1 object --write-config-to prints.
+import { joinHostPort } from '../util/ip.js';
 import type { ClientConnection, ConntrackConfig, LoggingConfig, V1Alpha1, WinkernelConfig } from './v1alpha1.js';
 
 const SECOND = 1e9;
@@ -38,9 +39,9 @@ export interface Internal {
 /** "0.0.0.0" -> "0.0.0.0:10256", "::" -> "[::]:10256"; ip:port and anything else unchanged (proxyutil.AppendPortIfNeeded). */
 export function appendPortIfNeeded(addr: string, port: number): string {
   if (/^\[.*\]:\d+$/.test(addr) || /^[^:]+:\d+$/.test(addr)) return addr;
-  if (/^[0-9.]+$/.test(addr)) return `${addr}:${port}`;
-  if (/^[0-9a-fA-F:.]+$/.test(addr) && addr.includes(':')) return `[${addr}]:${port}`;
-  return addr;
+  const ipv4 = /^[0-9.]+$/.test(addr);
+  const ipv6 = /^[0-9a-fA-F:.]+$/.test(addr) && addr.includes(':');
+  return ipv4 || ipv6 ? joinHostPort(addr, port) : addr;
 }
 
 const isIPv4Text = (s: string) => /^\d{1,3}(\.\d{1,3}){3}$/.test(s);
@@ -90,14 +91,14 @@ function defaultSections(c: V1Alpha1): Pick<V1Alpha1, 'iptables' | 'ipvs' | 'nft
 /** SetDefaults_KubeProxyConfiguration: empty and zero fields get kube-proxy's defaults. */
 export function setDefaults(c: V1Alpha1): V1Alpha1 {
   const bindAddress = c.bindAddress || '0.0.0.0';
-  const [healthzHost, metricsHost] = isIPv4Text(bindAddress) ? ['0.0.0.0', '127.0.0.1'] : ['[::]', '[::1]'];
+  const [healthzHost, metricsHost] = isIPv4Text(bindAddress) ? ['0.0.0.0', '127.0.0.1'] : ['::', '::1'];
   const cc = c.clientConnection;
   return {
     ...c,
     ...defaultSections(c),
     bindAddress,
-    healthzBindAddress: c.healthzBindAddress ? appendPortIfNeeded(c.healthzBindAddress, 10256) : `${healthzHost}:10256`,
-    metricsBindAddress: c.metricsBindAddress ? appendPortIfNeeded(c.metricsBindAddress, 10249) : `${metricsHost}:10249`,
+    healthzBindAddress: c.healthzBindAddress ? appendPortIfNeeded(c.healthzBindAddress, 10256) : joinHostPort(healthzHost, 10256),
+    metricsBindAddress: c.metricsBindAddress ? appendPortIfNeeded(c.metricsBindAddress, 10249) : joinHostPort(metricsHost, 10249),
     oomScoreAdj: c.oomScoreAdj ?? -999,
     configSyncPeriod: or(c.configSyncPeriod, 15 * 60 * SECOND),
     clientConnection: { ...cc, contentType: cc.contentType || 'application/vnd.kubernetes.protobuf', qps: cc.qps || 5, burst: cc.burst || 10 },

@@ -13,27 +13,62 @@ function ipPort(s: string): { ip: string; port: number } | null {
   return hp && ip ? { ip: ip.text, port: hp.port } : null;
 }
 
+/** One line of `ipvsadm -R`'s input (and `ipvsadm -Sn`'s output): a command on a virtual server (-A -E -D) or a real server (-a -e -d). */
+export interface IpvsLine {
+  readonly cmd: '-A' | '-E' | '-D' | '-a' | '-e' | '-d';
+  readonly proto: IpvsProto;
+  readonly ip: string;
+  readonly port: number;
+  /** -s */
+  readonly scheduler?: string;
+  /** -p (seconds; a bare -p is ipvsadm's default, 360) */
+  readonly persistence?: number;
+  /** -r */
+  readonly real?: { readonly ip: string; readonly port: number };
+  /** -w */
+  readonly weight?: number;
+}
+
+const IPVS_COMMANDS = new Set<string>(['-A', '-E', '-D', '-a', '-e', '-d']);
+
+/** Parses one ipvsadm -R line; null when it is none of the above (or a fwmark service: not kpx's). */
+export function parseIpvsLine(line: string): IpvsLine | null {
+  const t = line.trim().split(/\s+/);
+  const cmd = t[0] ?? '';
+  const proto = FLAG_PROTO[t[1] ?? ''];
+  const hp = ipPort(t[2] ?? '');
+  if (!IPVS_COMMANDS.has(cmd) || !proto || !hp) return null;
+  const opt = (flag: string) => {
+    const i = t.indexOf(flag);
+    return i >= 0 ? t[i + 1] : undefined;
+  };
+  const scheduler = opt('-s');
+  const real = ipPort(opt('-r') ?? '');
+  const weight = opt('-w');
+  return {
+    cmd: cmd as IpvsLine['cmd'],
+    proto,
+    ip: hp.ip,
+    port: hp.port,
+    ...(scheduler !== undefined ? { scheduler } : {}),
+    ...(t.includes('-p') ? { persistence: Number(opt('-p') ?? 360) } : {}),
+    ...(real ? { real } : {}),
+    ...(weight !== undefined ? { weight: Number(weight) } : {}),
+  };
+}
+
 /** Parses `ipvsadm -Sn` (ipvsadm -R's input format). Fwmark services are not kpx's: skipped. */
 export function parseIpvsSave(text: string): Map<string, VirtualServer> {
   const out = new Map<string, { proto: IpvsProto; ip: string; port: number; scheduler: string; persistence: number; reals: Map<string, RealServer> }>();
   for (const line of text.split('\n')) {
-    const t = line.trim().split(/\s+/);
-    const cmd = t[0];
-    if (cmd !== '-A' && cmd !== '-a') continue;
-    const proto = FLAG_PROTO[t[1] ?? ''];
-    const hp = ipPort(t[2] ?? '');
-    if (!proto || !hp) continue;
-    const key = vsKey(proto, hp.ip, hp.port);
-    const opt = (flag: string) => {
-      const i = t.indexOf(flag);
-      return i >= 0 ? t[i + 1] : undefined;
-    };
-    if (cmd === '-A') {
-      out.set(key, { proto, ip: hp.ip, port: hp.port, scheduler: opt('-s') ?? 'wlc', persistence: Number(opt('-p') ?? (t.includes('-p') ? 360 : 0)), reals: new Map() });
-    } else {
-      const real = ipPort(opt('-r') ?? '');
+    const l = parseIpvsLine(line);
+    if (!l) continue;
+    const key = vsKey(l.proto, l.ip, l.port);
+    if (l.cmd === '-A') {
+      out.set(key, { proto: l.proto, ip: l.ip, port: l.port, scheduler: l.scheduler ?? 'wlc', persistence: l.persistence ?? 0, reals: new Map() });
+    } else if (l.cmd === '-a') {
       const vs = out.get(key);
-      if (real && vs) vs.reals.set(joinHostPort(real.ip, real.port), { ip: real.ip, port: real.port, weight: Number(opt('-w') ?? 1) });
+      if (l.real && vs) vs.reals.set(joinHostPort(l.real.ip, l.real.port), { ip: l.real.ip, port: l.real.port, weight: l.weight ?? 1 });
     }
   }
   return out;
@@ -66,28 +101,57 @@ export function canonicalMember(m: string): string {
   return m.replace(/\/(32|128)$/, '');
 }
 
+/** One line of `ipset save` / `ipset restore`: create, add, del, destroy, ... */
+export interface IpsetLine {
+  readonly op: string;
+  readonly set: string;
+  /** create: the set's type */
+  readonly type?: string;
+  /** create: its family */
+  readonly family?: IPFamily;
+  /** add, del: the member as written */
+  readonly member?: string;
+  /** -exist: no error for what is already there (or already gone) */
+  readonly exist: boolean;
+}
+
+/** Parses one ipset line; null for a blank one. */
+export function parseIpsetLine(line: string): IpsetLine | null {
+  const t = line.trim().split(/\s+/);
+  const [op, set] = t;
+  if (!op || !set) return null;
+  const exist = t.includes('-exist');
+  if (op === 'create') return { op, set, ...(t[2] ? { type: t[2] } : {}), family: t.includes('inet6') ? 'IPv6' : 'IPv4', exist };
+  return { op, set, ...((op === 'add' || op === 'del') && t[2] ? { member: t[2] } : {}), exist };
+}
+
 /** Parses `ipset save` (only kpx's sets). */
 export function parseIpsetSave(text: string): Map<string, IpsetSpec> {
   const sets = new Map<string, { name: string; type: SetType; family: IPFamily; members: Set<string> }>();
   for (const line of text.split('\n')) {
-    const t = line.trim().split(/\s+/);
-    if (t[0] === 'create' && t[1] && isKpxSet(t[1])) {
-      sets.set(t[1], { name: t[1], type: t[2] as SetType, family: t.includes('inet6') ? 'IPv6' : 'IPv4', members: new Set() });
-    } else if (t[0] === 'add' && t[1] && t[2]) {
-      sets.get(t[1])?.members.add(canonicalMember(t[2]));
+    const l = parseIpsetLine(line);
+    if (l?.op === 'create' && isKpxSet(l.set)) {
+      sets.set(l.set, { name: l.set, type: l.type as SetType, family: l.family ?? 'IPv4', members: new Set() });
+    } else if (l?.op === 'add' && l.member) {
+      sets.get(l.set)?.members.add(canonicalMember(l.member));
     }
   }
   return sets;
 }
 
+/** A virtual server as ipvsadm names it: "-t 198.19.0.10:80". */
+export function vsTarget(vs: Pick<VirtualServer, 'proto' | 'ip' | 'port'>): string {
+  return `${PROTO_FLAG[vs.proto]} ${joinHostPort(vs.ip, vs.port)}`;
+}
+
 export function vsLine(cmd: '-A' | '-E' | '-D', vs: Pick<VirtualServer, 'proto' | 'ip' | 'port' | 'scheduler' | 'persistence'>): string {
-  const base = `${cmd} ${PROTO_FLAG[vs.proto]} ${joinHostPort(vs.ip, vs.port)}`;
+  const base = `${cmd} ${vsTarget(vs)}`;
   if (cmd === '-D') return base;
   return `${base} -s ${vs.scheduler}${vs.persistence ? ` -p ${vs.persistence}` : ''}`;
 }
 
-export function rsLine(cmd: '-a' | '-e' | '-d', vs: VirtualServer, rs: RealServer): string {
-  const base = `${cmd} ${PROTO_FLAG[vs.proto]} ${joinHostPort(vs.ip, vs.port)} -r ${joinHostPort(rs.ip, rs.port)}`;
+export function rsLine(cmd: '-a' | '-e' | '-d', vs: Pick<VirtualServer, 'proto' | 'ip' | 'port'>, rs: RealServer): string {
+  const base = `${cmd} ${vsTarget(vs)} -r ${joinHostPort(rs.ip, rs.port)}`;
   return cmd === '-d' ? base : `${base} -m -w ${rs.weight}`;
 }
 

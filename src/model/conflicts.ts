@@ -5,6 +5,7 @@
 // older Service (creationTimestamp, then arrival order) and names the other. The outcome
 // depends only on the set of Services, not on the order of events.
 import type { ServicePort } from './types.js';
+import { joinHostPort } from '../util/ip.js';
 
 interface Wanted {
   readonly ports: readonly ServicePort[];
@@ -26,7 +27,7 @@ function claimsOf(ports: readonly ServicePort[]): string[] {
   const out = new Set<string>();
   for (const sp of ports) {
     const proto = sp.protocol;
-    for (const ip of [sp.clusterIP, ...sp.externalIPs, ...sp.loadBalancerVIPs]) out.add(`${ip.includes(':') ? `[${ip}]` : ip}:${sp.port}/${proto}`);
+    for (const ip of [sp.clusterIP, ...sp.externalIPs, ...sp.loadBalancerVIPs]) out.add(`${joinHostPort(ip, sp.port)}/${proto}`);
     if (sp.nodePort) out.add(`NodePort ${sp.nodePort}/${proto}`);
   }
   return [...out];

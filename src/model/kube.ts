@@ -69,7 +69,7 @@ export const serviceSchema = z.object({
       .nullish(),
     healthCheckNodePort: z.number().int().min(0).max(65535).nullish(),
     allocateLoadBalancerNodePorts: z.boolean().nullish(),
-    trafficDistribution: z.string().nullish(),
+    // (no trafficDistribution: kube-proxy never reads it; the EndpointSlice controller turns it into hints)
   }),
   status: z
     .looseObject({

@@ -333,7 +333,8 @@ function sliceEndpoints(s: SliceData): number {
   return n;
 }
 
-function emptyPending(): {
+/** Nothing pending (also what a report of no sync covers). */
+export function emptyPending(): {
   services: Set<string>;
   endpoints: Set<string>;
   node: boolean;

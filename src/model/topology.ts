@@ -34,7 +34,14 @@ export function usesLocalEndpoints(sp: ServicePort): boolean {
 
 const isServingTerminating = (ep: Endpoint): boolean => ep.serving && ep.terminating;
 
-export function topologyMode(endpoints: readonly Endpoint[], nodeName: string, zone: string | undefined): TopologyMode {
+/** What endpoint selection needs to know about this node (the render configs carry it). */
+export interface ThisNode {
+  readonly nodeName: string;
+  readonly zone: string | undefined;
+}
+
+export function topologyMode(endpoints: readonly Endpoint[], node: ThisNode): TopologyMode {
+  const { nodeName, zone } = node;
   let allNodeHints = true;
   let forNode = false;
   let allZoneHints = true;
@@ -54,7 +61,8 @@ export function topologyMode(endpoints: readonly Endpoint[], nodeName: string, z
   return '';
 }
 
-function availableFor(ep: Endpoint, mode: TopologyMode, nodeName: string, zone: string | undefined): boolean {
+function availableFor(ep: Endpoint, mode: TopologyMode, node: ThisNode): boolean {
+  const { nodeName, zone } = node;
   switch (mode) {
     case '':
       return true;
@@ -63,12 +71,6 @@ function availableFor(ep: Endpoint, mode: TopologyMode, nodeName: string, zone: 
     case 'PreferSameZone':
       return !!zone && !!ep.zoneHints?.includes(zone);
   }
-}
-
-/** What endpoint selection needs to know about this node (the render configs carry it). */
-export interface ThisNode {
-  readonly nodeName: string;
-  readonly zone: string | undefined;
 }
 
 /** Service ports with a Local policy and endpoints elsewhere but none here (the metric), over a renderer's fragments. */
@@ -82,13 +84,12 @@ export function countNoLocalEndpoints(fragments: Iterable<{ readonly noLocalEndp
 }
 
 export function categorizeEndpoints(sp: ServicePort, endpoints: readonly Endpoint[], node: ThisNode): CategorizedEndpoints {
-  const { nodeName, zone } = node;
   let cluster: Endpoint[] = [];
   let hasAny = false;
   let topology: TopologyMode = '';
   if (usesClusterEndpoints(sp)) {
-    topology = topologyMode(endpoints, nodeName, zone);
-    cluster = endpoints.filter((ep) => ep.ready && availableFor(ep, topology, nodeName, zone));
+    topology = topologyMode(endpoints, node);
+    cluster = endpoints.filter((ep) => ep.ready && availableFor(ep, topology, node));
     // No ready endpoint anywhere (topology is only chosen when one exists for us):
     // fall back to endpoints that still serve while terminating.
     if (cluster.length === 0) cluster = endpoints.filter(isServingTerminating);

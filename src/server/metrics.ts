@@ -6,7 +6,7 @@ import type { IPFamily } from '../util/ip.js';
 import type { PendingChanges } from '../model/state.js';
 import type { Change } from '../model/state.js';
 import type { SyncObserver } from '../sync/controller.js';
-import type { SyncReport } from '../sync/driver.js';
+import { familiesFailedBy, type ProxyMode, type SyncReport } from '../sync/driver.js';
 import { NftablesError } from '../apply/nftables.js';
 
 /** 100 µs doubling up to ~3.5 min. */
@@ -72,14 +72,21 @@ export class KpxMetrics implements SyncObserver {
     this.servicePending.set(p.services.size);
   }
 
+  /** kube-proxy's nftables mode counts its failed transactions under its own name */
+  private failures(mode: ProxyMode): Counter<'ip_family'> {
+    return mode === 'nftables' ? this.nftablesSyncFailures : this.restoreFailures;
+  }
+
   onSync(report: SyncReport, covered: PendingChanges): void {
     const now = Date.now();
+    // a failure outside the families (host facts, choosing them, the cleanup after a good
+    // sync) fails every family, as health has it
+    for (const ip_family of familiesFailedBy(report, this.families())) this.failures(report.mode).inc({ ip_family });
     for (const f of report.families) {
       const ip_family = f.family;
       const sync = f.full ? 'full' : 'partial';
       if (f.error) {
-        // kube-proxy's nftables mode counts its failed transactions under its own name
-        (f.mode === 'nftables' ? this.nftablesSyncFailures : this.restoreFailures).inc({ ip_family });
+        this.failures(f.mode).inc({ ip_family });
         // kpx deletes retired chains and sets in the sync's own transaction: when that
         // transaction fails, so did the deletion (kube-proxy's separate cleanup transaction)
         if (f.error instanceof NftablesError && f.error.staleDeletions > 0) this.nftablesCleanupFailures.inc({ ip_family });

@@ -2,11 +2,12 @@
 // they arrive and coalesced into syncs by the bounded-frequency runner. Nothing is
 // programmed before the source's initial state is complete.
 import type { KpxConfig } from '../config/config.js';
-import type { Change, ClusterState } from '../model/state.js';
+import { emptyPending, type Change, type ClusterState } from '../model/state.js';
 import { isClusterScoped } from '../model/kube.js';
 import type { Source } from '../source/types.js';
 import type { Logger } from '../util/log.js';
-import type { Proxier, SyncReport } from './driver.js';
+import type { FamilySyncReport, Proxier, SyncReport } from './driver.js';
+import { isNftablesReport } from './nftables-mode.js';
 import { BoundedFrequencyRunner, realClock, type Clock } from './runner.js';
 import { releaseMemory } from '../util/memory.js';
 
@@ -49,6 +50,12 @@ export class Controller {
       opts.config.minSyncPeriodMs,
       opts.config.syncPeriodMs,
       opts.clock ?? realClock,
+      // a sync run that throws (not the proxier's sync, which reports its failures): what
+      // it took from the model may be lost, so the next sync is full
+      (err) => {
+        opts.log.error({ err: err.message, stack: err.stack }, 'sync run failed; the next sync is full');
+        opts.proxier.requestFullSync();
+      },
     );
   }
 
@@ -109,7 +116,7 @@ export class Controller {
           endpointsChanged: pending.endpoints.size,
           servicePorts: f.servicePorts,
           chainsWritten: f.chainsWritten,
-          rulesWritten: f.rulesWritten,
+          ...writtenOf(f),
           chainsDeleted: f.chainsDeleted,
           renderMs: round(f.renderMs),
           applyMs: round(f.applyMs),
@@ -118,12 +125,19 @@ export class Controller {
       );
     }
     for (const o of this.opts.observers ?? []) await o.onSync?.(report, pending, startedAt);
+    // what waits for the report (another mode's leftovers) does not delay it; when it
+    // fails, that is reported as a failed sync of its own, covering nothing new
+    const after = await proxier.afterReport(report);
+    if (after) {
+      this.lastReport = after;
+      for (const o of this.opts.observers ?? []) await o.onSync?.(after, emptyPending(), startedAt);
+    }
     // a full sync of a large model leaves tens of MB of garbage that V8 may keep for minutes
     if (report.families.some((f) => f.full && f.servicePortsRendered >= RELEASE_AFTER_PORTS)) {
       const ms = releaseMemory();
       log.debug({ ms: ms === null ? null : round(ms) }, 'collected garbage after a full sync');
     }
-    return report.ok;
+    return report.ok && !after;
   }
 
   /** --once: wait for the initial state, sync once, stop. */
@@ -167,3 +181,8 @@ export class Controller {
 }
 
 const round = (ms: number) => Math.round(ms * 10) / 10;
+
+/** What a sync wrote, in its mode's unit: rules (iptables-restore) or statements (nft -f). */
+function writtenOf(f: FamilySyncReport): { rulesWritten: number } | { statementsWritten: number } {
+  return isNftablesReport(f) ? { statementsWritten: f.statementsWritten } : { rulesWritten: f.rulesWritten };
+}

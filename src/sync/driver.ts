@@ -4,7 +4,9 @@
 // sync, the decision to go full (first sync, a failure, a change of the node's facts, an
 // external flush), and failures: any failure at any stage is logged once with its cause
 // and stage and forces the next sync of that family to be full, so no change taken from
-// the model is lost (kube-proxy's deferred needFullSync). A mode is its backends (see
+// the model is lost (kube-proxy's deferred needFullSync). What runs outside any family
+// (host facts, choosing the families, the cleanup after a good sync) is guarded alike: its
+// failure fails the whole sync and forces every family full. A mode is its backends (see
 // modes.ts); adding one adds files, not branches here.
 import type { KpxConfig } from '../config/config.js';
 import type { KpxMode } from '../config/modes.js';
@@ -12,14 +14,18 @@ import { changedServices, type ClusterState, type PendingChanges } from '../mode
 import type { ModelView, NodeFacts, ServicePortState } from '../model/types.js';
 import type { Logger } from '../util/log.js';
 import { isLoopback, type IPFamily } from '../util/ip.js';
-import type { CommandRunner } from '../apply/exec.js';
+import type { ApplyStage, CommandRunner } from '../apply/exec.js';
 import type { HostFacts } from '../apply/host.js';
 import type { SavedChain } from '../iptables/save.js';
 
 export type ProxyMode = KpxMode;
 
+/** Where in a family's sync a failure happened. */
+export type FamilyStage = 'config' | 'render' | ApplyStage;
+/** Where outside the families: reading the host's addresses, choosing the families, the cleanup after a good sync. */
+export type DriverStage = 'host facts' | 'families' | 'after sync';
 /** Where in a sync a failure happened. */
-export type SyncStage = 'host facts' | 'config' | 'reading the kernel' | 'render' | 'plan' | 'apply';
+export type SyncStage = DriverStage | FamilyStage;
 
 /** Everything a mode's config is built from (for one family). */
 export interface NodeContext {
@@ -39,7 +45,7 @@ export interface SyncStep<C> {
   /** start, failure, node facts or flush: the backend must not trust what it programmed */
   readonly full: boolean;
   /** names the stage a failure from here on belongs to */
-  stage(stage: SyncStage): void;
+  stage(stage: FamilyStage): void;
 }
 
 /** What every family sync reports, whatever the mode. */
@@ -82,13 +88,21 @@ export interface ModeDetail {
 
 /** One family's sync: what it did, and whether it failed (and where). */
 export type FamilySyncReport<D extends ModeDetail = ModeDetail> = SyncCounts &
-  D & { readonly family: IPFamily } & ({ readonly ok: true; readonly error?: undefined } | { readonly ok: false; readonly error: Error; readonly stage: SyncStage });
+  D & { readonly family: IPFamily } & ({ readonly ok: true; readonly error?: undefined } | { readonly ok: false; readonly error: Error; readonly stage: FamilyStage });
 
 export interface SyncReport<D extends ModeDetail = ModeDetail> {
+  readonly mode: ProxyMode;
   readonly families: ReadonlyArray<FamilySyncReport<D>>;
   readonly ok: boolean;
-  /** a failure before any family was synced */
+  /** a failure outside the families (they are listed as far as they synced) */
   readonly error?: Error;
+  readonly stage?: DriverStage;
+}
+
+/** The families a failure outside them fails: every family synced so far (IPv4 before the first sync). */
+export function familiesFailedBy(report: SyncReport, known: readonly IPFamily[]): IPFamily[] {
+  if (!report.error) return [];
+  return known.length ? [...known] : ['IPv4'];
 }
 
 /** One family of one mode. */
@@ -132,8 +146,14 @@ export interface ProxierOptions {
 /** What the controller drives. */
 export interface Proxier {
   init(): Promise<void>;
-  /** one sync covering `pending` (what changed since the previous sync) */
+  /** one sync covering `pending` (what changed since the previous sync); never throws */
   sync(pending: PendingChanges): Promise<SyncReport>;
+  /**
+   * What waits until a sync is reported (another mode's leftovers, after the first good
+   * sync). Never throws: a failure comes back as a failed report (no family), and the next
+   * sync is full.
+   */
+  afterReport(report: SyncReport): Promise<SyncReport | null>;
   /** the next sync reads the kernel and writes everything (failure, flush, node change) */
   requestFullSync(): void;
   /** families whose canary chains are gone (an external flush); they resync in full */
@@ -209,30 +229,44 @@ export class Driver<C, D extends ModeDetail> implements Proxier {
   }
 
   async sync(pending: PendingChanges): Promise<SyncReport<D>> {
-    const { config, state, log } = this.opts;
-    let host: HostFacts;
-    try {
-      host = this.opts.hostFacts?.() ?? (config.renderOnly ? hostFromNode(state.node) : this.mode.hostFacts());
-    } catch (err) {
-      for (const f of this.synced) this.needFull.add(f);
-      log.error({ stage: 'host facts', err: (err as Error).message }, 'sync failed; the previous rules stay in place');
-      return { families: [], ok: false, error: err as Error };
-    }
-    const changed = changedServices(pending);
+    const { config, state } = this.opts;
     const reports: Array<FamilySyncReport<D>> = [];
-    for (const family of familiesToSync(state, host, this.programmed)) {
-      reports.push(await this.syncFamily(family, { config, node: state.node, host, serviceCIDRs: state.serviceCIDRs(family) }, changed));
+    let stage: DriverStage = 'host facts';
+    try {
+      const host = this.opts.hostFacts?.() ?? (config.renderOnly ? hostFromNode(state.node) : this.mode.hostFacts());
+      stage = 'families';
+      const changed = changedServices(pending);
+      for (const family of familiesToSync(state, host, this.programmed)) {
+        reports.push(await this.syncFamily(family, { config, node: state.node, host, serviceCIDRs: state.serviceCIDRs(family) }, changed));
+      }
+    } catch (err) {
+      return { ...this.failed(stage, err as Error), families: reports };
     }
-    const ok = reports.every((r) => r.ok);
-    if (ok && !config.dryRun) await this.mode.afterSuccess?.();
-    return { families: reports, ok };
+    return { mode: this.mode.mode, families: reports, ok: reports.every((r) => r.ok) };
+  }
+
+  async afterReport(report: SyncReport): Promise<SyncReport | null> {
+    if (!report.ok || this.opts.config.dryRun || !this.mode.afterSuccess) return null;
+    try {
+      await this.mode.afterSuccess();
+      return null;
+    } catch (err) {
+      return this.failed('after sync', err as Error);
+    }
+  }
+
+  /** A failure outside the families: logged once, and every family syncs in full next. */
+  private failed(stage: DriverStage, err: Error): SyncReport<D> {
+    for (const f of this.synced) this.needFull.add(f);
+    this.opts.log.error({ stage, err: err.message }, 'sync failed; the previous rules stay in place');
+    return { mode: this.mode.mode, families: [], ok: false, error: err, stage };
   }
 
   private async syncFamily(family: IPFamily, ctx: NodeContext, changed: ReadonlySet<string>): Promise<FamilySyncReport<D>> {
     const { config, state, log } = this.opts;
     const backend = this.mode.family(family);
     const previous = this.configs.get(family);
-    let stage: SyncStage = 'config';
+    let stage: FamilyStage = 'config';
     let full = true;
     try {
       const cfg = backend.config(ctx, previous);

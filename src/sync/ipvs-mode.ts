@@ -95,8 +95,7 @@ class IpvsFamily implements FamilyBackend<IpvsRenderConfig, IpvsDetail> {
       );
       return { ...base, applyMs: performance.now() - t1, ipvsChanges: { services: 0, realServers: 0 }, iptablesRulesWritten: false };
     }
-    step.stage('apply');
-    const r = await this.applier.apply(desired, rules, cfg);
+    const r = await this.applier.apply(desired, rules, cfg, (s) => step.stage(s));
     const c = r.plan.counts;
     if (c.servicesAdded + c.servicesDeleted + c.realsAdded + c.realsDeleted + c.realsDrained > 0) {
       log.debug({ family: this.family, ...c, draining: r.plan.draining.length }, 'ipvs changes');

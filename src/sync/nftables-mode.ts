@@ -14,6 +14,8 @@ import { Families } from './modes.js';
 
 export interface NftablesDetail {
   readonly mode: 'nftables';
+  /** statements of the `nft -f` transaction this sync ran (0: none was run) */
+  readonly statementsWritten: number;
   /** map and set elements this sync added and removed */
   readonly elementsChanged: { readonly added: number; readonly removed: number };
   /** the table was deleted and re-created (start with a table kpx cannot trust) */
@@ -85,15 +87,14 @@ class NftablesFamily implements FamilyBackend<NftablesRenderConfig, NftablesDeta
       this.mode.opts.print?.(`# kpx ${this.family} nftables mode: nft -f -\n${this.applier.textFromEmpty(r)}`);
       return { ...base, full: true, applyMs: performance.now() - t1 };
     }
-    step.stage('apply');
-    const a = await this.applier.apply(r, result, { full: step.full });
+    const a = await this.applier.apply(r, result, { full: step.full, stage: (s) => step.stage(s) });
     return {
       ...base,
       full: a.full,
       applyMs: performance.now() - t1,
       chainsWritten: a.chainsWritten,
       chainsDeleted: a.chainsDeleted,
-      rulesWritten: a.statements,
+      statementsWritten: a.statements,
       elementsChanged: { added: a.elementsAdded, removed: a.elementsRemoved },
       recreated: a.recreated,
     };
@@ -113,6 +114,7 @@ class NftablesFamily implements FamilyBackend<NftablesRenderConfig, NftablesDeta
       servicePortsRendered: rendered,
       noLocalEndpoints: r.noLocalEndpoints(),
       ports: () => r.fragments(),
+      statementsWritten: 0,
       elementsChanged: { added: 0, removed: 0 },
       recreated: false,
       renderer: r,

@@ -8,7 +8,7 @@ import type { ServiceHealthServers, HealthCheckService } from '../server/service
 import type { ProxyHealth } from '../server/health.js';
 import type { ServicePortState } from '../model/types.js';
 import type { SyncObserver } from './controller.js';
-import type { SyncReport } from './driver.js';
+import { familiesFailedBy, type SyncReport } from './driver.js';
 
 /** healthCheckNodePort services and their local ready endpoint count (distinct IPs). */
 export function healthCheckServices(fragmentsByFamily: Iterable<Iterable<ServicePortState>>): Map<string, HealthCheckService> {
@@ -49,7 +49,8 @@ export class PostSync implements SyncObserver {
 
   async onSync(report: SyncReport, pending: { services: ReadonlySet<string>; endpoints: ReadonlySet<string> }): Promise<void> {
     const changed = pending.services.size > 0 || pending.endpoints.size > 0;
-    if (report.error) for (const fam of this.families().length ? this.families() : (['IPv4'] as const)) this.health.failed(fam, report.error.message);
+    const reason = report.error?.message ?? '';
+    for (const fam of familiesFailedBy(report, this.families())) this.health.failed(fam, reason);
     for (const f of report.families) {
       if (f.error) {
         this.health.failed(f.family, f.error.message);

@@ -36,6 +36,8 @@ export class BoundedFrequencyRunner {
     readonly minIntervalMs: number,
     readonly maxIntervalMs: number,
     private readonly clock: Clock = realClock,
+    /** a run that threw (rather than returning false): told once, with its cause */
+    private readonly onError: (err: Error) => void = () => {},
   ) {}
 
   start(): void {
@@ -84,8 +86,9 @@ export class BoundedFrequencyRunner {
       let ok = false;
       try {
         ok = await this.fn();
-      } catch {
+      } catch (err) {
         ok = false;
+        this.onError(err instanceof Error ? err : new Error(String(err)));
       }
       if (ok) this.failures = 0;
       else {

@@ -12,7 +12,7 @@
 // `masquerade` end their chain with accept. The table's other tables (none of kpx's) are not
 // walked. As the iptables tracer, a packet the node sends to itself skips postrouting.
 import type { CommandRunner } from '../apply/exec.js';
-import type { BaseChainSpec } from '../nftables/format.js';
+import type { BaseChainSpec, SetSpec } from '../nftables/format.js';
 import { nftFamily, parseListing } from '../nftables/format.js';
 import {
   elementFromText,
@@ -41,12 +41,22 @@ import { mergeOutcomes, outcomeOf, TraceError, type Outcome, type TraceEnv, type
 
 /** The renderer's table (what a sync would write) in the walker's form. */
 export function tableFromRenderer(r: NftablesRenderer): NftTableModel {
+  return tableFromText(r.family, r.chains(), r.sets(), r.elements());
+}
+
+/** kpx's table in the walker's form from its chains (rule text), sets and elements as kpx writes them. */
+export function tableFromText(
+  family: IPFamily,
+  chainList: Iterable<{ readonly name: string; readonly base?: BaseChainSpec; readonly rules: readonly string[] }>,
+  setList: Iterable<SetSpec>,
+  elements: Iterable<readonly [string, string, string | undefined]>,
+): NftTableModel {
   const chains = new Map<string, NftChainModel>();
-  for (const c of r.chains()) chains.set(c.name, { name: c.name, ...(c.base ? { base: c.base } : {}), policy: 'accept', rules: c.rules.map(parseRule) });
+  for (const c of chainList) chains.set(c.name, { name: c.name, ...(c.base ? { base: c.base } : {}), policy: 'accept', rules: c.rules.map(parseRule) });
   const sets = new Map<string, { name: string; kind: 'set' | 'map'; flags: string[]; timeout?: number; elems: NftSetModel['elems'][number][] }>();
-  for (const s of r.sets()) sets.set(s.name, { name: s.name, kind: s.kind, flags: [...(s.flags ?? [])], ...(s.timeout !== undefined ? { timeout: s.timeout } : {}), elems: [] });
-  for (const [set, key, value] of r.elements()) sets.get(set)?.elems.push(elementFromText({ key, ...(value !== undefined ? { value } : {}) }));
-  return { family: nftFamily(r.family), name: TABLE, chains, sets };
+  for (const s of setList) sets.set(s.name, { name: s.name, kind: s.kind, flags: [...(s.flags ?? [])], ...(s.timeout !== undefined ? { timeout: s.timeout } : {}), elems: [] });
+  for (const [set, key, value] of elements) sets.get(set)?.elems.push(elementFromText({ key, ...(value !== undefined ? { value } : {}) }));
+  return { family: nftFamily(family), name: TABLE, chains, sets };
 }
 
 /** kpx's live table: `nft -j list table ip|ip6 kpx` in the current network namespace. */

@@ -25,7 +25,7 @@ function collector(): GC | null {
   return collect;
 }
 
-/** Runs a full collection; returns its duration in ms, or null when unavailable. */
+/** Runs two full collections (see below); returns their duration in ms, or null when unavailable. */
 export function releaseMemory(): number | null {
   const gc = collector();
   if (!gc) return null;

@@ -6,22 +6,17 @@
 // endpoints), internalTrafficPolicy Local, session affinity, LB source ranges, hairpin and
 // dual-stack; then a partial sync, a restart that writes nothing, and cleanup.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NET, Topology, dataplaneEnv } from '../substrate/netns.js';
+import { NET, Topology, dataplaneEnv, netnsRunner } from '../substrate/netns.js';
 import { endpointSlice, node, service, type EndpointSpec } from '../substrate/manifests.js';
 import { ClusterState, type Change } from '../../src/model/state.js';
 import { NftablesRenderer } from '../../src/render/nftables/ruleset.js';
 import type { NftablesRenderConfig } from '../../src/render/nftables/config.js';
 import { checkNftables, NftablesApplier, removeNftablesTables } from '../../src/apply/nftables.js';
-import { execRunner, type CommandRunner } from '../../src/apply/exec.js';
+import type { CommandRunner } from '../../src/apply/exec.js';
 import { silentLogger } from '../../src/util/log.js';
 import type { IPFamily } from '../../src/util/ip.js';
 
 const env = await dataplaneEnv();
-
-/** Runs every command inside a network namespace. */
-export function netnsRunner(ns: string): CommandRunner {
-  return { run: (command, args, opts) => execRunner.run('ip', ['netns', 'exec', ns, command, ...args], opts) };
-}
 
 const P = {
   a: { ip: '198.18.1.11', ip6: '2001:2:1::11' },

@@ -2,18 +2,28 @@
 // uses (ipvsadm -Sn/-Ln/-R/--set, ipset save/restore, ip addr/link/-batch), for unit tests of
 // the diff and the applier. iptables commands go to a FakeIptables. Like the kernel, it
 // refuses duplicates (-A of an existing service, -a of an existing real server), edits
-// and deletes of what is not there, and set members of the wrong shape.
+// and deletes of what is not there, and set members of the wrong shape. It reads and
+// writes ipvsadm and ipset lines with kpx's own parsers and writers (src/ipvs/format.ts).
 import { inputText, type CommandInput, type CommandResult, type CommandRunner } from '../../src/apply/exec.js';
 import { FakeIptables } from './fake-iptables.js';
+import { parseIpsetLine, parseIpvsLine, rsLine, vsLine, vsTarget } from '../../src/ipvs/format.js';
+import type { IpvsProto } from '../../src/render/ipvs/ipvs.js';
+import { joinHostPort } from '../../src/util/ip.js';
 
 interface Real {
+  readonly ip: string;
+  readonly port: number;
   weight: number;
   /** active + inactive connections (tests set them) */
   conns: number;
 }
 interface Service {
+  readonly proto: IpvsProto;
+  readonly ip: string;
+  readonly port: number;
   scheduler: string;
   persistence: number;
+  /** "ip:port" -> real server */
   reals: Map<string, Real>;
 }
 
@@ -22,7 +32,7 @@ const err = (stderr: string, exitCode = 1): CommandResult => ({ exitCode, stdout
 
 export class FakeIpvs implements CommandRunner {
   readonly iptables = new FakeIptables();
-  /** "-t 198.19.0.10:80" -> service */
+  /** "-t 198.19.0.10:80" (vsTarget) -> service */
   readonly services = new Map<string, Service>();
   readonly sets = new Map<string, { type: string; family: string; members: Set<string> }>();
   device: Set<string> | null = null;
@@ -76,19 +86,17 @@ export class FakeIpvs implements CommandRunner {
 
   private saveIpvs(): string {
     const out: string[] = [];
-    for (const [key, s] of [...this.services].sort()) {
-      out.push(`-A ${key} -s ${s.scheduler}${s.persistence ? ` -p ${s.persistence}` : ''}`);
-      for (const [addr, r] of s.reals) out.push(`-a ${key} -r ${addr} -m -w ${r.weight}`);
+    for (const [, s] of [...this.services].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+      out.push(vsLine('-A', s));
+      for (const r of s.reals.values()) out.push(rsLine('-a', s, r));
     }
     return out.map((l) => `${l}\n`).join('');
   }
 
   private listIpvs(): string {
     const out = ['IP Virtual Server version 1.2.1 (size=4096)', 'Prot LocalAddress:Port Scheduler Flags', '  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn'];
-    const name: Record<string, string> = { '-t': 'TCP', '-u': 'UDP', '--sctp-service': 'SCTP' };
-    for (const [key, s] of this.services) {
-      const [flag, addr] = key.split(' ') as [string, string];
-      out.push(`${name[flag]}  ${addr} ${s.scheduler}${s.persistence ? ` persistent ${s.persistence}` : ''}`);
+    for (const s of this.services.values()) {
+      out.push(`${s.proto.toUpperCase()}  ${joinHostPort(s.ip, s.port)} ${s.scheduler}${s.persistence ? ` persistent ${s.persistence}` : ''}`);
       for (const [ra, r] of s.reals) out.push(`  -> ${ra.padEnd(28)} Masq    ${r.weight}      ${r.conns}          0`);
     }
     return `${out.join('\n')}\n`;
@@ -96,40 +104,36 @@ export class FakeIpvs implements CommandRunner {
 
   private restoreIpvs(input: string): CommandResult {
     for (const line of input.split('\n').filter(Boolean)) {
-      const t = line.split(' ');
-      const key = `${t[1]} ${t[2]}`;
-      const opt = (f: string) => (t.includes(f) ? t[t.indexOf(f) + 1] : undefined);
+      const l = parseIpvsLine(line);
+      if (!l) return err(`fake ipvsadm: unsupported ${line}`);
+      const key = vsTarget(l);
       const svc = this.services.get(key);
-      switch (t[0]) {
+      switch (l.cmd) {
         case '-A':
           if (svc) return err(`Memory allocation problem / Service already exists: ${line}`);
-          this.services.set(key, { scheduler: opt('-s') ?? 'wlc', persistence: Number(opt('-p') ?? 0), reals: new Map() });
+          this.services.set(key, { proto: l.proto, ip: l.ip, port: l.port, scheduler: l.scheduler ?? 'wlc', persistence: l.persistence ?? 0, reals: new Map() });
           break;
         case '-E':
           if (!svc) return err(`No such service: ${line}`);
-          svc.scheduler = opt('-s') ?? svc.scheduler;
-          svc.persistence = Number(opt('-p') ?? 0);
+          svc.scheduler = l.scheduler ?? svc.scheduler;
+          svc.persistence = l.persistence ?? 0;
           break;
         case '-D':
           if (!svc) return err(`No such service: ${line}`);
           this.services.delete(key);
           break;
-        case '-a':
-        case '-e':
-        case '-d': {
+        default: {
           if (!svc) return err(`No such service: ${line}`);
-          const rs = opt('-r')!;
+          if (!l.real) return err(`fake ipvsadm: no real server in ${line}`);
+          const rs = joinHostPort(l.real.ip, l.real.port);
           const has = svc.reals.get(rs);
-          if (t[0] === '-a') {
+          if (l.cmd === '-a') {
             if (has) return err(`Destination already exists: ${line}`);
-            svc.reals.set(rs, { weight: Number(opt('-w') ?? 1), conns: 0 });
+            svc.reals.set(rs, { ...l.real, weight: l.weight ?? 1, conns: 0 });
           } else if (!has) return err(`No such destination: ${line}`);
-          else if (t[0] === '-e') has.weight = Number(opt('-w') ?? has.weight);
+          else if (l.cmd === '-e') has.weight = l.weight ?? has.weight;
           else svc.reals.delete(rs);
-          break;
         }
-        default:
-          return err(`fake ipvsadm: unsupported ${line}`);
       }
     }
     return ok();
@@ -153,27 +157,26 @@ export class FakeIpvs implements CommandRunner {
       'bitmap:port': /^\d+$/,
     };
     for (const line of input.split('\n').filter(Boolean)) {
-      const t = line.split(' ');
-      const name = t[1]!;
-      const set = this.sets.get(name);
-      const exist = t.includes('-exist');
-      if (t[0] === 'create') {
-        if (set && !exist) return err(`ipset v7.17: Set cannot be created: set with the same name already exists`);
-        if (!set) this.sets.set(name, { type: t[2]!, family: t.includes('inet6') ? 'inet6' : 'inet', members: new Set() });
-      } else if (t[0] === 'add' || t[0] === 'del') {
+      const l = parseIpsetLine(line);
+      if (!l) return err(`fake ipset: unsupported ${line}`);
+      const set = this.sets.get(l.set);
+      if (l.op === 'create') {
+        if (set && !l.exist) return err(`ipset v7.17: Set cannot be created: set with the same name already exists`);
+        if (!set) this.sets.set(l.set, { type: l.type ?? '', family: l.family === 'IPv6' ? 'inet6' : 'inet', members: new Set() });
+      } else if (l.op === 'add' || l.op === 'del') {
         if (!set) return err(`ipset v7.17: The set with the given name does not exist`);
-        const m = t[2]!;
+        const m = l.member ?? '';
         if (!shape[set.type]!.test(m)) return err(`ipset v7.17: Syntax error: ${m} is not a ${set.type} member`);
-        if (t[0] === 'add') {
-          if (set.members.has(m) && !exist) return err(`ipset v7.17: Element cannot be added to the set: it's already added`);
+        if (l.op === 'add') {
+          if (set.members.has(m) && !l.exist) return err(`ipset v7.17: Element cannot be added to the set: it's already added`);
           set.members.add(m);
         } else {
-          if (!set.members.has(m) && !exist) return err(`ipset v7.17: Element cannot be deleted from the set: it's not added`);
+          if (!set.members.has(m) && !l.exist) return err(`ipset v7.17: Element cannot be deleted from the set: it's not added`);
           set.members.delete(m);
         }
-      } else if (t[0] === 'destroy') {
+      } else if (l.op === 'destroy') {
         if (!set) return err(`ipset v7.17: The set with the given name does not exist`);
-        this.sets.delete(name);
+        this.sets.delete(l.set);
       } else return err(`fake ipset: unsupported ${line}`);
     }
     return ok();

@@ -14,6 +14,7 @@
 import { inputText, type CommandInput, type CommandResult, type CommandRunner } from '../../src/apply/exec.js';
 import {
   elementText,
+  nftFamily,
   parseTransaction,
   ruleSets,
   ruleTargets,
@@ -23,6 +24,9 @@ import {
   type SetSpec,
   type Statement,
 } from '../../src/nftables/format.js';
+import type { NftTableModel } from '../../src/nftables/rules.js';
+import { tableFromText } from '../../src/trace/nftables.js';
+import type { IPFamily } from '../../src/util/ip.js';
 
 interface FakeChain {
   base?: BaseChainSpec;
@@ -114,6 +118,14 @@ export class FakeNft implements CommandRunner {
 
   table(family = 'ip', name = 'kpx'): FakeTable | undefined {
     return this.tables.get(`${family} ${name}`);
+  }
+
+  /** kpx's table of a family as it stands, in the tracer's form (what packets meet). */
+  model(family: IPFamily): NftTableModel {
+    const t = this.table(nftFamily(family));
+    if (!t) throw new Error(`fake nft: no table ${nftFamily(family)} kpx`);
+    const elements = [...t.sets].flatMap(([set, s]) => [...s.elements].map(([key, value]) => [set, key, value] as const));
+    return tableFromText(family, [...t.chains].map(([name, c]) => ({ name, ...c })), [...t.sets.values()].map((s) => s.spec), elements);
   }
 
   private transaction(text: string, commit: boolean): CommandResult {

@@ -11,6 +11,7 @@ import { execa, type ResultPromise } from 'execa';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { execRunner, type CommandRunner } from '../../src/apply/exec.js';
 
 export const REPO = resolve(import.meta.dirname, '../..');
 export const KPX_BIN = join(REPO, 'bin/kpx.js');
@@ -51,6 +52,11 @@ export interface PodSpec {
   extraIPs?: string[];
 }
 
+/** Local pods by name: the `servers` answer on `ports` (echo servers), the `clients` only connect. */
+export function localPods(servers: Record<string, string>, clients: Record<string, string>, ports: PodSpec['ports'] = [8080]): PodSpec[] {
+  return [...Object.entries(servers).map(([name, ip]) => ({ name, ip, ports })), ...Object.entries(clients).map(([name, ip]) => ({ name, ip }))];
+}
+
 export interface ProbeResult {
   ok: number;
   names: Record<string, number>;
@@ -87,6 +93,11 @@ export async function dataplaneEnv(): Promise<Env> {
   if (r.exitCode !== 0) return (envCache = { ok: false, reason: `cannot create network namespaces: ${r.stderr}` });
   await execa('ip', ['netns', 'del', probe], { reject: false });
   return (envCache = { ok: true, reason: '' });
+}
+
+/** Runs every command inside a network namespace (kpx's code in this process, its commands in the node's). */
+export function netnsRunner(ns: string): CommandRunner {
+  return { run: (command, args, opts) => execRunner.run('ip', ['netns', 'exec', ns, command, ...args], opts) };
 }
 
 let counter = 0;

@@ -48,6 +48,11 @@ function chainsOf(r: NftablesRenderer) {
 function elementsOf(r: NftablesRenderer, set: string) {
   return new Map([...r.elements()].filter(([s]) => s === set).map(([, k, v]) => [k, v]));
 }
+/** a partial render's delta (a full render has none) */
+function deltaOf(res: NftRenderResult) {
+  if (res.kind !== 'delta') throw new Error('a delta was expected');
+  return res.delta;
+}
 const names = (name: string, proto = 'tcp') => servicePortNames(`default/${name}`, proto, 'http');
 
 describe('nftables renderer: layout', () => {
@@ -300,10 +305,10 @@ describe('nftables renderer: services', () => {
     expect(elementsOf(r, 'service-ips').get('198.19.200.9 . tcp . 80')).toBe(`goto ${names('a').external}`);
     s.takePending();
     s.apply({ kind: 'Service', previous: aOld } as Change);
-    const res = r.render(s.view('IPv4'), cfg, changedServices(s.takePending()));
-    expect(res.delta.removeElements.get('service-ips')).toEqual(new Set(['198.19.0.1 . tcp . 80', '198.19.200.9 . tcp . 80']));
+    const delta = deltaOf(r.render(s.view('IPv4'), cfg, changedServices(s.takePending())));
+    expect(delta.removeElements.get('service-ips')).toEqual(new Set(['198.19.0.1 . tcp . 80', '198.19.200.9 . tcp . 80']));
     // b was skipped whole while a served its frontend (the model names it); now all of it is served
-    expect(res.delta.addElements.get('service-ips')).toEqual(
+    expect(delta.addElements.get('service-ips')).toEqual(
       new Map([
         ['198.19.0.2 . tcp . 80', `goto ${names('b').cluster}`],
         ['198.19.200.9 . tcp . 80', `goto ${names('b').external}`],
@@ -336,7 +341,7 @@ describe('nftables renderer: incremental', () => {
     const r = new NftablesRenderer();
     r.render(s.view('IPv4'), cfg, 'all');
     s.apply({ kind: 'EndpointSlice', current: svc('web', '198.19.0.10', [local('198.18.1.11'), local('198.18.1.14')])[1]!.obj } as Change);
-    const { delta } = r.render(s.view('IPv4'), cfg, ['default/web']);
+    const delta = deltaOf(r.render(s.view('IPv4'), cfg, ['default/web']));
     const n = names('web');
     expect([...delta.writeChains.keys()]).toEqual([n.cluster]);
     expect([...delta.removeChains]).toEqual([]);
@@ -344,8 +349,8 @@ describe('nftables renderer: incremental', () => {
     expect(delta.addElements).toEqual(new Map([['hairpin-connections', new Map([['198.18.1.14 . 198.18.1.14 . tcp . 8080', undefined]])]]));
     expect(delta.addSets.size + delta.removeSets.size).toBe(0);
     // nothing changed: nothing to do
-    const again = r.render(s.view('IPv4'), cfg, ['default/web', 'default/other']);
-    expect(again.delta.writeChains.size + again.delta.removeChains.size + again.delta.addElements.size + again.delta.removeElements.size).toBe(0);
+    const again = deltaOf(r.render(s.view('IPv4'), cfg, ['default/web', 'default/other']));
+    expect(again.writeChains.size + again.removeChains.size + again.addElements.size + again.removeElements.size).toBe(0);
   });
 
   it('moves a service between reject and dispatch with element changes only in the maps it leaves and enters', () => {
@@ -353,7 +358,7 @@ describe('nftables renderer: incremental', () => {
     const r = new NftablesRenderer();
     r.render(s.view('IPv4'), cfg, 'all');
     s.apply({ kind: 'EndpointSlice', current: svc('web', '198.19.0.10', [local('198.18.1.11')])[1]!.obj } as Change);
-    const { delta } = r.render(s.view('IPv4'), cfg, ['default/web']);
+    const delta = deltaOf(r.render(s.view('IPv4'), cfg, ['default/web']));
     expect(delta.removeElements).toEqual(new Map([['no-endpoint-services', new Set(['198.19.0.10 . tcp . 80'])]]));
     expect(delta.addElements).toEqual(
       new Map<string, Map<string, string | undefined>>([
@@ -438,7 +443,7 @@ describe('nftables: incremental renders applied to the fake equal fresh renders'
         await applier.apply(r, result);
         await applier.cleanup({ force: true });
         const fresh = new FakeNft();
-        await new NftablesApplier('IPv4', fresh, silentLogger).apply(renderNftables(s.view('IPv4'), c), { full: true } as NftRenderResult);
+        await new NftablesApplier('IPv4', fresh, silentLogger).apply(renderNftables(s.view('IPv4'), c), { kind: 'full', servicePortsRendered: 0 });
         expect(fake.dump(), `step ${step}`).toBe(fresh.dump());
       }
       // and the incremental renderer's own state equals a fresh one

@@ -65,4 +65,27 @@ describe('bounded-frequency runner', () => {
     expect(r.consecutiveFailures).toBe(times.length);
     await r.stop();
   });
+
+  it('tells a run that throws, with its cause, once, and retries it with backoff like a failed one', async () => {
+    const errors: string[] = [];
+    let throws = 1;
+    const times: number[] = [];
+    const r = new BoundedFrequencyRunner(
+      () => {
+        times.push(Date.now());
+        return throws-- > 0 ? Promise.reject(new Error('boom')) : Promise.resolve(true);
+      },
+      1000,
+      30_000,
+      realClock,
+      (err) => errors.push(err.message),
+    );
+    r.start();
+    r.run();
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(errors).toEqual(['boom']);
+    expect(times.slice(0, 2)).toEqual([0, 1000]);
+    expect(r.consecutiveFailures).toBe(0);
+    await r.stop();
+  });
 });

@@ -170,15 +170,6 @@ export class DispatchTree {
     return this.chains;
   }
 
-  /** Children of a chain, as data (tools and tests): names of the chains its rules jump to. */
-  childrenOf(name: string): string[] | undefined {
-    for (let l = 0; l < this.levels.length; l++) {
-      const c = this.levels[l]!.find((x) => x.name === name);
-      if (c) return l === 0 ? [] : this.levels[l - 1]!.slice(c.lo, c.hi).map((x) => x.name);
-    }
-    return undefined;
-  }
-
   /** The tree's chains, each after the chains it jumps to (leaves, then each level up). */
   *chainsLeavesFirst(): Generator<readonly [string, string]> {
     for (const level of this.levels) for (const c of level) yield [c.name, this.chains.get(c.name)!];

@@ -55,13 +55,13 @@ export interface NftDelta {
   readonly removeElements: Map<string, Set<string>>;
 }
 
-export interface NftRenderResult {
-  /** everything was rendered from scratch (first render, 'all', or a new config) */
-  readonly full: boolean;
-  /** partial renders: what changed; empty after a full render */
-  readonly delta: NftDelta;
-  readonly servicePortsRendered: number;
-}
+/**
+ * What a render did: everything from scratch (first render, 'all', or a new config), or
+ * a delta from the previous render (as the iptables renderer's RenderResult).
+ */
+export type NftRenderResult =
+  | { readonly kind: 'full'; readonly servicePortsRendered: number }
+  | { readonly kind: 'delta'; readonly delta: NftDelta; readonly servicePortsRendered: number };
 
 export const emptyDelta = (): NftDelta => ({
   writeChains: new Map(),
@@ -378,7 +378,7 @@ export class NftablesRenderer {
       else this.byService.delete(key);
     }
     this.registry.flushInto(delta);
-    return { full: false, delta, servicePortsRendered: rendered };
+    return { kind: 'delta', delta, servicePortsRendered: rendered };
   }
 
   private renderAll(view: ModelView, cfg: NftablesRenderConfig): NftRenderResult {
@@ -397,7 +397,7 @@ export class NftablesRenderer {
       for (const f of frags) for (const e of f.elements) this.registry.add(ownerOf(f), e);
     }
     this.registry.resetTracking();
-    return { full: true, delta: emptyDelta(), servicePortsRendered: rendered };
+    return { kind: 'full', servicePortsRendered: rendered };
   }
 }
 
