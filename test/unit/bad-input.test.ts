@@ -151,7 +151,7 @@ describe('conflicting Services: the older one is served, whatever the order', ()
     const s = new ClusterState('node-a', log);
     for (const o of order) s.apply(add(o));
     const skipped = new Set(lines.filter((l) => l.msg === 'conflicting Service skipped').map((l) => String(l.object)));
-    const served = s.view('IPv4').serviceKeys();
+    const served = [...s.view('IPv4').serviceKeys()];
     for (const k of served) skipped.delete(k);
     return { served, skipped: [...skipped].sort() };
   }
