@@ -450,7 +450,7 @@ function generate(seed: number, count: number): Gen[] {
     const key = `${typeof o.metadata.namespace === 'string' ? o.metadata.namespace : 'default'}/${o.metadata.name}`;
     if (broken) {
       out.push({ file, kind: 'Service', object: o, valid: false, name: key });
-      if (r(4) === 0) out.push({ file, kind: 'EndpointSlice', object: { ...(slice(name) as object), addressType: 'IPv5' }, valid: false, name: `default/${name}-ipv4` });
+      if (r(4) === 0) out.push({ file, kind: 'EndpointSlice', object: { ...(slice(name)), addressType: 'IPv5' }, valid: false, name: `default/${name}-ipv4` });
       continue;
     }
     // a younger twin on the same cluster IP and port, in any file: named, and the older served

@@ -103,7 +103,7 @@ describe('kpx --help, --version and errors through a small pipe read late', () =
     expect(direct.exitCode).toBe(status);
     const piped = await execa('python3', ['-c', SMALL_PIPE, process.execPath, KPX_BIN, ...argv], { reject: false, stripFinalNewline: false });
     expect(piped.exitCode).toBe(status);
-    expect(piped.stdout.length).toBe(direct.all!.length);
+    expect(piped.stdout.length).toBe(direct.all.length);
     expect(piped.stdout).toBe(direct.all);
   }, 60_000);
 
