@@ -260,9 +260,21 @@ export class NftablesApplier {
     return this.run(plan, true);
   }
 
-  /** The whole render as one transaction that builds the table from nothing (dry runs, kpx render). */
+  /** The whole render as one transaction that builds the table from nothing (kpx render). */
   textFromEmpty(r: NftablesRenderer): string {
     return this.planRecreate(desiredOf(r), false).tx.text;
+  }
+
+  /**
+   * What apply() would send this kernel for a full sync, without sending it (`run --once
+   * --dry-run`): nothing when kpx-state says the kernel holds this ruleset, else the
+   * transaction that replaces the table. Reads the kernel; changes nothing.
+   */
+  async textAgainstKernel(r: NftablesRenderer): Promise<string> {
+    const desired = desiredOf(r);
+    const state = await this.readState();
+    if (state?.digest === desired.digest) return '';
+    return this.planRecreate(desired).tx.text;
   }
 
   /** Deletes retired chains and sets (all of them with `force`, else those old enough). */

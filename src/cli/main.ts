@@ -265,11 +265,12 @@ export async function main(argv: string[]): Promise<void> {
     await program((code) => (exitCode = code)).parseAsync(normaliseArgv(argv));
   } catch (err) {
     const e = err as { code?: string; exitCode?: number; message?: string };
-    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') process.exit(0);
-    if (e.code?.startsWith('commander.')) process.exit(2);
+    // help, version and errors drain stdout and stderr before the exit, as render does
+    if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') await exitAfterOutput(0);
+    if (e.code?.startsWith('commander.')) await exitAfterOutput(2);
     if (err instanceof ConfigError) {
       process.stderr.write(`kpx: ${oneLine(err.message)}\n`);
-      process.exit(2);
+      await exitAfterOutput(2);
     }
     process.stderr.write(`kpx: ${e.message ?? String(err)}\n`);
     await exitAfterOutput(1);

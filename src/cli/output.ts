@@ -13,18 +13,26 @@ process.stdout.on('error', (err: NodeJS.ErrnoException) => {
   throw err;
 });
 
+// stderr gone too (`kpx ... 2>&1 | head -1`): nothing more can be said; exit as planned
+let stderrClosed = false;
+process.stderr.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') stderrClosed = true;
+  else throw err;
+});
+
 /** Writes to stdout (nothing once the reader is gone). */
 export function out(text: string): void {
   if (!closed) process.stdout.write(text);
 }
 
-/** Resolves once everything written has left the process. */
-export function drained(): Promise<void> {
-  if (closed || process.stdout.writableLength === 0) return Promise.resolve();
-  return new Promise((resolve) => process.stdout.write('', () => resolve()));
+/** Resolves once everything written to stdout and stderr has left the process. */
+export async function drained(): Promise<void> {
+  const flush = (stream: NodeJS.WriteStream, gone: boolean) =>
+    gone || stream.writableLength === 0 || stream.destroyed ? Promise.resolve() : new Promise<void>((resolve) => stream.write('', () => resolve()));
+  await Promise.all([flush(process.stdout, closed), flush(process.stderr, stderrClosed)]);
 }
 
-/** Exits with `code` once stdout has drained. */
+/** Exits with `code` once stdout and stderr have drained (every exit of the CLI goes through here). */
 export async function exitAfterOutput(code: number): Promise<never> {
   await drained();
   process.exit(code);

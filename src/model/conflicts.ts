@@ -2,16 +2,16 @@
 // IP, external IP or load-balancer IP), or the same NodePort and protocol. The apiserver
 // refuses most such pairs (it allocates ClusterIPs and NodePorts once); a file source, or
 // external IPs and LB IPs that nobody allocates, can still bring them. kpx serves the
-// older Service (creationTimestamp, then arrival order) and names the other. The outcome
-// depends only on the set of Services, not on the order of events.
+// older Service (creationTimestamp; on a tie, or with none, the first by namespace/name)
+// and names the other. The outcome depends only on the set of Services, not on the order
+// of events or of the files.
 import type { ServicePort } from './types.js';
 import { joinHostPort } from '../util/ip.js';
 
 interface Wanted {
   readonly ports: readonly ServicePort[];
-  /** creationTimestamp in ms (Infinity when unknown), then arrival order */
+  /** creationTimestamp in ms (Infinity when unknown) */
   readonly created: number;
-  readonly seq: number;
   readonly claims: readonly string[];
 }
 
@@ -39,7 +39,6 @@ export class FrontendConflicts {
   private readonly byClaim = new Map<string, Set<string>>();
   /** Services admitted, with their ports */
   private readonly admitted = new Map<string, readonly ServicePort[]>();
-  private seq = 0;
 
   /**
    * Records what a Service wants (no ports: it is gone) and works out again which of the
@@ -51,7 +50,7 @@ export class FrontendConflicts {
     const old = this.wanted.get(key);
     for (const c of old?.claims ?? []) this.byClaim.get(c)?.delete(key);
     if (ports.length) {
-      const w: Wanted = { ports, created, seq: old?.seq ?? this.seq++, claims: claimsOf(ports) };
+      const w: Wanted = { ports, created, claims: claimsOf(ports) };
       this.wanted.set(key, w);
       for (const c of w.claims) {
         let set = this.byClaim.get(c);
@@ -87,7 +86,8 @@ export class FrontendConflicts {
     order.sort((a, b) => {
       const x = this.wanted.get(a)!;
       const y = this.wanted.get(b)!;
-      return x.created !== y.created ? x.created - y.created : x.seq - y.seq;
+      if (x.created !== y.created) return x.created < y.created ? -1 : 1;
+      return a < b ? -1 : a > b ? 1 : 0;
     });
     const held = new Map<string, string>();
     const now = new Map<string, readonly ServicePort[]>();

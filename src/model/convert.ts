@@ -1,5 +1,5 @@
 // Turns validated API objects into model data, or says exactly which field is wrong.
-import { FAMILIES, parseCIDR, parseIP, type IPFamily, type ParsedCIDR } from '../util/ip.js';
+import { FAMILIES, parseCIDR, parseIP, specialIPReason, type IPFamily, type ParsedCIDR } from '../util/ip.js';
 import {
   LABEL_HEADLESS,
   LABEL_SERVICE_NAME,
@@ -22,10 +22,13 @@ export interface Refusal {
   readonly reason: string;
 }
 
-/** A conversion's result, tagged like validateObject()'s. */
-export type Conversion<T> = { readonly ok: true; readonly value: T } | Refusal;
+/**
+ * A conversion's result, tagged like validateObject()'s. `skipped`: parts of an object kpx
+ * serves without (one line per object; each names the field and its value).
+ */
+export type Conversion<T> = { readonly ok: true; readonly value: T; readonly skipped?: string } | Refusal;
 
-const converted = <T>(value: T): Conversion<T> => ({ ok: true, value });
+const converted = <T>(value: T, skipped?: string): Conversion<T> => (skipped ? { ok: true, value, skipped } : { ok: true, value });
 const ignored = (reason: string): Refusal => ({ ok: false, refusal: 'ignored', reason });
 const invalid = (reason: string): Refusal => ({ ok: false, refusal: 'invalid', reason });
 
@@ -57,6 +60,10 @@ function clusterIPs(spec: ServiceSpec): Conversion<Map<IPFamily, string>> {
   for (const [i, raw] of rawClusterIPs(spec).entries()) {
     const ip = parseIP(raw);
     if (!ip) return invalid(`spec.clusterIPs[${i}]: invalid IP ${JSON.stringify(raw)}`);
+    // the apiserver allocates cluster IPs from its service CIDRs, never one of these; a
+    // rule for 127.0.0.1 or 0.0.0.0 would capture the node's own traffic
+    const special = specialIPReason(ip.text);
+    if (special) return invalid(`spec.clusterIPs[${i}]: ${raw} ${special}`);
     if (byFamily.has(ip.family)) return invalid(`spec.clusterIPs[${i}]: second ${ip.family} cluster IP`);
     const declared = spec.ipFamilies?.[i];
     if (declared && declared !== ip.family) return invalid(`spec.ipFamilies[${i}]: ${declared} does not match spec.clusterIPs[${i}] ${raw}`);
@@ -65,17 +72,26 @@ function clusterIPs(spec: ServiceSpec): Conversion<Map<IPFamily, string>> {
   return converted(byFamily);
 }
 
-/** LoadBalancer ingress IPs the node must capture (ipMode Proxy excluded). */
+/**
+ * LoadBalancer ingress IPs the node must capture (ipMode Proxy excluded). The apiserver
+ * takes any IP in the status, but an unspecified, loopback or link-local one would capture
+ * the node's own traffic (and an ipset refuses 0.0.0.0): such an IP is skipped, and named,
+ * and the Service served without it.
+ */
 function loadBalancerIPs(svc: ServiceObject): Conversion<string[]> {
   const out: string[] = [];
+  const skipped: string[] = [];
   for (const [i, ing] of (svc.status?.loadBalancer?.ingress ?? []).entries()) {
     if (!ing.ip) continue; // hostname-only ingress: nothing to capture
     const ip = parseIP(ing.ip);
     if (!ip) return invalid(`status.loadBalancer.ingress[${i}].ip: invalid IP ${JSON.stringify(ing.ip)}`);
     if (ing.ipMode === 'Proxy') continue; // the LB proxies; traffic arrives for the node, not the VIP
-    if (svc.spec.type === 'LoadBalancer') out.push(ip.text);
+    if (svc.spec.type !== 'LoadBalancer') continue;
+    const special = specialIPReason(ip.text);
+    if (special) skipped.push(`status.loadBalancer.ingress[${i}].ip: ${ing.ip} ${special}`);
+    else out.push(ip.text);
   }
-  return converted(out);
+  return converted(out, skipped.join('; '));
 }
 
 function sourceRanges(spec: ServiceSpec): Conversion<ParsedCIDR[]> {
@@ -123,7 +139,7 @@ export function convertService(svc: ServiceObject): ServiceConversion {
   if (!lbIPs.ok) return lbIPs;
   const ranges = sourceRanges(spec);
   if (!ranges.ok) return ranges;
-  return converted(servicePorts(svc, ips.value, externalIPs.value, lbIPs.value, ranges.value));
+  return converted(servicePorts(svc, ips.value, externalIPs.value, lbIPs.value, ranges.value), lbIPs.skipped);
 }
 
 /**
@@ -182,11 +198,14 @@ function servicePorts(svc: ServiceObject, clusterIPByFamily: ReadonlyMap<IPFamil
   return out;
 }
 
+/** External IPs, as the apiserver takes them: valid, and none special (ValidateNonSpecialIP). */
 function parseIPList(raw: readonly string[], field: string): Conversion<string[]> {
   const ips: string[] = [];
   for (const [i, r] of raw.entries()) {
     const ip = parseIP(r);
     if (!ip) return invalid(`${field}[${i}]: invalid IP ${JSON.stringify(r)}`);
+    const special = specialIPReason(ip.text);
+    if (special) return invalid(`${field}[${i}]: ${r} ${special}`);
     if (!ips.includes(ip.text)) ips.push(ip.text);
   }
   return converted(ips);
@@ -207,14 +226,25 @@ export function slicePortKey(portName: string, protocol: Protocol): string {
 
 type SliceEndpoint = Omit<Endpoint, 'port' | 'addr'>;
 
+/** Why the apiserver would refuse an endpoint's addresses (each an IP of the slice's family, none special), if it would. */
+function badAddress(addresses: readonly string[], i: number, family: IPFamily): Refusal | null {
+  for (const [j, raw] of addresses.entries()) {
+    const ip = parseIP(raw);
+    if (!ip) return invalid(`endpoints[${i}].addresses[${j}]: invalid IP ${JSON.stringify(raw)}`);
+    if (ip.family !== family) return invalid(`endpoints[${i}].addresses[${j}]: ${raw} is not ${family} (addressType)`);
+    const special = specialIPReason(ip.text);
+    if (special) return invalid(`endpoints[${i}].addresses[${j}]: ${raw} ${special}`);
+  }
+  return null;
+}
+
 /** A slice's endpoints (their first address, like kube-proxy), sorted by address. */
 function sliceEndpoints(slice: EndpointSliceObject, family: IPFamily, nodeName: string): Conversion<SliceEndpoint[]> {
   const endpoints: SliceEndpoint[] = [];
   for (const [i, ep] of (slice.endpoints ?? []).entries()) {
-    const raw = ep.addresses[0]!;
-    const ip = parseIP(raw);
-    if (!ip) return invalid(`endpoints[${i}].addresses[0]: invalid IP ${JSON.stringify(raw)}`);
-    if (ip.family !== family) return invalid(`endpoints[${i}].addresses[0]: ${raw} is not ${family} (addressType)`);
+    const bad = badAddress(ep.addresses, i, family);
+    if (bad) return bad;
+    const ip = parseIP(ep.addresses[0]!)!;
     const c = ep.conditions ?? {};
     const ready = c.ready ?? true;
     endpoints.push({

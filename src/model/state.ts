@@ -94,6 +94,8 @@ export class ClusterState {
   private readonly frontends = new FrontendConflicts();
   /** Services refused because an older one serves one of their frontends */
   private readonly conflicted = new Set<string>();
+  /** where each Service that claims frontends came from (a file), for the conflict warnings */
+  private readonly origins = new Map<string, string>();
   private pending = emptyPending();
   private readonly endpointTotals: Record<IPFamily, number> = { IPv4: 0, IPv6: 0 };
   /** trigger times before this are not observed (ms) */
@@ -142,8 +144,10 @@ export class ClusterState {
     let ports: readonly ServicePort[] = [];
     if (cur) {
       const conv = convertService(cur);
-      if (conv.ok) ports = conv.value;
-      else this.refused('Service', key, change.origin, conv);
+      if (conv.ok) {
+        ports = conv.value;
+        if (conv.skipped) this.log.warn({ kind: 'Service', object: key, origin: change.origin, reason: conv.skipped }, 'Service served without what it names');
+      } else this.refused('Service', key, change.origin, conv);
     }
     if (ports.length === 0 && !this.services.has(key) && !this.conflicted.has(key)) return;
     const had = this.services.get(key);
@@ -159,11 +163,13 @@ export class ClusterState {
    * (warned about when they become conflicted, and on each change of their own).
    */
   private setFrontends(key: string, ports: readonly ServicePort[], created: number, origin: string | undefined): void {
+    if (ports.length > 0 && origin) this.origins.set(key, origin);
+    else this.origins.delete(key);
     const { changed, conflicts } = this.frontends.set(key, ports, created);
     for (const c of conflicts) {
       if (!this.conflicted.has(c.service) || c.service === key) {
         this.log.warn(
-          { kind: 'Service', object: c.service, origin: c.service === key ? origin : undefined, reason: `${c.frontend} is already served by Service ${c.servedBy} (the older object)` },
+          { kind: 'Service', object: c.service, origin: this.origins.get(c.service), reason: `${c.frontend} is already served by Service ${c.servedBy} (the older object)` },
           'conflicting Service skipped',
         );
       }

@@ -183,8 +183,16 @@ export class FileSource implements Source {
     const parsed = new Map<string, ParsedObjects>();
     for (const name of names) {
       const path = join(this.dir, name);
-      const st = await stat(path).catch(() => null);
-      if (!st?.isFile()) continue;
+      const st = await stat(path).catch((err: Error) => {
+        // a dangling symlink, a file kpx may not look at: named, not silently left out
+        this.log.error({ file: path, reason: err.message }, 'manifest file cannot be read; skipped');
+        return null;
+      });
+      if (!st) continue;
+      if (!st.isFile()) {
+        this.log.warn({ file: path, reason: 'not a regular file' }, 'manifest file skipped');
+        continue;
+      }
       const prev = this.files.get(name);
       if (prev && prev.mtimeMs === st.mtimeMs && prev.size === st.size) {
         next.set(name, prev);

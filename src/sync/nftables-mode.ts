@@ -83,8 +83,10 @@ class NftablesFamily implements FamilyBackend<NftablesRenderConfig, NftablesDeta
     const base = this.counts(t1 - t0, result.servicePortsRendered);
     if (config.dryRun) {
       step.stage('plan');
-      // a dry run (and kpx render) prints the whole table as one transaction from nothing
-      this.mode.opts.print?.(`# kpx ${this.family} nftables mode: nft -f -\n${this.applier.textFromEmpty(r)}`);
+      // kpx render prints the whole table as one transaction from nothing; a dry run what
+      // it would send this kernel (nothing when the kernel holds this ruleset already)
+      const text = config.renderOnly ? this.applier.textFromEmpty(r) : await this.applier.textAgainstKernel(r);
+      this.mode.opts.print?.(`# kpx ${this.family} nftables mode: nft -f -\n${text || '# nothing to apply: the kernel holds this ruleset\n'}`);
       return { ...base, full: true, applyMs: performance.now() - t1 };
     }
     const a = await this.applier.apply(r, result, { full: step.full, stage: (s) => step.stage(s) });

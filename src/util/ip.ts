@@ -96,3 +96,26 @@ export function isLoopback(ip: string): boolean {
   const p = parseIP(ip);
   return !!p && ipaddr.parse(p.text).range() === 'loopback';
 }
+
+/**
+ * Why the apiserver refuses this address as an endpoint or external IP (its
+ * ValidateNonSpecialIP: unspecified, loopback, link-local unicast, link-local multicast),
+ * or null. `ip` is canonical text (parseIP's).
+ */
+export function specialIPReason(ip: string): string | null {
+  const p = parseIP(ip);
+  if (!p) return null;
+  const v = ipToBigInt(p.text);
+  const inRange = (net: string, bits: number) => cidrContains({ family: p.family, address: net, bits, text: `${net}/${bits}` }, p.text);
+  if (v === 0n) return `may not be unspecified (${p.family === 'IPv4' ? '0.0.0.0' : '::'})`;
+  if (p.family === 'IPv4') {
+    if (inRange('127.0.0.0', 8)) return 'may not be in the loopback range (127.0.0.0/8, ::1/128)';
+    if (inRange('169.254.0.0', 16)) return 'may not be in the link-local range (169.254.0.0/16, fe80::/10)';
+    if (inRange('224.0.0.0', 24)) return 'may not be in the link-local multicast range (224.0.0.0/24, ff02::/16)';
+    return null;
+  }
+  if (v === 1n) return 'may not be in the loopback range (127.0.0.0/8, ::1/128)';
+  if (inRange('fe80::', 10)) return 'may not be in the link-local range (169.254.0.0/16, fe80::/10)';
+  if (inRange('ff02::', 16)) return 'may not be in the link-local multicast range (224.0.0.0/24, ff02::/16)';
+  return null;
+}

@@ -2,7 +2,7 @@
 // on a manifests directory, read its log lines, and apply what it printed to a real kernel
 // in a throwaway network namespace.
 import { execa } from 'execa';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KPX_BIN } from './netns.js';
@@ -14,11 +14,19 @@ export interface Rendered {
   readonly logs: Array<Record<string, unknown>>;
 }
 
-/** `kpx render` on these files (name -> text), in iptables or IPVS mode. */
-export async function renderFiles(files: Record<string, string>, mode: 'iptables' | 'ipvs' = 'iptables'): Promise<Rendered> {
+export type RenderMode = 'iptables' | 'ipvs' | 'nftables';
+
+/** A manifest file's text, or a symbolic link to somewhere (a dangling one cannot be read). */
+export type ManifestFile = string | { readonly symlinkTo: string };
+
+/** `kpx render` on these files (name -> text), in iptables, IPVS or nftables mode. */
+export async function renderFiles(files: Record<string, ManifestFile>, mode: RenderMode = 'iptables'): Promise<Rendered> {
   const dir = await mkdtemp(join(tmpdir(), 'kpx-bad-'));
   try {
-    for (const [name, text] of Object.entries(files)) await writeFile(join(dir, name), text);
+    for (const [name, f] of Object.entries(files)) {
+      if (typeof f === 'string') await writeFile(join(dir, name), f);
+      else await symlink(f.symlinkTo, join(dir, name));
+    }
     const r = await execa(process.execPath, [KPX_BIN, 'render', '--manifests', dir, '--hostname-override', 'node-a', '--proxy-mode', mode, '--log-level', 'info'], {
       reject: false,
       maxBuffer: 1 << 28,
@@ -50,10 +58,12 @@ export function sections(stdout: string): Array<[string, string]> {
 }
 
 /**
- * Applies an iptables-mode render (every family) to a fresh network namespace, for real;
- * the kernel's complaint, if any. The namespace is deleted afterwards.
+ * Applies a render (every family) to a fresh network namespace, for real (iptables
+ * restore and ipset restore; nftables: checked with `nft -c -f`, the kernel validates the
+ * whole transaction without committing it); the kernel's complaint, if any. The namespace
+ * is deleted afterwards.
  */
-export async function kernelAccepts(stdout: string, mode: 'iptables' | 'ipvs'): Promise<string | null> {
+export async function kernelAccepts(stdout: string, mode: RenderMode): Promise<string | null> {
   const ns = `kpxt-${process.pid}-${Math.floor(Math.random() * 1e9)}-bad`;
   await execa('ip', ['netns', 'add', ns]);
   try {
@@ -62,7 +72,8 @@ export async function kernelAccepts(stdout: string, mode: 'iptables' | 'ipvs'): 
       const ipsetBefore = head.startsWith('# ipset restore (before');
       const ipsetAfter = head.startsWith('# ipset restore (after');
       const iptables = mode === 'ipvs' ? /^# (ip6?tables-\w+-restore)/.exec(head)?.[1] : restore;
-      const cmd = iptables ? [iptables, '-w', '5', '--noflush'] : ipsetBefore || ipsetAfter ? ['ipset', 'restore'] : null;
+      const nft = mode === 'nftables' && /^# kpx IPv(4|6) nftables mode: nft -f -/.test(head);
+      const cmd = nft ? ['nft', '-c', '-f', '-'] : iptables ? [iptables, '-w', '5', '--noflush'] : ipsetBefore || ipsetAfter ? ['ipset', 'restore'] : null;
       if (!cmd || !text.trim()) continue;
       const r = await execa('ip', ['netns', 'exec', ns, ...cmd], { input: text, reject: false });
       if (r.exitCode !== 0) return `${cmd[0]}: ${r.stderr.trim()}`;

@@ -1,6 +1,8 @@
 // kpx's output survives a pipe: a slow reader gets every byte (a 30 MB render, compared
 // with the same render written to a file), and a reader that goes away ends kpx quietly
-// with the status of a process killed by SIGPIPE, and no stack trace.
+// with the status of a process killed by SIGPIPE, and no stack trace. The CLI's other exits
+// (--help, --version, errors) drain as well: through a 4 KiB pipe read late, their output
+// arrives whole (it was cut at 4096 bytes).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execa } from 'execa';
 import { spawn } from 'node:child_process';
@@ -65,4 +67,48 @@ describe('kpx output through a pipe', () => {
     expect(stderr).not.toMatch(STACK_TRACE);
     expect(stderr).not.toContain('EPIPE');
   }, 180_000);
+});
+
+/**
+ * Runs a command with stdout and stderr on one pipe of the smallest size (4 KiB, set with
+ * F_SETPIPE_SZ) that nobody reads for a while: what does not fit waits in kpx's queue, and
+ * an exit that does not drain it loses it. Python does the fcntl Node has not got.
+ */
+const SMALL_PIPE = `
+import fcntl, os, subprocess, sys, time
+r, w = os.pipe()
+fcntl.fcntl(w, 1031, 4096)
+p = subprocess.Popen(sys.argv[1:], stdout=w, stderr=w)
+os.close(w)
+time.sleep(0.5)
+data = b''
+while True:
+    chunk = os.read(r, 65536)
+    if not chunk: break
+    data += chunk
+    time.sleep(0.005)
+sys.stdout.buffer.write(data)
+sys.exit(p.wait())
+`;
+
+describe('kpx --help, --version and errors through a small pipe read late', () => {
+  it.each([
+    ['run --help', ['run', '--help'], 0],
+    ['--help', ['--help'], 0],
+    ['--version', ['--version'], 0],
+    ['an unknown flag', ['render', '--bogus'], 2],
+    ['a configuration error', ['render', '--proxy-mode', 'kernelspace'], 2],
+  ])('%s: every byte, the same exit status', async (_what, argv, status) => {
+    const direct = await execa(process.execPath, [KPX_BIN, ...argv], { reject: false, all: true, stripFinalNewline: false });
+    expect(direct.exitCode).toBe(status);
+    const piped = await execa('python3', ['-c', SMALL_PIPE, process.execPath, KPX_BIN, ...argv], { reject: false, stripFinalNewline: false });
+    expect(piped.exitCode).toBe(status);
+    expect(piped.stdout.length).toBe(direct.all.length);
+    expect(piped.stdout).toBe(direct.all);
+  }, 60_000);
+
+  it('the help is longer than the pipe (so a cut would show)', async () => {
+    const r = await execa(process.execPath, [KPX_BIN, '--help']);
+    expect(r.stdout.length).toBeGreaterThan(4096);
+  });
 });

@@ -68,9 +68,21 @@ export type Generation = 0 | 1;
 const salted = (input: string, generation: Generation): string => (generation === 0 ? input : `${input}\u0000g1`);
 
 /**
- * Per-service-port chains, keyed like kube-proxy's: port name plus protocol. The parts of a
- * hashed input are joined with NUL, which no name can hold, so two different inputs never
- * hash the same text ("x" with port "a:b" and "x:a" with port "b" once did).
+ * What stands for a service port in a hashed chain name: its name "ns/name:port" (the
+ * names kpx always had) when that text reads back one way only, that is when the Service
+ * key holds no ":" and no part a NUL (always, for names the apiserver accepts). Otherwise a
+ * length-prefixed form that starts with two NULs, which the first form never does: so
+ * "x" with port "a:b" and "x:a" with port "b" (once one chain) get different names.
+ */
+export function servicePortId(sp: { readonly serviceKey: string; readonly portName: string; readonly name: string }): string {
+  const { serviceKey, portName } = sp;
+  if (!serviceKey.includes(':') && !serviceKey.includes('\u0000') && !portName.includes('\u0000')) return sp.name;
+  return `\u0000\u0000${serviceKey.length}:${serviceKey}${portName.length}:${portName}`;
+}
+
+/**
+ * Per-service-port chains, keyed like kube-proxy's: the service port (servicePortId) plus
+ * protocol, joined with NUL, which no part of the input can hold.
  */
 const SERVICE_PREFIXES = ['KPX-SVC-', 'KPX-SVL-', 'KPX-EXT-', 'KPX-FW-'];
 
@@ -85,8 +97,8 @@ export interface ServicePortChains {
   readonly fw: string;
 }
 
-export function servicePortChains(portName: string, protocol: string, generation: Generation = 0): ServicePortChains {
-  const [svc, svl, ext, fw] = hashNames(SERVICE_PREFIXES, salted(`${portName}\u0000${protocol}`, generation)) as [string, string, string, string];
+export function servicePortChains(portId: string, protocol: string, generation: Generation = 0): ServicePortChains {
+  const [svc, svl, ext, fw] = hashNames(SERVICE_PREFIXES, salted(`${portId}\u0000${protocol}`, generation)) as [string, string, string, string];
   return {
     /** endpoints for Cluster traffic policy */
     svc,
@@ -99,8 +111,8 @@ export function servicePortChains(portName: string, protocol: string, generation
   };
 }
 
-export function endpointChain(portName: string, protocol: string, endpoint: string, generation: Generation = 0): string {
-  return hashName('KPX-SEP-', salted(`${portName}\u0000${protocol}\u0000${endpoint}`, generation));
+export function endpointChain(portId: string, protocol: string, endpoint: string, generation: Generation = 0): string {
+  return hashName('KPX-SEP-', salted(`${portId}\u0000${protocol}\u0000${endpoint}`, generation));
 }
 
 /** Interior and leaf chains of a dispatch tree. */

@@ -7,7 +7,7 @@ import { cidrContains, hostCIDR, ipToBigInt, parseCIDR } from '../../util/ip.js'
 import { baseMatch, type IptablesRenderConfig } from './config.js';
 import { block, comment } from '../../iptables/format.js';
 import type { DispatchEntry } from './dispatch.js';
-import { CHAIN, endpointChain, servicePortChains, type Generation, type ServicePortChains } from './names.js';
+import { CHAIN, endpointChain, servicePortChains, servicePortId, type Generation, type ServicePortChains } from './names.js';
 
 export type ProtoName = 'tcp' | 'udp' | 'sctp';
 export const protoName = (p: Protocol): ProtoName => p.toLowerCase() as ProtoName;
@@ -73,7 +73,7 @@ function portFacts(sp: ServicePort, endpoints: readonly Endpoint[], cfg: Iptable
     sp,
     cfg,
     proto,
-    chains: servicePortChains(sp.name, proto, cfg.generation?.nat ?? 0),
+    chains: servicePortChains(servicePortId(sp), proto, cfg.generation?.nat ?? 0),
     cat,
     internalServed: sp.internalPolicyLocal ? usesLocalChain : cat.hasAny,
     externalServed: sp.externalPolicyLocal ? usesLocalChain : cat.hasAny,
@@ -228,7 +228,7 @@ class PortFragment implements ServiceFragment {
     const generation = this.cfg.generation?.nat ?? 0;
     const affinity = sp.affinitySeconds > 0;
     for (const ep of allReachable) {
-      const sep = endpointChain(sp.name, proto, ep.addr, generation);
+      const sep = endpointChain(servicePortId(sp), proto, ep.addr, generation);
       sepOf.set(ep, sep);
       // the affinity list keeps its name across generations, so clients stick through a full sync
       const recent = affinity ? ` -m recent --set --name ${recentList(sp, proto, ep, sep, generation)} --mask ${recentMask(family)} --rsource` : '';
@@ -253,7 +253,7 @@ class PortFragment implements ServiceFragment {
 /** Affinity checks, then random selection: endpoint i of n with probability 1/(n-i). */
 /** The xt_recent list of an endpoint: its generation-0 endpoint chain's name. */
 function recentList(sp: ServicePort, proto: ProtoName, ep: Endpoint, sep: string, generation: Generation): string {
-  return generation === 0 ? sep : endpointChain(sp.name, proto, ep.addr, 0);
+  return generation === 0 ? sep : endpointChain(servicePortId(sp), proto, ep.addr, 0);
 }
 
 function endpointRules(
