@@ -259,6 +259,10 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory, o
         `rolling replacement of 3 pods (grace ${GRACE} s) in ${((rollEnd - rollStart) / 1000).toFixed(1)} s: ${during.length} new connections from 3 nodes during the roll, outcomes ${JSON.stringify(count(during))}; ` +
           `after: ${JSON.stringify(count(after))}; long-lived connections: ${holdReport.map((h) => `${h.pod}: ${h.inGrace} round trips while terminating, ended ${h.end ? `${h.end.what} ${h.end.ts - h.d.killedAt} ms after the kill, ${h.end.ts - h.d.terminatingAt} ms after the delete` : 'never'}`).join('; ')}`,
       );
+      // when failures happened, against the roll's events (ms from the roll's start)
+      const at = (ts: number) => `+${ts - rollStart}`;
+      const failed = follows.flatMap((f, i) => failures(f, rollStart).map((l) => `${l.what} from ${nodes[i]!.name} at ${at(l.ts)}`));
+      if (failed.length) say(`rolling replacement failures: ${failed.join(', ')}; pods: ${[...deletions].map(([pod, d]) => `${pod} terminating ${at(d.terminatingAt)}, killed ${at(d.killedAt)}, gone ${at(d.goneAt)}`).join('; ')}`);
       expect(during.length).toBeGreaterThan(100);
       expect(during.filter((l) => l.what.startsWith('!'))).toEqual([]);
       expect(Object.keys(count(after)).sort()).toEqual(['roll-b1', 'roll-b2', 'roll-b3']);
