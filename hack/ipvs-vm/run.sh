@@ -41,7 +41,7 @@ DEFAULT_MODULES="ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh ip_vs_mh i
   xt_multiport xt_statistic xt_set xt_ipvs xt_physdev xt_recent xt_limit xt_NFLOG
   ip_set ip_set_hash_ip ip_set_hash_ipport ip_set_hash_ipportip ip_set_hash_ipportnet
   ip_set_hash_net ip_set_hash_netport ip_set_bitmap_port ip_set_list_set
-  veth dummy bridge br_netfilter sctp"
+  veth dummy bridge br_netfilter sctp vxlan"
 MODULES="${KPX_VM_MODULES:-$DEFAULT_MODULES}"
 declare -a ENVS=()
 

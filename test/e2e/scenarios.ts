@@ -43,8 +43,16 @@ const summary = (r: ProbeResult) => `${r.ok} ok ${JSON.stringify(r.names)}${Obje
 const failures = (s: Stream, from = 0, to = Infinity) => s.lines.filter((l) => l.ts >= from && l.ts < to && l.what.startsWith('!'));
 const count = (lines: Array<{ what: string }>) => lines.reduce<Record<string, number>>((m, l) => ((m[l.what] = (m[l.what] ?? 0) + 1), m), {});
 
-/** timeoutScale: a real cluster starts pods (and pulls images) more slowly than namespaces */
-export function e2eSuite(title: string, skip: string, factory: ClusterFactory, opts: { timeoutScale?: number } = {}): void {
+export interface SuiteOptions {
+  /** test timeouts and the suite's bounded waits are multiplied by it: a real cluster starts
+   *  pods (and pulls images) more slowly than namespaces, an emulated VM runs everything slower */
+  timeoutScale?: number;
+  /** the rolling replacement's grace period (default 3 s): longer than the proxy takes to
+   *  program an endpoint turning terminating, or new connections still reach the killed pod */
+  graceSeconds?: number;
+}
+
+export function e2eSuite(title: string, skip: string, factory: ClusterFactory, opts: SuiteOptions = {}): void {
   const T = (ms: number) => ms * (opts.timeoutScale ?? 1);
   describe.skipIf(!!skip)(`${title}${skip ? ` — skipped: ${skip}` : ''}`, () => {
     let c: E2ECluster;
@@ -61,7 +69,7 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory, o
       until(what, async () => {
         const r = await c.probe(from, proto, ip, port, { count: 1, timeoutMs: 400 });
         return want(r) ? r : false;
-      }, 20_000);
+      }, T(20_000));
     /** one long-lived connection on each of the wanted pods (connections land where the proxy sends them) */
     const holdsOn = async (from: Where, ip: string, want: string[]): Promise<Map<string, Stream>> => {
       const got = new Map<string, Stream>();
@@ -144,7 +152,7 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory, o
       await until('health check answers on every node', async () => {
         const h = await Promise.all([A, B, C].map(health));
         return h[0]!.status === 200 && h[1]!.status === 503 && h[2]!.status === 200 && h;
-      }, 20_000);
+      }, T(20_000));
       await answersFrom('external', C.internalIP, np, (r) => r.ok === 1, `${C.name} to program NodePort ${np}`);
       const onA = await c.probe('external', 'tcp', A.internalIP, np, { count: 12 });
       const onC = await c.probe('external', 'tcp', C.internalIP, np, { count: 24 });
@@ -218,16 +226,16 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory, o
     }, T(120_000));
 
     it('a rolling replacement under steady traffic: no new connection refused or reset, established ones to a terminating pod work until it goes', async () => {
-      const GRACE = 3;
+      const GRACE = opts.graceSeconds ?? 3;
       const olds = nodes.slice(0, 3).map((n, i) => ({ name: `roll-a${i + 1}`, node: n.name }));
       for (const p of olds) await c.addPod({ ...p, labels: { app: 'roll' } });
       const s = await c.applyService(svc('roll', { selector: { app: 'roll' }, ports: [tcpUdp[0], hold] }));
       for (const i of [0, 1, 2]) await answersFrom(client(i), s.clusterIP, 80, (r) => r.ok === 1, `${nodes[i]!.name} to program roll`);
       await sleep(1500); // every node has all three old pods
       const holds = await holdsOn(client(0), s.clusterIP, olds.map((p) => p.name));
-      // 3 s: a connect() that needs one SYN retransmission (1 s) because this 2-core machine
-      // starved a namespace's process is served; refused, reset and lost connections fail
-      const follows = [0, 1, 2].map((i) => c.follow(client(i), s.clusterIP, 80, { intervalMs: 20, timeoutMs: 3000 }));
+      // 3 s (scaled): a connect() that needs one SYN retransmission (1 s) because this 2-core
+      // machine starved a namespace's process is served; refused, reset and lost connections fail
+      const follows = [0, 1, 2].map((i) => c.follow(client(i), s.clusterIP, 80, { intervalMs: 20, timeoutMs: T(3000) }));
       await sleep(500);
       const rollStart = Date.now();
       const deletions = new Map<string, Awaited<ReturnType<E2ECluster['deletePod']>>>();
@@ -251,6 +259,10 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory, o
         `rolling replacement of 3 pods (grace ${GRACE} s) in ${((rollEnd - rollStart) / 1000).toFixed(1)} s: ${during.length} new connections from 3 nodes during the roll, outcomes ${JSON.stringify(count(during))}; ` +
           `after: ${JSON.stringify(count(after))}; long-lived connections: ${holdReport.map((h) => `${h.pod}: ${h.inGrace} round trips while terminating, ended ${h.end ? `${h.end.what} ${h.end.ts - h.d.killedAt} ms after the kill, ${h.end.ts - h.d.terminatingAt} ms after the delete` : 'never'}`).join('; ')}`,
       );
+      // when failures happened, against the roll's events (ms from the roll's start)
+      const at = (ts: number) => `+${ts - rollStart}`;
+      const failed = follows.flatMap((f, i) => failures(f, rollStart).map((l) => `${l.what} from ${nodes[i]!.name} at ${at(l.ts)}`));
+      if (failed.length) say(`rolling replacement failures: ${failed.join(', ')}; pods: ${[...deletions].map(([pod, d]) => `${pod} terminating ${at(d.terminatingAt)}, killed ${at(d.killedAt)}, gone ${at(d.goneAt)}`).join('; ')}`);
       expect(during.length).toBeGreaterThan(100);
       expect(during.filter((l) => l.what.startsWith('!'))).toEqual([]);
       expect(Object.keys(count(after)).sort()).toEqual(['roll-b1', 'roll-b2', 'roll-b3']);
@@ -293,7 +305,7 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory, o
               metric(m, 'kubeproxy_sync_proxy_rules_endpoint_changes_pending') === 0
               ? { at: Date.now(), m }
               : false;
-          }, 20_000),
+          }, T(20_000)),
         ),
       );
       const syncedAt = Math.max(...synced.map((x) => x.at));
@@ -317,7 +329,7 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory, o
       // the outage is measured with short timeouts (attempts to the lost pod fail fast); from
       // here on every attempt must succeed, and 3 s covers one SYN retransmission on a starved machine
       for (const f of follows) await f.stop();
-      follows.splice(0, follows.length, ...[client(0), client(2)].map((from) => c.follow(from, s.clusterIP, 80, { intervalMs: 20, timeoutMs: 3000 })));
+      follows.splice(0, follows.length, ...[client(0), client(2)].map((from) => c.follow(from, s.clusterIP, 80, { intervalMs: 20, timeoutMs: T(3000) })));
       await sleep(500);
 
       // the node comes back empty; its kpx starts, lists and syncs; the others' flows are untouched
@@ -331,7 +343,7 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory, o
       // B's kpx has synced loss-2b's endpoint once B's own client reaches it
       await answersFrom(client(1), s.clusterIP, 80, (r) => r.names['loss-2b'] === 1, `${B.name} to serve loss-2b`);
       const fromB = await c.probe(client(1), 'tcp', s.clusterIP, 80, { count: 30 });
-      await until('loss-2b to be reached from other nodes', async () => follows.some((f) => f.lines.some((l) => l.ts > kpxBack && l.what === 'loss-2b')), 20_000);
+      await until('loss-2b to be reached from other nodes', async () => follows.some((f) => f.lines.some((l) => l.ts > kpxBack && l.what === 'loss-2b')), T(20_000));
       const duringBack = follows.flatMap((f) => f.lines.filter((l) => l.ts >= backAt));
       say(`${B.name} back and its kpx synced in ${kpxBack - backAt} ms; from its new client ${summary(fromB)}; meanwhile from ${A.name} and ${C.name}: ${JSON.stringify(count(duringBack))}; healthy long-lived flows: ${healthy.map((h) => `${h.lines.length} round trips, ${failures(h).length} failures`).join(', ')}`);
       expect(fromB.ok).toBe(30);
