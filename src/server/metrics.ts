@@ -1,6 +1,6 @@
 // Prometheus metrics with kube-proxy's names and labels (so existing dashboards and alerts
-// keep working), on a Registry of kpx's own. Buckets start far below kube-proxy's: kpx's
-// partial syncs take milliseconds.
+// keep working), on a Registry of kpx's own. Histograms have every bucket bound kube-proxy's
+// have, and finer ones below them: kpx's partial syncs take milliseconds.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { IPFamily } from '../util/ip.js';
 import type { PendingChanges } from '../model/state.js';
@@ -9,10 +9,33 @@ import type { SyncObserver } from '../sync/controller.js';
 import { familiesFailedBy, type ProxyMode, type SyncReport } from '../sync/driver.js';
 import { NftablesError } from '../apply/nftables.js';
 
-/** 100 µs doubling up to ~3.5 min. */
-const SYNC_BUCKETS = Array.from({ length: 22 }, (_, i) => 0.0001 * 2 ** i);
-/** 1 ms doubling up to ~9 min. */
-const PROGRAMMING_BUCKETS = Array.from({ length: 20 }, (_, i) => 0.001 * 2 ** i);
+/** Sorted, without repeats (bucket bounds compared to the nanosecond). */
+function bounds(...lists: number[][]): number[] {
+  const byNs = new Map(lists.flat().map((b) => [Math.round(b * 1e9), Number(b.toPrecision(12))]));
+  return [...byNs.entries()].sort(([a], [b]) => a - b).map(([, b]) => b);
+}
+const doubling = (start: number, n: number): number[] => Array.from({ length: n }, (_, i) => start * 2 ** i);
+const linear = (start: number, width: number, n: number): number[] => Array.from({ length: n }, (_, i) => start + width * i);
+
+/**
+ * Every bound kube-proxy's histograms have (1 ms doubling, 15 of them), so a dashboard or
+ * alert that picks an `le` keeps working, plus kpx's own from 100 µs (its partial syncs
+ * take milliseconds).
+ */
+export const SYNC_BUCKETS = bounds(doubling(0.001, 15), doubling(0.0001, 22));
+/**
+ * kube-proxy's network programming bounds (0.25 s, 0.5 s, then 1 s wide to 1 min, 5 s wide to
+ * 2 min, 30 s wide to 5 min), plus finer ones where kpx's latencies fall: 1 ms doubling to
+ * 128 ms, and 0.75, 1.1, 1.25 and 1.5 s around the 1 s minSyncPeriod.
+ */
+export const PROGRAMMING_BUCKETS = bounds(
+  linear(0.25, 0.25, 2),
+  linear(1, 1, 59),
+  linear(60, 5, 12),
+  linear(120, 30, 7),
+  doubling(0.001, 8),
+  [0.75, 1.1, 1.25, 1.5],
+);
 
 export class KpxMetrics implements SyncObserver {
   readonly registry = new Registry();
@@ -38,7 +61,7 @@ export class KpxMetrics implements SyncObserver {
   readonly healthz = new Counter({ name: 'kubeproxy_proxy_healthz_total', help: 'Cumulative proxy healthz HTTP status', labelNames: ['code'], registers: [this.registry] });
   readonly livez = new Counter({ name: 'kubeproxy_proxy_livez_total', help: 'Cumulative proxy livez HTTP status', labelNames: ['code'], registers: [this.registry] });
   /** kube-proxy's buckets for it: 1 ms doubling, 15 of them */
-  readonly conntrackDuration = new Histogram({ name: 'kubeproxy_conntrack_reconciler_sync_duration_seconds', help: 'ReconcileConntrackFlowsLatency latency in seconds', labelNames: this.family, buckets: Array.from({ length: 15 }, (_, i) => 0.001 * 2 ** i), registers: [this.registry] });
+  readonly conntrackDuration = new Histogram({ name: 'kubeproxy_conntrack_reconciler_sync_duration_seconds', help: 'ReconcileConntrackFlowsLatency latency in seconds', labelNames: this.family, buckets: doubling(0.001, 15), registers: [this.registry] });
   readonly conntrackDeleted = new Counter({ name: 'kubeproxy_conntrack_reconciler_deleted_entries_total', help: 'Cumulative conntrack flows deleted by conntrack reconciler', labelNames: this.family, registers: [this.registry] });
   // kpx's own split of a sync
   readonly renderDuration = new Histogram({ name: 'kpx_sync_render_duration_seconds', help: 'Time spent rendering rules in a sync', labelNames: ['ip_family', 'sync'], buckets: SYNC_BUCKETS, registers: [this.registry] });
