@@ -274,6 +274,17 @@ const REGISTERED_UNTIL_COUNTED: Record<TwinMode, string[]> = {
   ],
 };
 
+/** Probes both twins until their outcomes agree or boundMs has passed (0: once). */
+async function probeTwins(twins: Twins, probes: Probe[], countOnly = false, boundMs = 0): Promise<{ kp: Map<string, Outcome>; kpx: Map<string, Outcome> }> {
+  const end = Date.now() + boundMs;
+  for (;;) {
+    const [kp, kpx] = await Promise.all(twins.twins.map((tw) => runProbes(tw.t, probes, { countOnly })));
+    if (sameOutcomes(kp!, kpx!) || Date.now() >= end) return { kp: kp!, kpx: kpx! };
+    // a sync may still be running on one twin: give it time rather than a busy loop of probes
+    await sleep(250);
+  }
+}
+
 for (const mode of MODES) {
   describe.skipIf(!!skip)(`differential: kpx vs upstream kube-proxy, ${mode} mode${skip ? ` — skipped: ${skip}` : ''}`, () => suite(mode));
 }
@@ -324,15 +335,7 @@ function suite(mode: TwinMode): void {
   };
 
   /** Probes both twins; returns their outcomes once they agree, or the last ones after the bound. */
-  const probeBoth = async (probes: Probe[], countOnly = false, boundMs = 0) => {
-    const end = Date.now() + boundMs;
-    for (;;) {
-      const [kp, kpx] = await Promise.all(twins.twins.map((tw) => runProbes(tw.t, probes, { countOnly })));
-      if (sameOutcomes(kp!, kpx!) || Date.now() >= end) return { kp: kp!, kpx: kpx! };
-      // a sync may still be running on one twin: give it time rather than a busy loop of probes
-      await sleep(250);
-    }
-  };
+  const probeBoth = (probes: Probe[], countOnly = false, boundMs = 0) => probeTwins(twins, probes, countOnly, boundMs);
 
   /**
    * Compares both proxies' /healthz and /livez (code, shape, verdicts) and the
@@ -791,8 +794,9 @@ function dualStackSuite(mode: TwinMode): void {
   for (const c of DS_CASES) {
     it(`${c.name} (${c.row}): every probe's outcome is kube-proxy's`, async () => {
       const probes: Probe[] = c.targets.flatMap((t) => ['client', 'node', 'ext'].map((from) => ({ from, ...t })));
-      const [kp, kpx] = await Promise.all(twins.twins.map((tw) => runProbes(tw.t, probes)));
-      const cmp = compare(c.name, kp!, kpx!, []);
+      // the twins' IPv6 addresses and first IPv6 syncs may still be settling: agree within 10 s
+      const { kp, kpx } = await probeTwins(twins, probes, false, 10_000);
+      const cmp = compare(c.name, kp, kpx, []);
       rows.push(...cmp);
       summary.push([c.name, cmp.length, cmp.filter((r) => r.verdict === 'equal').length, 0, cmp.filter((r) => r.verdict === 'DIFFERENT').length]);
       expect(cmp.length).toBe(probes.length);

@@ -28,7 +28,8 @@ function documentedBound(entries: number): number {
   return 7 + d;
 }
 
-const V4 = { service: '198.18.0.0/15', far: '127.0.0.0', farther: '127.128.0.0', wide: '127.0.0.0' };
+// IPv4 has only 198.18.0.0/15 for tests: ClusterIPs in its first /16, LB IPs and external IPs in the second
+const V4 = { service: '198.18.0.0/16', far: '198.19.0.0', farther: '198.19.128.0', wide: '198.18.0.0' };
 const V6 = { service: '2001:2:0:ff::/108', far: '2001:2:9::', farther: '2001:2:a::', wide: '2001:2:0:ff::' };
 
 /**
@@ -86,15 +87,15 @@ function clusterIPs(layout: Layout, family: IPFamily, n: number, seed: number): 
       return [...set].map((k) => bigIntToIP(k, family));
     }
     case 'clustered': {
-      // dense blocks of 256 consecutive addresses at random places (127/8, or the /64)
+      // dense blocks of 256 consecutive addresses at random places (the IPv4 /16, or the /64)
       const blocks = new Set<bigint>();
-      while (blocks.size * 256 < n) blocks.add(BigInt(v6 ? r(2 ** 31) : r(2 ** 16)) << (v6 ? 24n : 8n));
+      while (blocks.size * 256 < n) blocks.add(BigInt(v6 ? r(2 ** 31) : r(2 ** 8)) << (v6 ? 24n : 8n));
       return [...blocks].flatMap((b) => Array.from({ length: 256 }, (_, j) => bigIntToIP(wide + b + BigInt(j), family))).slice(0, n);
     }
     case 'adversarial':
       return adversarial(n, wide + 1n, seed).map((k) => bigIntToIP(k, family));
     case 'powers of two':
-      return powers(n, wide, v6 ? 64 : 24).map((k) => bigIntToIP(k, family));
+      return powers(n, wide, v6 ? 64 : 16).map((k) => bigIntToIP(k, family));
   }
 }
 
@@ -125,10 +126,8 @@ function cluster(target: number, family: IPFamily, layout: Layout, range: PortRa
   const s = new ClusterState('node-a', silentLogger);
   const v6 = family === 'IPv6';
   const fam = v6 ? V6 : V4;
-  // (far ranges for the ClusterIP layouts that use 127/8 themselves)
-  const inLoopback = !v6 && layout !== 'sequential' && layout !== 'apiserver';
-  const lbBase = ipToBigInt(inLoopback ? '198.18.0.0' : fam.far);
-  const extBase = ipToBigInt(inLoopback ? '198.19.200.0' : fam.farther);
+  const lbBase = ipToBigInt(fam.far);
+  const extBase = ipToBigInt(fam.farther);
   const ports = allocator({ serviceCIDR: V4.service, seed: target + 2, nodePortRange: range });
   let portsLeft = range[1] - range[0] + 1;
   const nodePort = () => (portsLeft-- > 0 ? ports.nodePort() : undefined);
@@ -158,7 +157,7 @@ function cluster(target: number, family: IPFamily, layout: Layout, range: PortRa
     const localExternal = (lb && i % 21 === 0) || (external && i % 22 === 0);
     const spec: Record<string, unknown> = { ipFamilies: [family] };
     if (lb) {
-      if (i % 14 === 0) spec.loadBalancerSourceRanges = [v6 ? '2001:2::/48' : '198.18.0.0/15', v6 ? '2001:2:f::/64' : '127.0.0.0/8'];
+      if (i % 14 === 0) spec.loadBalancerSourceRanges = [v6 ? '2001:2::/48' : '198.18.0.0/15', v6 ? '2001:2:f::/64' : '198.19.0.0/16'];
       if (!hasNodePort) spec.allocateLoadBalancerNodePorts = false;
     }
     if (localExternal) {
@@ -212,12 +211,14 @@ const cfgFor = (family: IPFamily) => ({
 });
 
 describe('rendered rulesets stay within the documented depth bound', () => {
-  // 100,000 service ports once per family (the adversarial and the /64 layouts), the rest smaller: each 100k case takes ~20 s
+  // 100,000 service ports in IPv6 (the /64 layout); IPv4 whole rulesets stop at 30,000, as the
+  // test range 198.18.0.0/15 cannot hold 100,000 services' ClusterIPs, LB IPs and external IPs
+  // (test/unit/dispatch.test.ts checks IPv4 dispatch trees to 100,000 keys); each 100k case takes ~20 s
   const cases: Array<[IPFamily, Layout, PortRange, number[]]> = [
     ['IPv4', 'apiserver', DEFAULT_RANGE, [1000, 30_000]],
     ['IPv4', 'sequential', ALL_PORTS, [10_000]],
     ['IPv4', 'clustered', ELEVEN, [10_000]],
-    ['IPv4', 'adversarial', DEFAULT_RANGE, [100_000]],
+    ['IPv4', 'adversarial', DEFAULT_RANGE, [10_000]],
     ['IPv4', 'powers of two', ALL_PORTS, [10_000]],
     ['IPv6', 'apiserver', DEFAULT_RANGE, [1000, 10_000]],
     ['IPv6', 'random /64', ALL_PORTS, [100_000]],
