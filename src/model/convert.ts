@@ -32,6 +32,16 @@ const converted = <T>(value: T, skipped?: string): Conversion<T> => (skipped ? {
 const ignored = (reason: string): Refusal => ({ ok: false, refusal: 'ignored', reason });
 const invalid = (reason: string): Refusal => ({ ok: false, refusal: 'invalid', reason });
 
+type ParsedIP = NonNullable<ReturnType<typeof parseIP>>;
+
+/** An IP the apiserver takes in `field`: valid, and none special (ValidateNonSpecialIP). */
+function nonSpecialIP(raw: string, field: string): Conversion<ParsedIP> {
+  const ip = parseIP(raw);
+  if (!ip) return invalid(`${field}: invalid IP ${JSON.stringify(raw)}`);
+  const special = specialIPReason(ip.text);
+  return special ? invalid(`${field}: ${raw} ${special}`) : converted(ip);
+}
+
 export type ServiceConversion = Conversion<readonly ServicePort[]>;
 
 type ServiceSpec = ServiceObject['spec'];
@@ -58,12 +68,11 @@ function clusterIPs(spec: ServiceSpec): Conversion<Map<IPFamily, string>> {
   }
   const byFamily = new Map<IPFamily, string>();
   for (const [i, raw] of rawClusterIPs(spec).entries()) {
-    const ip = parseIP(raw);
-    if (!ip) return invalid(`spec.clusterIPs[${i}]: invalid IP ${JSON.stringify(raw)}`);
-    // the apiserver allocates cluster IPs from its service CIDRs, never one of these; a
+    // the apiserver allocates cluster IPs from its service CIDRs, never a special one; a
     // rule for 127.0.0.1 or 0.0.0.0 would capture the node's own traffic
-    const special = specialIPReason(ip.text);
-    if (special) return invalid(`spec.clusterIPs[${i}]: ${raw} ${special}`);
+    const parsed = nonSpecialIP(raw, `spec.clusterIPs[${i}]`);
+    if (!parsed.ok) return parsed;
+    const ip = parsed.value;
     if (byFamily.has(ip.family)) return invalid(`spec.clusterIPs[${i}]: second ${ip.family} cluster IP`);
     const declared = spec.ipFamilies?.[i];
     if (declared && declared !== ip.family) return invalid(`spec.ipFamilies[${i}]: ${declared} does not match spec.clusterIPs[${i}] ${raw}`);
@@ -202,11 +211,9 @@ function servicePorts(svc: ServiceObject, clusterIPByFamily: ReadonlyMap<IPFamil
 function parseIPList(raw: readonly string[], field: string): Conversion<string[]> {
   const ips: string[] = [];
   for (const [i, r] of raw.entries()) {
-    const ip = parseIP(r);
-    if (!ip) return invalid(`${field}[${i}]: invalid IP ${JSON.stringify(r)}`);
-    const special = specialIPReason(ip.text);
-    if (special) return invalid(`${field}[${i}]: ${r} ${special}`);
-    if (!ips.includes(ip.text)) ips.push(ip.text);
+    const ip = nonSpecialIP(r, `${field}[${i}]`);
+    if (!ip.ok) return ip;
+    if (!ips.includes(ip.value.text)) ips.push(ip.value.text);
   }
   return converted(ips);
 }
@@ -226,25 +233,28 @@ export function slicePortKey(portName: string, protocol: Protocol): string {
 
 type SliceEndpoint = Omit<Endpoint, 'port' | 'addr'>;
 
-/** Why the apiserver would refuse an endpoint's addresses (each an IP of the slice's family, none special), if it would. */
-function badAddress(addresses: readonly string[], i: number, family: IPFamily): Refusal | null {
+/** An endpoint's first address, if the apiserver takes all of them (each an IP of the slice's family, none special). */
+function endpointAddress(addresses: readonly string[], i: number, family: IPFamily): Conversion<ParsedIP> {
+  let first: ParsedIP | undefined;
   for (const [j, raw] of addresses.entries()) {
+    const field = `endpoints[${i}].addresses[${j}]`;
     const ip = parseIP(raw);
-    if (!ip) return invalid(`endpoints[${i}].addresses[${j}]: invalid IP ${JSON.stringify(raw)}`);
-    if (ip.family !== family) return invalid(`endpoints[${i}].addresses[${j}]: ${raw} is not ${family} (addressType)`);
+    if (!ip) return invalid(`${field}: invalid IP ${JSON.stringify(raw)}`);
+    if (ip.family !== family) return invalid(`${field}: ${raw} is not ${family} (addressType)`);
     const special = specialIPReason(ip.text);
-    if (special) return invalid(`endpoints[${i}].addresses[${j}]: ${raw} ${special}`);
+    if (special) return invalid(`${field}: ${raw} ${special}`);
+    first ??= ip;
   }
-  return null;
+  return converted(first!);
 }
 
 /** A slice's endpoints (their first address, like kube-proxy), sorted by address. */
 function sliceEndpoints(slice: EndpointSliceObject, family: IPFamily, nodeName: string): Conversion<SliceEndpoint[]> {
   const endpoints: SliceEndpoint[] = [];
   for (const [i, ep] of (slice.endpoints ?? []).entries()) {
-    const bad = badAddress(ep.addresses, i, family);
-    if (bad) return bad;
-    const ip = parseIP(ep.addresses[0]!)!;
+    const addr = endpointAddress(ep.addresses, i, family);
+    if (!addr.ok) return addr;
+    const ip = addr.value;
     const c = ep.conditions ?? {};
     const ready = c.ready ?? true;
     endpoints.push({
