@@ -6,8 +6,7 @@ import { emptyPending, type Change, type ClusterState } from '../model/state.js'
 import { isClusterScoped } from '../model/kube.js';
 import type { Source } from '../source/types.js';
 import type { Logger } from '../util/log.js';
-import type { FamilySyncReport, Proxier, SyncReport } from './driver.js';
-import { isNftablesReport } from './nftables-mode.js';
+import type { Proxier, SyncReport } from './driver.js';
 import { BoundedFrequencyRunner, realClock, type Clock } from './runner.js';
 import { releaseMemory } from '../util/memory.js';
 
@@ -116,7 +115,7 @@ export class Controller {
           endpointsChanged: pending.endpoints.size,
           servicePorts: f.servicePorts,
           chainsWritten: f.chainsWritten,
-          ...writtenOf(f),
+          ...(f.written ?? { rulesWritten: f.rulesWritten }),
           chainsDeleted: f.chainsDeleted,
           renderMs: round(f.renderMs),
           applyMs: round(f.applyMs),
@@ -181,8 +180,3 @@ export class Controller {
 }
 
 const round = (ms: number) => Math.round(ms * 10) / 10;
-
-/** What a sync wrote, in its mode's unit: rules (iptables-restore) or statements (nft -f). */
-function writtenOf(f: FamilySyncReport): { rulesWritten: number } | { statementsWritten: number } {
-  return isNftablesReport(f) ? { statementsWritten: f.statementsWritten } : { rulesWritten: f.rulesWritten };
-}

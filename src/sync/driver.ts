@@ -84,6 +84,8 @@ export const NO_COUNTS: Omit<SyncCounts, 'full' | 'ports'> = {
 /** A mode's own part of a report (the iptables mode: its renderer, for tools and tests). */
 export interface ModeDetail {
   readonly mode: ProxyMode;
+  /** what the sync wrote, for its log line, where the mode's unit is not iptables rules (nftables: statements) */
+  readonly written?: Readonly<Record<string, number>>;
 }
 
 /** One family's sync: what it did, and whether it failed (and where). */

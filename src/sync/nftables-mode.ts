@@ -15,7 +15,7 @@ import { Families } from './modes.js';
 export interface NftablesDetail {
   readonly mode: 'nftables';
   /** statements of the `nft -f` transaction this sync ran (0: none was run) */
-  readonly statementsWritten: number;
+  readonly written: { readonly statementsWritten: number };
   /** map and set elements this sync added and removed */
   readonly elementsChanged: { readonly added: number; readonly removed: number };
   /** the table was deleted and re-created (start with a table kpx cannot trust) */
@@ -96,7 +96,7 @@ class NftablesFamily implements FamilyBackend<NftablesRenderConfig, NftablesDeta
       applyMs: performance.now() - t1,
       chainsWritten: a.chainsWritten,
       chainsDeleted: a.chainsDeleted,
-      statementsWritten: a.statements,
+      written: { statementsWritten: a.statements },
       elementsChanged: { added: a.elementsAdded, removed: a.elementsRemoved },
       recreated: a.recreated,
     };
@@ -116,7 +116,7 @@ class NftablesFamily implements FamilyBackend<NftablesRenderConfig, NftablesDeta
       servicePortsRendered: rendered,
       noLocalEndpoints: r.noLocalEndpoints(),
       ports: () => r.fragments(),
-      statementsWritten: 0,
+      written: { statementsWritten: 0 },
       elementsChanged: { added: 0, removed: 0 },
       recreated: false,
       renderer: r,
