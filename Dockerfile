@@ -22,5 +22,6 @@ COPY --from=build /src/package.json ./package.json
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/bin ./bin
 COPY --from=build /src/dist ./dist
-ENTRYPOINT ["node", "/opt/kpx/bin/kpx.js"]
+# node's flags are bin/kpx.js's shebang's (a 1 MiB young generation; see that file)
+ENTRYPOINT ["node", "--max-semi-space-size=1", "/opt/kpx/bin/kpx.js"]
 CMD ["run"]

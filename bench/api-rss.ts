@@ -14,11 +14,19 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { findApiserver, kpxServiceAccountToken, type Apiserver } from '../test/substrate/apiserver.js';
 import { FaultProxy } from '../test/substrate/fault-proxy.js';
 import { ensureNode } from '../test/substrate/kube-proxy.js';
+import { launcherNodeFlags } from '../test/substrate/launcher.js';
 import { NET, REPO, Topology } from '../test/substrate/netns.js';
 import { Http2Api } from './scale/api.js';
 import { endpointPool, NODE_NAME, Population } from './scale/cluster.js';
 
 const BRIDGE_PORT = 16443;
+
+/** A kpx checkout's launcher, and the flags node gets before it: its shebang's, then any given (V8 heap flags, say). */
+interface Build {
+  label: string;
+  bin: string;
+  nodeFlags: string[];
+}
 
 interface Sample {
   label: string;
@@ -31,7 +39,8 @@ interface Sample {
 const kib = (status: string, field: string): number => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
 
 /** One kpx build, started in fresh namespaces; resolves with its memory after the settle time. */
-async function measure(api: Apiserver, dir: string, label: string, bin: string, round: number, settleS: number): Promise<Sample> {
+async function measure(api: Apiserver, dir: string, build: Build, mode: string, round: number, settleS: number): Promise<Sample> {
+  const { label, bin, nodeFlags } = build;
   const topo = await Topology.create({ pods: [] });
   const forwarder = new FaultProxy(join(dir, `apiserver-${label}-${round}.sock`), api.target());
   let kpx: ResultPromise | null = null;
@@ -48,7 +57,7 @@ async function measure(api: Apiserver, dir: string, label: string, bin: string, 
     });
     const startedAt = Date.now();
     kpx = topo.spawn('node', process.execPath, [
-      bin, 'run', '--kubeconfig', join(dir, 'kpx.kubeconfig'), '--hostname-override', NODE_NAME, '--cluster-cidr', NET.podCIDR,
+      ...nodeFlags, bin, 'run', '--proxy-mode', mode, '--kubeconfig', join(dir, 'kpx.kubeconfig'), '--hostname-override', NODE_NAME, '--cluster-cidr', NET.podCIDR,
       '--metrics-bind-address', '127.0.0.1:10249', '--healthz-bind-address', '127.0.0.1:10256',
       '--iptables-min-sync-period', '1s', '--iptables-sync-period', '30s',
     ]);
@@ -81,17 +90,20 @@ async function measure(api: Apiserver, dir: string, label: string, bin: string, 
 async function main(): Promise<void> {
   const program = new Command('tsx bench/api-rss.ts')
     .description('VmRSS of `kpx run` with the API source, for kpx builds given as LABEL=path/to/bin/kpx.js (needs root)')
-    .argument('<builds...>', 'LABEL=BIN, e.g. before=/tmp/kpx-main/bin/kpx.js after=bin/kpx.js')
+    .argument('<builds...>', 'LABEL=BIN[,NODE_FLAG...] (node gets the launcher\'s shebang flags, then these), e.g. before=/tmp/kpx-main/bin/kpx.js after=bin/kpx.js semi1=bin/kpx.js,--max-semi-space-size=1')
+    .option('--mode <mode>', 'proxy mode of every build', 'iptables')
     .option('--services <n>', 'Services in the apiserver', '1000')
     .option('--endpoints <n>', 'endpoints per Service', '10')
     .option('--settle <s>', 'seconds after the first sync before memory is read', '20')
     .option('--rounds <n>', 'runs of each build, alternating', '2');
   program.parse(process.argv);
-  const o = program.opts<{ services: string; endpoints: string; settle: string; rounds: string }>();
-  const builds = program.args.map((a) => {
+  const o = program.opts<{ services: string; endpoints: string; settle: string; rounds: string; mode: string }>();
+  const builds = program.args.map((a): Build => {
     const i = a.indexOf('=');
-    if (i <= 0) throw new Error(`not LABEL=BIN: ${a}`);
-    return { label: a.slice(0, i), bin: resolve(a.slice(i + 1)) };
+    if (i <= 0) throw new Error(`not LABEL=BIN[,NODE_FLAG...]: ${a}`);
+    const [bin, ...extra] = a.slice(i + 1).split(',');
+    const path = resolve(bin!);
+    return { label: a.slice(0, i), bin: path, nodeFlags: [...launcherNodeFlags(path), ...extra] };
   });
   if (process.getuid?.() !== 0) throw new Error('needs root (network namespaces)');
   const choice = await findApiserver();
@@ -123,13 +135,13 @@ async function main(): Promise<void> {
     const samples: Sample[] = [];
     for (let round = 1; round <= Number(o.rounds); round++) {
       for (const b of builds) {
-        const s = await measure(api, dir, b.label, b.bin, round, Number(o.settle));
+        const s = await measure(api, dir, b, o.mode, round, Number(o.settle));
         samples.push(s);
         console.error(`${s.label} round ${round}: first sync ${s.firstSyncS.toFixed(1)} s, VmRSS ${s.rssMiB.toFixed(1)} MiB, VmHWM ${s.hwmMiB.toFixed(1)} MiB`);
       }
     }
     const node = (await execa(process.execPath, ['--version'])).stdout;
-    console.log(`kpx run, API source, ${o.services} services x ${o.endpoints} endpoints, iptables mode, node ${node}; memory ${o.settle} s after the first sync`);
+    console.log(`kpx run, API source, ${o.services} services x ${o.endpoints} endpoints, ${o.mode} mode, node ${node}; memory ${o.settle} s after the first sync`);
     console.log('build   rounds  VmRSS MiB (each)        VmHWM MiB (each)        first sync s (each)');
     for (const b of builds) {
       const mine = samples.filter((s) => s.label === b.label);

@@ -41,6 +41,7 @@ import { execRunner } from '../src/apply/exec.js';
 import { silentLogger } from '../src/util/log.js';
 import { podIP, syntheticCluster, type SyntheticCluster } from './synthetic.js';
 import { median, ms, ratio, Recorder, timed, withNetns } from './common.js';
+import { launcherArgv } from '../test/substrate/launcher.js';
 import { nftablesInner, type NftablesResult } from './nftables.js';
 
 const HERE = fileURLToPath(new URL('.', import.meta.url));
@@ -217,7 +218,7 @@ async function measureRss(cluster: SyntheticCluster, mode: Mode): Promise<{ rssM
     return await withNetns(`kpxb-${process.pid}-rss`, async () => {
       const p = execa(
         'ip',
-        ['netns', 'exec', `kpxb-${process.pid}-rss`, process.execPath, join(REPO, 'bin/kpx.js'), 'run', '--manifests', dir, '--hostname-override', 'node-a', '--metrics-bind-address', '', '--healthz-bind-address', '', '--proxy-mode', mode, ...(mode === 'iptables' ? ['--iptables-backend', 'nft'] : [])],
+        ['netns', 'exec', `kpxb-${process.pid}-rss`, process.execPath, ...launcherArgv(join(REPO, 'bin/kpx.js')), 'run', '--manifests', dir, '--hostname-override', 'node-a', '--metrics-bind-address', '', '--healthz-bind-address', '', '--proxy-mode', mode, ...(mode === 'iptables' ? ['--iptables-backend', 'nft'] : [])],
         { reject: false, buffer: false, env: { KPX_LOG_LEVEL: 'info' } },
       );
       await new Promise<void>((res, rej) => {

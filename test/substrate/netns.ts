@@ -12,9 +12,13 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { execRunner, type CommandRunner } from '../../src/apply/exec.js';
+import { launcherArgv } from './launcher.js';
 
 export const REPO = resolve(import.meta.dirname, '../..');
 export const KPX_BIN = join(REPO, 'bin/kpx.js');
+
+/** node's argv for a long-running kpx as its launcher and the image start it: the launcher's flags, then the launcher. */
+export const KPX_ARGV: readonly string[] = launcherArgv(KPX_BIN);
 const ECHO = join(REPO, 'test/substrate/echo-server.mjs');
 const PROBE = join(REPO, 'test/substrate/probe.mjs');
 /** sysctl settings that turn off the per-destination ICMP error rate limit (a namespace's own) */
@@ -301,7 +305,7 @@ export class Topology {
 
   /** Runs the real kpx CLI inside the node namespace. */
   async kpx(args: string[], opts: { reject?: boolean } = {}) {
-    return execa('ip', ['netns', 'exec', this.node, process.execPath, KPX_BIN, ...args], {
+    return execa('ip', ['netns', 'exec', this.node, process.execPath, ...KPX_ARGV, ...args], {
       reject: opts.reject ?? true,
       env: { KPX_LOG_LEVEL: process.env.KPX_TEST_LOG_LEVEL ?? 'warn' },
     });
@@ -316,7 +320,7 @@ export class Topology {
 
   /** Starts a long-running kpx in the node namespace; killed by destroy(). */
   spawnKpx(args: string[]): ResultPromise {
-    const p = execa('ip', ['netns', 'exec', this.node, process.execPath, KPX_BIN, ...args], {
+    const p = execa('ip', ['netns', 'exec', this.node, process.execPath, ...KPX_ARGV, ...args], {
       reject: false,
       buffer: true,
       env: { KPX_LOG_LEVEL: process.env.KPX_TEST_LOG_LEVEL ?? 'info' },

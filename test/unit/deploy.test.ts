@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse, parseAllDocuments } from 'yaml';
 import { KPX_BIN, REPO } from '../substrate/netns.js';
+import { launcherNodeFlags } from '../substrate/launcher.js';
 
 type Obj = { kind: string; metadata: { name: string }; [k: string]: unknown };
 
@@ -39,12 +40,14 @@ describe('Dockerfile', () => {
     for (const pkg of ['iptables', 'ipset', 'ipvsadm', 'conntrack', 'iproute2', 'kmod']) expect(install.split(/\s+/)).toContain(pkg);
   });
 
-  it('runs the CLI entry point that package.json declares, copied from the build stage', async () => {
+  it('runs the CLI entry point that package.json declares, with its shebang\'s node flags, copied from the build stage', async () => {
     const text = await readFile(join(REPO, 'Dockerfile'), 'utf8');
     const pkg = JSON.parse(await readFile(join(REPO, 'package.json'), 'utf8')) as { bin: { kpx: string } };
     const entry = JSON.parse(/^ENTRYPOINT\s+(\[.*\])/m.exec(text)![1]!) as string[];
     expect(entry[0]).toBe('node');
-    expect(entry[1]).toBe(join('/opt/kpx', pkg.bin.kpx));
+    expect(entry.slice(1, -1)).toEqual(launcherNodeFlags(join(REPO, pkg.bin.kpx)));
+    expect(entry.slice(1, -1)).toContain('--max-semi-space-size=1');
+    expect(entry.at(-1)).toBe(join('/opt/kpx', pkg.bin.kpx));
     expect(existsSync(join(REPO, pkg.bin.kpx))).toBe(true);
     for (const dir of ['bin', 'dist', 'node_modules']) expect(text).toMatch(new RegExp(`COPY --from=build \\S+/${dir} \\./${dir}`));
     expect(existsSync(join(REPO, '.dockerignore'))).toBe(true);
