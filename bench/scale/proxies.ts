@@ -98,27 +98,75 @@ async function ipvsCounts(topo: Topology): Promise<Counts> {
   };
 }
 
-/** `nft -j list ruleset`: rules and set/map elements. */
-export function countNft(json: string): { nftRules: number; nftSetElements: number } {
-  if (!json.trim()) return { nftRules: 0, nftSetElements: 0 };
-  const doc = JSON.parse(json) as { nftables: Array<Record<string, { elem?: unknown[] }>> };
-  let rules = 0;
-  let elems = 0;
-  for (const o of doc.nftables) {
-    if (o.rule) rules++;
-    const s = o.set ?? o.map;
-    if (s?.elem) elems += s.elem.length;
+/**
+ * Rules and set/map elements in `nft -j list table` output, fed in pieces: at 30k services
+ * kpx's table prints as several hundred MB of JSON, more than one string (or execa's
+ * buffer) holds, so each object of the top-level array is parsed on its own as it ends.
+ */
+export class NftCounter {
+  private depth = 0;
+  private inString = false;
+  private escaped = false;
+  private piece: string[] = [];
+  private start = -1;
+  rules = 0;
+  setElements = 0;
+
+  push(chunk: string): void {
+    this.start = this.depth >= 3 ? 0 : -1;
+    for (let i = 0; i < chunk.length; i++) {
+      const c = chunk[i];
+      if (this.inString) {
+        if (this.escaped) this.escaped = false;
+        else if (c === '\\') this.escaped = true;
+        else if (c === '"') this.inString = false;
+        continue;
+      }
+      if (c === '"') this.inString = true;
+      else if (c === '{' || c === '[') {
+        if (++this.depth === 3) this.start = i;
+      } else if (c === '}' || c === ']') {
+        if (this.depth-- === 3) {
+          this.piece.push(chunk.slice(this.start, i + 1));
+          this.count(this.piece.join(''));
+          this.piece = [];
+          this.start = -1;
+        }
+      }
+    }
+    if (this.start >= 0) this.piece.push(chunk.slice(this.start));
   }
-  return { nftRules: rules, nftSetElements: elems };
+
+  private count(object: string): void {
+    const o = JSON.parse(object) as Record<string, { elem?: unknown[] }>;
+    if (o.rule) this.rules++;
+    const s = o.set ?? o.map;
+    if (s?.elem) this.setElements += s.elem.length;
+  }
+}
+
+/** `nft -j list table|ruleset` printed whole: rules and set/map elements. */
+export function countNft(json: string): { nftRules: number; nftSetElements: number } {
+  const c = new NftCounter();
+  c.push(json);
+  return { nftRules: c.rules, nftSetElements: c.setElements };
 }
 
 async function nftCounts(topo: Topology, table = 'kube-proxy'): Promise<Counts> {
   // the proxy's own tables only (iptables-nft's own tables are counted as iptables rules)
   const out: Counts = { nftRules: 0, nftSetElements: 0 };
   for (const family of ['ip', 'ip6']) {
-    const c = countNft(await run(topo, 'nft', ['-j', 'list', 'table', family, table]));
-    out.nftRules! += c.nftRules;
-    out.nftSetElements! += c.nftSetElements;
+    const c = new NftCounter();
+    const p = execa('ip', ['netns', 'exec', topo.node, 'nft', '-j', 'list', 'table', family, table], { reject: false, buffer: { stdout: false, stderr: true }, encoding: 'utf8' });
+    p.stdout!.setEncoding('utf8');
+    p.stdout!.on('data', (d: string) => c.push(d));
+    const r = await p;
+    if (r.exitCode !== 0) {
+      if (/No such file or directory/.test(String(r.stderr))) continue; // no table of that family
+      throw new Error(`nft -j list table ${family} ${table} failed (exit ${r.exitCode}): ${String(r.stderr).trim()}`);
+    }
+    out.nftRules! += c.rules;
+    out.nftSetElements! += c.setElements;
   }
   return out;
 }

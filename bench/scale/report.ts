@@ -101,6 +101,8 @@ export function summaryTable(res: ScaleResults, emulated = false): string {
           const parts = Object.entries(f)
             .filter(([n, x]) => n.startsWith('counts.') && x.status === 'ok')
             .map(([n, x]) => `${fmtValue(x.value!, 'count')} ${shortCount(n)}`);
+          const notCounted = f['counts.failed'];
+          if (notCounted) parts.push(`not counted: ${notCounted.note ?? 'the count failed'}`);
           return parts.join(', ') || '-';
         }
         return fmt(f[key]);

@@ -237,8 +237,9 @@ export async function runOne(def: ProxyDef, size: number, s: RunSettings, env: R
       for (const [k, v] of Object.entries(await def.counts(topo!.topo))) fig(`counts.${k}`, ok(v, 'count'));
       if (s.saveRulesDir) await saveRules(topo!.topo, def.mode, join(s.saveRulesDir, `${size}-${def.name}`));
     }).catch((err: unknown) => {
-      if (!(err instanceof StepTimeout)) throw err;
-      fig('counts.iptablesRules', dnf('count', err.limitS, err.message));
+      // a count that fails is a missing figure, not a failed run (the proxy served)
+      if (!(err instanceof StepTimeout)) fig('counts.failed', failed('count', err instanceof Error ? err.message : String(err)));
+      else fig('counts.iptablesRules', dnf('count', err.limitS, err.message));
     });
 
     // ---- one endpoint changed ----

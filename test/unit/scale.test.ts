@@ -15,7 +15,7 @@ import {
   parsePrometheus,
   percentile,
 } from '../../bench/scale/metrics.js';
-import { countIpsetEntries, countIptablesRules, countIpvs, countNft } from '../../bench/scale/proxies.js';
+import { countIpsetEntries, countIptablesRules, countIpvs, countNft, NftCounter } from '../../bench/scale/proxies.js';
 import { evaluateTargets, fmt, markdownReport, summaryTable, toCSV } from '../../bench/scale/report.js';
 import { chartSpecs, renderSvg } from '../../bench/scale/charts.js';
 import type { Environment, Figure, RunResult, ScaleResults } from '../../bench/scale/types.js';
@@ -129,6 +129,25 @@ describe('scale: metrics', () => {
     });
     expect(countNft(nft)).toEqual({ nftRules: 2, nftSetElements: 3 });
     expect(countNft('')).toEqual({ nftRules: 0, nftSetElements: 0 });
+  });
+
+  it('counts nft JSON fed in pieces cut anywhere, strings with braces and escapes included', () => {
+    const nft = JSON.stringify({
+      nftables: [
+        { metainfo: { json_schema_version: 1 } },
+        { chain: { name: 'service-X-ns/a{b}/tcp/p', comment: 'a "quoted" } brace \\' } },
+        { rule: { expr: [{ match: { right: { set: ['{', ']'] } } }] } },
+        { map: { name: 'm', elem: [[['198.19.0.1', 'tcp', 80], { goto: { target: 'x}' } }], [['198.19.0.2', 'udp', 53], { goto: { target: 'y' } }]] } },
+        { rule: {} },
+      ],
+    });
+    const whole = countNft(nft);
+    expect(whole).toEqual({ nftRules: 2, nftSetElements: 2 });
+    for (const size of [1, 2, 3, 7, 64]) {
+      const c = new NftCounter();
+      for (let i = 0; i < nft.length; i += size) c.push(nft.slice(i, i + size));
+      expect({ nftRules: c.rules, nftSetElements: c.setElements }).toEqual(whole);
+    }
   });
 });
 
