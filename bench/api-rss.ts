@@ -39,7 +39,7 @@ interface Sample {
 const kib = (status: string, field: string): number => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN);
 
 /** One kpx build, started in fresh namespaces; resolves with its memory after the settle time. */
-async function measure(api: Apiserver, dir: string, build: Build, mode: string, round: number, settleS: number): Promise<Sample> {
+async function measure(api: Apiserver, dir: string, build: Build, mode: string, round: number, settleS: number, showLog: RegExp | null): Promise<Sample> {
   const { label, bin, nodeFlags } = build;
   const topo = await Topology.create({ pods: [] });
   const forwarder = new FaultProxy(join(dir, `apiserver-${label}-${round}.sock`), api.target());
@@ -70,6 +70,7 @@ async function measure(api: Apiserver, dir: string, build: Build, mode: string, 
         buf += d.toString();
         const lines = buf.split('\n');
         buf = lines.pop()!;
+        if (showLog) for (const l of lines.filter((x) => showLog.test(x))) console.error(`${label} round ${round}: ${l}`);
         if (!lines.some((l) => l.includes('"msg":"sync"'))) return;
         clearTimeout(timer);
         ok();
@@ -95,9 +96,10 @@ async function main(): Promise<void> {
     .option('--services <n>', 'Services in the apiserver', '1000')
     .option('--endpoints <n>', 'endpoints per Service', '10')
     .option('--settle <s>', 'seconds after the first sync before memory is read', '20')
-    .option('--rounds <n>', 'runs of each build, alternating', '2');
+    .option('--rounds <n>', 'runs of each build, alternating', '2')
+    .option('--show-log <regex>', 'print the kpx log lines (up to its first sync) that match');
   program.parse(process.argv);
-  const o = program.opts<{ services: string; endpoints: string; settle: string; rounds: string; mode: string }>();
+  const o = program.opts<{ services: string; endpoints: string; settle: string; rounds: string; mode: string; showLog?: string }>();
   const builds = program.args.map((a): Build => {
     const i = a.indexOf('=');
     if (i <= 0) throw new Error(`not LABEL=BIN[,NODE_FLAG...]: ${a}`);
@@ -135,7 +137,7 @@ async function main(): Promise<void> {
     const samples: Sample[] = [];
     for (let round = 1; round <= Number(o.rounds); round++) {
       for (const b of builds) {
-        const s = await measure(api, dir, b, o.mode, round, Number(o.settle));
+        const s = await measure(api, dir, b, o.mode, round, Number(o.settle), o.showLog ? new RegExp(o.showLog) : null);
         samples.push(s);
         console.error(`${s.label} round ${round}: first sync ${s.firstSyncS.toFixed(1)} s, VmRSS ${s.rssMiB.toFixed(1)} MiB, VmHWM ${s.hwmMiB.toFixed(1)} MiB`);
       }
