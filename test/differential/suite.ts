@@ -243,7 +243,7 @@ const DELIBERATE: Array<Deliberate & { modes: readonly TwinMode[] }> = [
   {
     // kpx's source-range DROP sits in filter OUTPUT, which the node's own packets reach
     // after IPVS (LOCAL_OUT, before filter) has already rewritten their destination to the
-    // endpoint, so the LB-IP match misses; kube-proxy checks in nat OUTPUT, before IPVS
+    // endpoint, so the LB-IP match misses; kube-proxy drops them (its check evidently runs before IPVS)
     modes: ['ipvs'],
     case: 'lb-source-ranges',
     probe: 'node -> 198.19.100.2:80/tcp',
