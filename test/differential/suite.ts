@@ -453,7 +453,9 @@ function suite(mode: TwinMode, opts: SuiteOptions): void {
 
   for (const c of cases) {
     it(`${c.name} (${c.row}): every probe's outcome is kube-proxy's`, async () => {
-      const { kp, kpx } = await probeBoth(probesOf(c), c.countOnly);
+      // under emulation a connection of the 40 can time out on one twin now and then: poll
+      // (bounded) until both agree, as the change and variant probes do; a real difference stays
+      const { kp, kpx } = await probeBoth(probesOf(c), c.countOnly, scale > 1 ? 10_000 * scale : 0);
       const cmp = compare(c.name, kp, kpx, deliberate);
       record(c.name, cmp);
       // every probe has a result on both twins
