@@ -1,6 +1,6 @@
 // Differential testing against upstream kube-proxy: two twin node namespaces with the same
-// topology, one running kube-proxy and one kpx (both in the same mode, iptables or
-// nftables, both started through startKubeProxy with the same KubeProxyConfiguration),
+// topology, one running kube-proxy and one kpx (both in the same mode, iptables,
+// nftables or, on a kernel with IPVS, ipvs; both started through startKubeProxy with the same KubeProxyConfiguration),
 // watching the same apiserver. The same probes run against both and their outcomes are
 // compared.
 //
@@ -27,8 +27,8 @@ const PROBE_MATRIX = join(REPO, 'test/substrate/probe-matrix.mjs');
 export const TWIN_NODE = 'node-a';
 export const REMOTE_NODE = 'node-b';
 export type TwinName = 'kube-proxy' | 'kpx';
-/** The modes both kube-proxy and kpx run in a plain namespace (IPVS needs the qemu VM). */
-export type TwinMode = Exclude<KubeProxyMode, 'ipvs'>;
+/** The modes both run in (ipvs only on a kernel with IPVS: in the qemu VM, hack/ipvs-vm). */
+export type TwinMode = KubeProxyMode;
 
 export interface Twin {
   readonly name: TwinName;
@@ -59,6 +59,8 @@ export interface TwinsOptions {
    * IPv6 InternalIP and pod CIDR, clusterCIDR for both families
    */
   ipv6?: boolean;
+  /** the bound on each proxy's first sync is multiplied by it (software emulation: slower) */
+  timeScale?: number;
 }
 
 /** The IPv6 service range of the test apiserver (its default --service-cluster-ip-range). */
@@ -128,6 +130,7 @@ export class Twins {
       clusterCIDR: this.opts.ipv6 ? `${NET.podCIDR},${NET.podCIDR6}` : NET.podCIDR,
       minSyncPeriod: '100ms',
       syncPeriod: '30s',
+      timeoutMs: 60_000 * (this.opts.timeScale ?? 1),
       ...variant,
     });
     twin.proxy = proxy;

@@ -164,9 +164,12 @@ class IpvsBuilder {
     const proto = ipvsProto(sp.protocol);
     const member = (ip: string) => `${ip},${proto}:${sp.port}`;
     // kube-proxy's IPVS mode: internal traffic policy picks the cluster IP's endpoints,
-    // external policy the endpoints of NodePorts, external IPs and LB IPs
+    // external policy the endpoints of NodePorts, external IPs and LB IPs; under
+    // externalTrafficPolicy Local with no local endpoint it gives those the cluster's
+    // endpoints (pods and the node reach them; external clients' packets go there
+    // unmasqueraded, the Local sets skip the masquerade), as the differential test shows
     const internal = sp.internalPolicyLocal ? cat.local : cat.cluster;
-    const external = sp.externalPolicyLocal ? cat.local : cat.cluster;
+    const external = sp.externalPolicyLocal && cat.local.length > 0 ? cat.local : cat.cluster;
     if (sp.internalPolicyLocal && cat.hasAny && cat.local.length === 0) this.noLocal.internal++;
     if (sp.externalPolicyLocal && externallyAccessible(sp) && cat.hasAny && cat.local.length === 0) this.noLocal.external++;
     // hairpin: an endpoint reaching itself through the service is masqueraded
