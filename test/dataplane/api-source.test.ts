@@ -11,7 +11,7 @@ import { parseAllDocuments } from 'yaml';
 import { CoreV1Api, DiscoveryV1Api, KubernetesObjectApi, type KubernetesObject } from '@kubernetes/client-node';
 import { KPX_BIN, NET, REPO, Topology, dataplaneEnv } from '../substrate/netns.js';
 import { endpointSlice, service } from '../substrate/manifests.js';
-import { findApiserver, kpxServiceAccountToken, type Apiserver } from '../substrate/apiserver.js';
+import { findApiserver, putEndpointSlice, kpxServiceAccountToken, type Apiserver } from '../substrate/apiserver.js';
 import { FaultProxy } from '../substrate/fault-proxy.js';
 import { PROXYABLE_SELECTOR } from '../../src/source/kube/api-source.js';
 
@@ -71,12 +71,7 @@ describe.skipIf(!!skip)(`the Kubernetes API source against a real apiserver${ski
       endpoints: ips.map((ip) => ({ ip, node: NODE })),
       annotations: { 'endpoints.kubernetes.io/last-change-trigger-time': new Date().toISOString() },
     }) as { metadata: { name: string } };
-    try {
-      await disc.replaceNamespacedEndpointSlice({ name: body.metadata.name, namespace: NS, body: body as never });
-    } catch (err) {
-      if ((err as { code?: number }).code !== 404) throw err;
-      await disc.createNamespacedEndpointSlice({ namespace: NS, body: body as never });
-    }
+    await putEndpointSlice(disc, NS, body);
   };
   const createService = (name: string, clusterIP?: string) => {
     const body = service({ name, namespace: NS, clusterIP: clusterIP ?? 'none', ports: [{ name: 'http', port: 80, targetPort: 8080 }] }) as {

@@ -11,7 +11,7 @@ import { parse } from 'yaml';
 import { CoreV1Api, DiscoveryV1Api } from '@kubernetes/client-node';
 import { NET, Topology, dataplaneEnv } from '../substrate/netns.js';
 import { endpointSlice, service } from '../substrate/manifests.js';
-import { findApiserver, type Apiserver } from '../substrate/apiserver.js';
+import { findApiserver, putEndpointSlice, type Apiserver } from '../substrate/apiserver.js';
 import {
   FIXTURES_DIR,
   findKubeProxy,
@@ -87,12 +87,7 @@ describe.skipIf(!!skip)(`upstream kube-proxy in a node namespace${skip ? ` — s
     const body = endpointSlice({ service: 'web', namespace: NS, ports: [{ name: 'http', port: 8080 }], endpoints: ips.map((ip) => ({ ip, node: NODE })) }) as {
       metadata: { name: string };
     };
-    try {
-      await disc.replaceNamespacedEndpointSlice({ name: body.metadata.name, namespace: NS, body: body as never });
-    } catch (err) {
-      if ((err as { code?: number }).code !== 404) throw err;
-      await disc.createNamespacedEndpointSlice({ namespace: NS, body: body as never });
-    }
+    await putEndpointSlice(disc, NS, body);
   };
 
   beforeAll(async () => {

@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CoreV1Api, DiscoveryV1Api } from '@kubernetes/client-node';
 import { NET, dataplaneEnv, type PodSpec } from '../substrate/netns.js';
 import { endpointSlice, service, type EndpointSpec, type PortSpec } from '../substrate/manifests.js';
-import { findApiserver, type Apiserver } from '../substrate/apiserver.js';
+import { findApiserver, putEndpointSlice, type Apiserver } from '../substrate/apiserver.js';
 import { findKubeProxy } from '../substrate/kube-proxy.js';
 import {
   REMOTE_NODE,
@@ -370,12 +370,7 @@ function suite(mode: TwinMode, opts: SuiteOptions): void {
       endpoints,
       annotations: { 'endpoints.kubernetes.io/last-change-trigger-time': new Date().toISOString() },
     }) as { metadata: { name: string } };
-    try {
-      await disc.replaceNamespacedEndpointSlice({ name: body.metadata.name, namespace: NS, body: body as never });
-    } catch (err) {
-      if ((err as { code?: number }).code !== 404) throw err;
-      await disc.createNamespacedEndpointSlice({ namespace: NS, body: body as never });
-    }
+    await putEndpointSlice(disc, NS, body);
   };
 
   /** Probes both twins; returns their outcomes once they agree, or the last ones after the bound. */

@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CoreV1Api, KubeConfig, KubernetesObjectApi, type KubernetesObject } from '@kubernetes/client-node';
+import { CoreV1Api, KubeConfig, KubernetesObjectApi, type DiscoveryV1Api, type KubernetesObject } from '@kubernetes/client-node';
 import { readdir } from 'node:fs/promises';
 import { parseAllDocuments } from 'yaml';
 
@@ -238,4 +238,14 @@ export async function kpxServiceAccountToken(admin: KubeConfig, repo: string, ex
   if (!sa) throw new Error('manifests/ has no ServiceAccount');
   const tr = await admin.makeApiClient(CoreV1Api).createNamespacedServiceAccountToken({ name: sa.name, namespace: sa.namespace, body: { spec: { audiences: [], expirationSeconds } } });
   return tr.status!.token;
+}
+
+/** Replaces an EndpointSlice, or creates it when there is none yet (a 404). */
+export async function putEndpointSlice(disc: DiscoveryV1Api, namespace: string, body: { metadata: { name: string } }): Promise<void> {
+  try {
+    await disc.replaceNamespacedEndpointSlice({ name: body.metadata.name, namespace, body: body as never });
+  } catch (err) {
+    if ((err as { code?: number }).code !== 404) throw err;
+    await disc.createNamespacedEndpointSlice({ namespace, body: body as never });
+  }
 }
