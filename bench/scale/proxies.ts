@@ -158,8 +158,8 @@ async function nftCounts(topo: Topology, table = 'kube-proxy'): Promise<Counts> 
   for (const family of ['ip', 'ip6']) {
     const c = new NftCounter();
     const p = execa('ip', ['netns', 'exec', topo.node, 'nft', '-j', 'list', 'table', family, table], { reject: false, buffer: { stdout: false, stderr: true }, encoding: 'utf8' });
-    p.stdout!.setEncoding('utf8');
-    p.stdout!.on('data', (d: string) => c.push(d));
+    p.stdout.setEncoding('utf8');
+    p.stdout.on('data', (d: string) => c.push(d));
     const r = await p;
     if (r.exitCode !== 0) {
       if (/No such file or directory/.test(String(r.stderr))) continue; // no table of that family
