@@ -10,7 +10,7 @@ import type { KubeConfig } from '@kubernetes/client-node';
 import { kpxServiceAccountToken, type Apiserver } from '../../test/substrate/apiserver.js';
 import { FaultProxy } from '../../test/substrate/fault-proxy.js';
 import { startKubeProxy, type KubeProxyMode } from '../../test/substrate/kube-proxy.js';
-import { KPX_ARGV, NET, REPO, type Topology } from '../../test/substrate/netns.js';
+import { kpxArgv, NET, REPO, type Topology } from '../../test/substrate/netns.js';
 import { NODE_NAME } from './cluster.js';
 
 export const METRICS_URL = 'http://127.0.0.1:10249/metrics';
@@ -234,7 +234,7 @@ async function startKpx(ctx: ProxyContext, mode: 'iptables' | 'ipvs' | 'nftables
   const proc = execa(
     'ip',
     [
-      'netns', 'exec', ctx.topo.node, process.execPath, ...KPX_ARGV, 'run',
+      'netns', 'exec', ctx.topo.node, process.execPath, ...kpxArgv(), 'run',
       '--proxy-mode', mode, '--kubeconfig', kubeconfig, '--hostname-override', NODE_NAME, '--cluster-cidr', NET.podCIDR,
       '--nodeport-addresses', 'primary', '--metrics-bind-address', '127.0.0.1:10249', '--healthz-bind-address', '127.0.0.1:10256', ...sync,
     ],

@@ -357,6 +357,9 @@ export function e2eSuite(title: string, skip: string, factory: ClusterFactory, o
       await c.restartProxy(A.name);
       const restarted = Date.now();
       await sleep(1500);
+      // enough new connections seen across the restart to mean something (a faster restart
+      // leaves fewer of them in a fixed window)
+      await until('20 new connections from A since the restart', async () => follows[0]!.lines.filter((l) => l.ts >= restartAt).length > 20, T(10_000));
       const after = ownedState(await c.iptablesSave(A.name));
       const duringRestart = follows[0]!.lines.filter((l) => l.ts >= restartAt);
       say(`kpx restart on ${A.name}: first sync ${restarted - restartAt} ms after SIGTERM; new connections from ${A.name} meanwhile ${JSON.stringify(count(duringRestart))}; its long-lived flow ${failures(healthy[0]!).length} failures; KPX rules ${JSON.stringify(before) === JSON.stringify(after) ? 'identical' : 'changed'} after the restart`);

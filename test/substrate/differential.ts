@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Apiserver } from './apiserver.js';
 import { metricValue, startKubeProxy, type KubeProxyHandle, type KubeProxyMode, type StartOptions } from './kube-proxy.js';
-import { KPX_ARGV, NET, REPO, Topology, type PodSpec } from './netns.js';
+import { kpxArgv, NET, REPO, Topology, type PodSpec } from './netns.js';
 
 const PROBE_MATRIX = join(REPO, 'test/substrate/probe-matrix.mjs');
 
@@ -42,7 +42,7 @@ export interface Twin {
  */
 export async function kpxLauncher(dir: string): Promise<string> {
   const path = join(dir, 'kpx-as-kube-proxy');
-  await writeFile(path, `#!/bin/sh\nexec ${[process.execPath, ...KPX_ARGV].map((a) => JSON.stringify(a)).join(' ')} "$@"\n`, { mode: 0o755 });
+  await writeFile(path, `#!/bin/sh\nexec ${[process.execPath, ...kpxArgv()].map((a) => JSON.stringify(a)).join(' ')} "$@"\n`, { mode: 0o755 });
   return path;
 }
 

@@ -17,8 +17,15 @@ import { launcherArgv } from './launcher.js';
 export const REPO = resolve(import.meta.dirname, '../..');
 export const KPX_BIN = join(REPO, 'bin/kpx.js');
 
-/** node's argv for a long-running kpx as its launcher and the image start it: the launcher's flags, then the launcher. */
-export const KPX_ARGV: readonly string[] = launcherArgv(KPX_BIN);
+let kpxArgvMemo: readonly string[] | null = null;
+/**
+ * node's argv for a long-running kpx as its launcher and the image start it: the
+ * launcher's flags, then the launcher. Read on first use, not on import: hack/netns-cluster
+ * imports this file compiled elsewhere (.cluster-dist), where REPO is not the checkout.
+ */
+export function kpxArgv(): readonly string[] {
+  return (kpxArgvMemo ??= launcherArgv(KPX_BIN));
+}
 const ECHO = join(REPO, 'test/substrate/echo-server.mjs');
 const PROBE = join(REPO, 'test/substrate/probe.mjs');
 /** sysctl settings that turn off the per-destination ICMP error rate limit (a namespace's own) */
@@ -305,7 +312,7 @@ export class Topology {
 
   /** Runs the real kpx CLI inside the node namespace. */
   async kpx(args: string[], opts: { reject?: boolean } = {}) {
-    return execa('ip', ['netns', 'exec', this.node, process.execPath, ...KPX_ARGV, ...args], {
+    return execa('ip', ['netns', 'exec', this.node, process.execPath, ...kpxArgv(), ...args], {
       reject: opts.reject ?? true,
       env: { KPX_LOG_LEVEL: process.env.KPX_TEST_LOG_LEVEL ?? 'warn' },
     });
@@ -320,7 +327,7 @@ export class Topology {
 
   /** Starts a long-running kpx in the node namespace; killed by destroy(). */
   spawnKpx(args: string[]): ResultPromise {
-    const p = execa('ip', ['netns', 'exec', this.node, process.execPath, ...KPX_ARGV, ...args], {
+    const p = execa('ip', ['netns', 'exec', this.node, process.execPath, ...kpxArgv(), ...args], {
       reject: false,
       buffer: true,
       env: { KPX_LOG_LEVEL: process.env.KPX_TEST_LOG_LEVEL ?? 'info' },

@@ -32,7 +32,8 @@ import { execa, type ResultPromise } from 'execa';
 import { parseAllDocuments, parseDocument } from 'yaml';
 import { CoreV1Api, DiscoveryV1Api, KubeConfig, KubernetesObjectApi, PatchStrategy, type KubernetesObject } from '@kubernetes/client-node';
 import { TEST_APISERVER_BIN, readTestApiserverReady, testApiserverArgs } from '../apiserver.js';
-import { KPX_ARGV, NO_ICMP_RATELIMIT } from '../netns.js';
+import { NO_ICMP_RATELIMIT } from '../netns.js';
+import { launcherArgv } from '../launcher.js';
 import { alive, logSize, procRecordOf, spawnDetached, stopProc, waitForLog, type ProcRecord } from './procs.js';
 import { hasSelector, LABEL_ZONE, reconcileService, type ReconcileResult } from './endpointslices.js';
 import * as plan from './plan.js';
@@ -46,6 +47,7 @@ function findRepo(from: string): string {
   throw new Error(`cannot find the kpx repository above ${from}`);
 }
 export const REPO = process.env.KPX_REPO ?? findRepo(import.meta.dirname);
+const KPX_BIN = join(REPO, 'bin/kpx.js');
 const ECHO = join(REPO, 'test/substrate/echo-server.mjs');
 const PROBE = join(REPO, 'test/substrate/probe.mjs');
 const BRIDGE = join(REPO, 'test/substrate/unix-bridge.mjs');
@@ -660,7 +662,7 @@ export class NetnsCluster implements E2ECluster {
     const rec = spawnDetached(
       `kpx/${n.name}`,
       'ip',
-      ['netns', 'exec', this.nodeNs(n.name), 'unshare', '--mount', '--propagation', 'private', '--', 'sh', CONTAINER_SH, stage, ...binds, '--', process.execPath, ...KPX_ARGV, ...args],
+      ['netns', 'exec', this.nodeNs(n.name), 'unshare', '--mount', '--propagation', 'private', '--', 'sh', CONTAINER_SH, stage, ...binds, '--', process.execPath, ...launcherArgv(KPX_BIN), ...args],
       { log, env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env }, cwd: '/' },
     );
     await this.serial(async () => {
