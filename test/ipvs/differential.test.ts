@@ -14,7 +14,11 @@
 //   scale to zero, delete, recreate);
 // - variants: masqueradeAll, detectLocalMode NodeCIDR and `nodePortAddresses: []` (which
 //   addresses IPVS mode serves NodePorts on);
-// - health: healthy, sync stalled, node tainted, node being deleted; metric families.
+// - health: healthy, node tainted, node being deleted; metric families. Not the stalled
+//   sync: its gate (test/substrate/kube-proxy.ts) holds iptables-restore and nft, which
+//   kube-proxy's IPVS mode runs on every sync, but kpx's IPVS partial syncs run only
+//   ipvsadm and ipset, so kpx never stalls and the case compares nothing (it failed so in
+//   CI). Holding ipvsadm -R and ipset writes too would make it fair; not done yet.
 // Left out:
 // - the topology-hint cases (hints-*): the endpoint selection by hints is the same code
 //   in every mode on both sides (kube-proxy's endpoint categorisation, kpx's
@@ -51,7 +55,7 @@ describeDifferential(
       'hairpin',
     ],
     variants: ['masqueradeAll', 'detectLocalMode NodeCIDR', 'nodePortAddresses all (localhost NodePorts)'],
-    health: ['sync stall', 'node tainted', 'node being deleted'],
+    health: ['node tainted', 'node being deleted'],
     sctp: false,
     // the VM runs everything 3-10x slower (hack/ipvs-vm/README.md): the bounds on syncs and
     // convergence scale, as in test/e2e/netns-ipvs.test.ts
